@@ -1,0 +1,15 @@
+"""Thin KFP components, one per pipeline step; each is a call into `reset.steps`."""
+
+from components.evaluate import evaluate_models
+from components.finetune import finetune_mtl, finetune_reset
+from components.generate import generate_candidates
+from components.judge import judge_candidates
+from components.mix import mix_data
+from components.register import register_model
+from components.run import finish_run, start_run
+from components.select import select_samples
+
+__all__ = [
+    "evaluate_models", "finetune_mtl", "finetune_reset", "finish_run", "generate_candidates",
+    "judge_candidates", "mix_data", "register_model", "select_samples", "start_run",
+]

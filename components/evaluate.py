@@ -1,0 +1,23 @@
+"""Evaluate base, MTL and ReSet on the held-out split; comparison table."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate_models(
+    mtl_model: Input[Model], reset_model: Input[Model], heldout_set: Input[Dataset],
+    evaluate: dict, model: dict, judge: dict, tracking: dict, parent_run_id: str,
+    scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], samples: Output[Dataset],
+) -> dict:
+    from reset import steps
+
+    results = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path},
+                             heldout_set.path, evaluate, model, judge, tracking, parent_run_id,
+                             out_metrics=scores.path, out_report=report.path, out_rows=samples.path)
+    for name, values in results.items():
+        for key, value in values.items():
+            metrics.log_metric(f"{name}.{key}", value)
+    return results

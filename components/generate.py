@@ -1,0 +1,19 @@
+"""Self-instruct generation: N samples per seen prompt over the decoding grid."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def generate_candidates(
+    mtl_model: Input[Model], seen_prompts: Input[Dataset], generate: dict, model: dict, tracking: dict,
+    parent_run_id: str, candidates: Output[Dataset],
+) -> dict:
+    from reset import steps
+
+    stats = steps.generate(mtl_model.path, seen_prompts.path, generate, model, tracking, parent_run_id,
+                           out_candidates=candidates.path)
+    candidates.metadata["rows"] = stats["candidates"]
+    return stats

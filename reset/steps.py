@@ -1,0 +1,287 @@
+"""The pipeline's steps as plain functions over files and config sections (dicts, as KFP passes
+them). Each step validates its config, reads its inputs, calls the method module, writes its
+outputs and logs a child MLflow run. The KFP components in components/ are one call to these;
+a step can be run and debugged alone from Python with local paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from reset import config as C
+from reset import tracking
+from reset.records import Candidate, Example, Judgment, read_jsonl, write_jsonl, write_quarantine
+
+Section = Mapping[str, Any] | None
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _tracking(d: Section) -> C.TrackingConfig:
+    return C.section(C.TrackingConfig, dict(d or {}), "tracking")
+
+
+def _read(path: str, cls):
+    rows, _ = read_jsonl(path, cls)  # step-to-step files are ours: any bad row is a bug, so fail
+    return rows
+
+
+def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+# --------------------------------------------------------------------------------------------- steps
+def start_run(tracking_cfg: Section, pipeline_config: Mapping[str, Any], job_id: str,
+              tags: Mapping[str, str] | None = None) -> str:
+    """Create the parent run of the pipeline job `job_id` (validating the whole config first)."""
+    C.parse(C.PipelineConfig, dict(pipeline_config))  # fail fast, naming the bad key
+    cfg = _tracking(tracking_cfg)
+    run_id = tracking.start_parent(cfg, pipeline_config, {**(tags or {}), tracking.JOB_TAG: job_id})
+    _log(f"[mlflow] parent run {run_id} at {tracking.resolve_uri(cfg)} (experiment {cfg.experiment!r})")
+    return run_id
+
+
+def finish_run(tracking_cfg: Section, job_id: str) -> str:
+    """Close the parent run of pipeline job `job_id`; "NONE" when the job failed before creating it."""
+    cfg = _tracking(tracking_cfg)
+    parent = tracking.find_parent(cfg, job_id)
+    if parent is None:
+        _log(f"[mlflow] no parent run for job {job_id}: the pipeline failed before it started")
+        return "NONE"
+    status = tracking.finish_parent(cfg, parent)
+    _log(f"[mlflow] parent run {parent}: {status}")
+    return status
+
+
+def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: str, out_eval: str,
+        out_seen: str, out_rejected: str, cache_dir: str = "") -> dict[str, Any]:
+    from reset import mix as M
+
+    cfg = C.section(C.DataConfig, dict(data or {}), "data")
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", asdict(cfg)) as _:
+        import mlflow
+
+        rows: dict[str, list[Example]] = {"instruction": [], "grounded": []}
+        rejected = []
+        for slot in rows:
+            for src in getattr(cfg, slot):
+                kept, bad = M.load_source(src, slot, cfg, cache_dir)
+                _log(f"[mix] {src.path}: {len(kept)} {slot} examples, {len(bad)} rejected")
+                rows[slot] += kept
+                rejected += bad
+        result = M.mix(rows["instruction"], rows["grounded"], cfg)
+        rejected += result.rejected
+        write_jsonl(out_train, result.train)
+        write_jsonl(out_eval, result.eval)
+        write_jsonl(out_seen, result.seen)
+        write_quarantine(out_rejected, rejected)
+        stats = {**result.stats, "rejected": len(rejected)}
+        _log(f"[mix] {json.dumps(stats)}")
+        for r in rejected[:10]:
+            _log(f"[mix] rejected {r}")
+        mlflow.log_metrics(_metrics(stats))
+        mlflow.log_artifact(out_rejected, "quarantine")
+        for name, path in (("train", out_train), ("eval", out_eval), ("seen_prompts", out_seen)):
+            mlflow.log_input(_dataset(path, name), context=name)
+    return stats
+
+
+def _dataset(path: str, name: str):
+    import mlflow
+    import pandas as pd
+
+    with open(path, encoding="utf-8") as fh:
+        df = pd.DataFrame([json.loads(x) for x in fh])
+    keep = [c for c in ("id", "source", "kind", "task", "instruction", "context", "response") if c in df]
+    return mlflow.data.from_pandas(df[keep], name=name)
+
+
+def finetune(model: str | None, train_path: str, train: Section, model_cfg: Section, tracking_cfg: Section,
+             parent_run_id: str, *, stage: str, out_dir: str) -> dict[str, Any]:
+    """stage "mtl": `model` is None (the configured base model, model.base) or a model reference;
+    stage "reset": the MTL checkpoint directory."""
+    from reset import modeling
+    from reset.finetune import finetune as run_finetune
+
+    tcfg = C.section(C.TrainConfig, dict(train or {}), "continued_train" if stage == "reset" else "train")
+    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    examples = _read(train_path, Example)
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, f"finetune-{stage}",
+                           {"stage": stage, "train": asdict(tcfg), "model": asdict(mcfg)}):
+        import mlflow
+
+        model = model or mcfg.base
+        src = model if os.path.isdir(model) else str(modeling.resolve_model(model, mcfg.cache_dir))
+        metrics = run_finetune(
+            src, examples, out_dir, tcfg, mcfg,
+            provenance={"stage": stage, "source_model": model, "train_examples": len(examples)},
+            log=_log, on_step=lambda step, loss: mlflow.log_metric("loss", loss, step=step),
+        )
+        mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "loss_history"}))
+        mlflow.log_dict(modeling.read_provenance(out_dir), "provenance.json")
+    return metrics
+
+
+def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: Section, tracking_cfg: Section,
+             parent_run_id: str, *, out_candidates: str) -> dict[str, Any]:
+    from reset.generate import generate as run_generate
+
+    gcfg = C.section(C.GenerateConfig, dict(generate_cfg or {}), "generate")
+    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    examples = _read(seen_path, Example)
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "generate", asdict(gcfg)):
+        import mlflow
+
+        t0 = time.time()
+        cands = run_generate(model_dir, examples, gcfg, mcfg, model_name="mtl", log=_log)
+        if gcfg.include_reference:
+            cands += [Candidate(id=f"{e.id}/ref", example_id=e.id, text=e.response,
+                                decoding={"strategy": "reference"}, model="reference", is_reference=True)
+                      for e in examples]
+        write_jsonl(out_candidates, cands)
+        secs = time.time() - t0
+        stats = {"prompts": len(examples), "candidates": len(cands), "seconds": secs,
+                 "samples_per_second": len(cands) / secs if secs else 0.0,
+                 "empty_candidates": sum(1 for c in cands if not c.text.strip())}
+        mlflow.log_metrics(_metrics(stats))
+    return stats
+
+
+def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg: Section, parent_run_id: str,
+          *, out_judgments: str) -> dict[str, Any]:
+    from reset.judge import judge as run_judge
+
+    jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
+    examples = _read(seen_path, Example)
+    cands = _read(candidates_path, Candidate)
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "judge", asdict(jcfg)):
+        import mlflow
+
+        judgments = run_judge(examples, cands, jcfg.weights)
+        write_jsonl(out_judgments, judgments)
+        stats = _axis_means(judgments)
+        stats["judgments"] = len(judgments)
+        _log(f"[judge] {json.dumps({k: round(v, 4) for k, v in stats.items()})}")
+        mlflow.log_metrics(_metrics(stats))
+        by_ex = {e.id: e for e in examples}
+        by_c = {c.id: c for c in cands}
+        mlflow.log_table(
+            {
+                "example_id": [j.example_id for j in judgments],
+                "candidate_id": [j.candidate_id for j in judgments],
+                "kind": [by_ex[j.example_id].kind for j in judgments],
+                "instruction": [by_ex[j.example_id].instruction for j in judgments],
+                "response": [by_c[j.candidate_id].text for j in judgments],
+                "strategy": [str(by_c[j.candidate_id].decoding.get("strategy")) for j in judgments],
+                "temperature": [by_c[j.candidate_id].decoding.get("temperature") for j in judgments],
+                **{f"score_{a}": [j.scores.get(a) for j in judgments] for a in ("instruction", "faithfulness", "task")},
+                "combined": [j.combined for j in judgments],
+                "rationale": [j.rationale for j in judgments],
+            },
+            artifact_file="judged_samples.json",
+        )
+    return stats
+
+
+def _axis_means(judgments: list[Judgment]) -> dict[str, float]:
+    out = {}
+    for axis in ("instruction", "faithfulness", "task"):
+        vals = [j.scores[axis] for j in judgments if j.scores.get(axis) is not None]
+        if vals:
+            out[f"mean_{axis}"] = sum(vals) / len(vals)
+    out["mean_combined"] = sum(j.combined for j in judgments) / len(judgments) if judgments else 0.0
+    return out
+
+
+def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg: Section, tracking_cfg: Section,
+           parent_run_id: str, *, out_selected: str) -> dict[str, Any]:
+    from reset.selection import select as run_select
+
+    scfg = C.section(C.SelectConfig, dict(select_cfg or {}), "select")
+    examples = _read(seen_path, Example)
+    cands = _read(candidates_path, Candidate)
+    judgments = _read(judgments_path, Judgment)
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "select", asdict(scfg)):
+        import mlflow
+
+        sel = run_select(examples, cands, judgments, scfg)
+        write_jsonl(out_selected, sel.examples)
+        rep = sel.report
+        _log(f"[select] mode {rep['mode']}: kept {rep['selected']}/{rep['prompts']} prompts "
+             f"(keep rate {rep['keep_rate']:.2f}, mean score {rep['mean_selected_score']:.3f})")
+        for group, g in rep["per_group"].items():
+            _log(f"[select]   {group}: {g['kept']}/{g['prompts']} kept")
+            mlflow.log_metric(f"keep_rate.{group.replace('/', '.')}", g["keep_rate"])
+        mlflow.log_metrics(_metrics(rep))
+        mlflow.log_dict(rep, "selection_report.json")
+    return rep
+
+
+def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
+             judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
+             out_report: str, out_rows: str, include_base: bool = True) -> dict[str, dict[str, float]]:
+    """`models`: name -> model reference or directory (e.g. mtl, reset); with `include_base` the
+    configured base model (model.base) is evaluated first as "base"."""
+    from reset import modeling
+    from reset.evaluate import comparison_table
+    from reset.evaluate import evaluate as run_evaluate
+
+    ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
+    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
+    examples = _read(eval_path, Example)
+    if include_base:
+        models = {"base": mcfg.base, **models}
+    results: dict[str, dict[str, float]] = {}
+    all_rows: list[dict[str, Any]] = []
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "evaluate", asdict(ecfg)):
+        import mlflow
+
+        for name, ref in models.items():
+            path = ref if os.path.isdir(ref) else str(modeling.resolve_model(ref, mcfg.cache_dir))
+            _log(f"[evaluate] {name}: {len(examples)} held-out prompts")
+            metrics, rows = run_evaluate(path, examples, ecfg, mcfg, jcfg.weights, model_name=name, log=_log)
+            results[name] = metrics
+            all_rows += rows
+            mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
+        table = comparison_table(results)
+        _log("[evaluate] comparison on the held-out split:\n" + table)
+        Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_metrics).write_text(json.dumps(results, indent=2))
+        Path(out_report).write_text("# ReSet: held-out comparison\n\n" + table + "\n")
+        write_jsonl(out_rows, all_rows)
+        mlflow.log_text(table, "comparison.md")
+        mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
+    return results
+
+
+def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_cfg: Section, model_cfg: Section,
+             tracking_cfg: Section, parent_run_id: str, *, candidate: str = "reset") -> dict[str, Any]:
+    from reset.register import log_and_register
+
+    rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
+    ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
+    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    results = json.loads(Path(metrics_path).read_text())
+    if candidate not in results:
+        raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", asdict(rcfg)):
+        import mlflow
+
+        decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt)
+        mlflow.log_metrics({f"{candidate}.{k}": v for k, v in results[candidate].items()})
+        mlflow.log_metric("promoted", float(decision["promote"]))
+        mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
+                         "promotion": decision["reason"]})
+        verdict = "promoted to" if decision["promote"] else "NOT promoted to"
+        _log(f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
+             f"@{rcfg.champion_alias}: {decision['reason']}")
+    return decision
