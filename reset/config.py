@@ -411,7 +411,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     parts = key.strip().split(".")
     node = raw
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or present but empty (`train:`)
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {p} is not a section")
     node[parts[-1]] = yaml.safe_load(value)

@@ -9,9 +9,9 @@ A judge is anything with a `name`, the `axis` it scores and `score(pairs) -> lis
                        context exists.
   ReferenceTask        task quality against the reference (token F1 for extractive tasks,
                        ROUGE-L F1 otherwise); both fall when a whole passage is copied. Where the
-                       example names its gold answer span (meta["answer"]), the score is the mean
-                       of that and the answer's recall, so a fluent answer from memory that
-                       contradicts the passage cannot score well.
+                       example names its gold answer span (meta["answer"]), the score is multiplied
+                       by the answer's recall, so a fluent answer from memory that contradicts the
+                       passage scores near 0 however many words it shares with the reference.
 
 The combined score is the weighted mean over the axes that apply (paper: a weighted score of task
 performance, faithfulness and instruction following; faithfulness only where a context exists).
@@ -70,7 +70,7 @@ class KPrecision:
                 out.append(AxisScore(None, "no context"))
             else:
                 v = scoring.k_precision(cand.text, ex.context or "")
-                out.append(AxisScore(v, f"K-Precision {v:.2f}"))
+                out.append(AxisScore(v, f"K-Precision {v:.2f} (content words)"))
         return out
 
 
@@ -86,7 +86,7 @@ class ReferenceTask:
             answer = ex.meta.get("answer")
             if isinstance(answer, str) and answer.strip():
                 recall = scoring.answer_recall(cand.text, answer)
-                v = (v + recall) / 2
+                v = v * recall
                 why += f", answer recall {recall:.2f}"
             out.append(AxisScore(v, why))
         return out

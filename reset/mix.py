@@ -16,7 +16,7 @@ from typing import Any
 
 from reset import storage
 from reset.config import DataConfig, DataSource
-from reset.records import DataError, Example, Rejected, read_jsonl
+from reset.records import DataError, Example, Rejected, read_jsonl_numbered
 
 BUILTINS = ("builtin:demo-instruction", "builtin:demo-grounded")
 
@@ -38,16 +38,17 @@ def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = ""
         from reset.demo_data import build_demo
 
         ifs, cds = build_demo(seed=cfg.seed, n_instruction=cfg.demo_size, n_grounded=cfg.demo_size)
-        rows, bad = (ifs if src.path.endswith("instruction") else cds), []
+        rows = list(enumerate(ifs if src.path.endswith("instruction") else cds, start=1))
+        bad: list[Rejected] = []
     else:
         local = storage.fetch(src.path, cache_dir or None)
         if local.is_dir():
             raise DataError(f"{src.path}: is a directory; give a JSONL file")
-        rows, bad = read_jsonl(local, Example, max_bad_fraction=cfg.max_bad_fraction)
+        rows, bad = read_jsonl_numbered(local, Example, max_bad_fraction=cfg.max_bad_fraction)
         # Name the user's URI, not the cache path, in the reasons.
         bad = [Rejected(src.path, r.line, r.reason, r.raw) for r in bad]
     kept: list[Example] = []
-    for i, ex in enumerate(rows, start=1):
+    for i, ex in rows:
         if ex.kind != slot:
             bad.append(_reject(src.path, i, ex, f"kind {ex.kind!r} given in the data.{slot} slot"))
         elif slot == "instruction" and ex.has_context:

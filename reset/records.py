@@ -59,6 +59,12 @@ class Example:
                 raise ValueError(f"field 'constraints[{i}]': must be an object with a string 'id'")
             if not isinstance(c.get("kwargs", {}), dict):
                 raise ValueError(f"field 'constraints[{i}].kwargs': must be an object")
+        from reset.instructions import validate_constraints
+
+        try:
+            validate_constraints(self.constraints)
+        except ValueError as exc:  # unknown instruction id, missing or ill-typed kwarg
+            raise ValueError(f"field 'constraints': {exc}") from None
         if not isinstance(self.meta, dict):
             raise ValueError("field 'meta': must be an object")
 
@@ -161,6 +167,17 @@ def read_jsonl(
     Returns (records, rejected). Raises DataError when the file is missing or unreadable, holds no
     valid record, or when the share of bad rows exceeds `max_bad_fraction` (0 = any bad row fails).
     """
+    numbered, bad = read_jsonl_numbered(path, cls, max_bad_fraction=max_bad_fraction)
+    return [rec for _, rec in numbered], bad
+
+
+def read_jsonl_numbered(
+    path: str | os.PathLike[str],
+    cls: type[R],
+    *,
+    max_bad_fraction: float = 0.0,
+) -> tuple[list[tuple[int, R]], list[Rejected]]:
+    """As read_jsonl, with each record's 1-based file line: [(line, record)]."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as fh:
@@ -170,7 +187,7 @@ def read_jsonl(
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read: {exc}") from None
 
-    good: list[R] = []
+    good: list[tuple[int, R]] = []
     bad: list[Rejected] = []
     for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
@@ -181,7 +198,7 @@ def read_jsonl(
             bad.append(Rejected(path, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", raw.rstrip("\n")))
             continue
         try:
-            good.append(from_dict(cls, row))
+            good.append((lineno, from_dict(cls, row)))
         except (TypeError, ValueError) as exc:
             bad.append(Rejected(path, lineno, f"{cls.__name__}: {exc}", raw.rstrip("\n")))
 

@@ -66,7 +66,7 @@ def decide(client, cfg: RegisterConfig, metrics: Mapping[str, float]) -> dict[st
         if not (new >= old - cfg.tolerance):  # also true for NaN: a missing metric never promotes
             worse.append(f"{axis} {new:.3f} < {old:.3f}")
     if worse:
-        return {"promote": False, "reason": "worse than champion v" + champ.version + ": " + "; ".join(worse),
-                "champion_version": champ.version}
+        return {"promote": False, "reason": f"worse than champion v{champ.version}: " + "; ".join(worse),
+                "champion_version": str(champ.version)}
     return {"promote": True, "reason": f"no worse than champion v{champ.version} on {', '.join(PRIMARY)}",
-            "champion_version": champ.version}
+            "champion_version": str(champ.version)}

@@ -20,12 +20,24 @@ def normalize_tokens(text: str) -> list[str]:
     return _ARTICLES.sub(" ", text).split()
 
 
-def k_precision(response: str, context: str) -> float:
+# Function words and attribution words ("according to the passage", "the text says") carry no
+# claim about the world: a grounded answer that cites its source must not lose faithfulness for it.
+NEUTRAL_WORDS = frozenset(
+    ["i", "me", "my", "we", "our", "you", "your", "he", "him", "his", "she", "her", "it", "its", "they", "them", "their", "this", "that", "these", "those", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do", "does", "did", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "in", "on", "at", "to", "for", "from", "by", "with", "about", "as", "into", "over", "after", "before", "than", "then", "so", "and", "or", "but", "if", "not", "no", "yes", "also", "there", "here", "which", "who", "whom", "whose", "what", "when", "where", "why", "how", "all", "any", "some", "such", "very", "just", "only", "according", "passage", "text", "article", "context", "source", "says", "say", "said", "states", "stated", "mentions", "mentioned", "reports", "reported"]
+)
+
+
+def k_precision(response: str, context: str, *, content_only: bool = True) -> float:
     """K-Precision (Adlakha et al. 2023): share of the response's tokens found in the context.
 
-    A token counts when it occurs anywhere in the context. Empty response (or context) -> 0.0.
+    A token counts when it occurs anywhere in the context. With `content_only` (the default),
+    function and attribution words (NEUTRAL_WORDS) are left out of the count, so "According to the
+    passage, X" is as grounded as "X"; a response with no content word scores 0.0, as does an
+    empty response or context. `content_only=False` is the plain published definition.
     """
     tokens = normalize_tokens(response)
+    if content_only:
+        tokens = [t for t in tokens if t not in NEUTRAL_WORDS]
     known = set(normalize_tokens(context))
     if not tokens or not known:
         return 0.0

@@ -39,6 +39,14 @@ def select(
     unknown = [j.candidate_id for j in judgments if j.candidate_id not in by_cand]
     if unknown:
         raise ValueError(f"{len(unknown)} judgments refer to unknown candidates, e.g. {unknown[:3]}")
+    unknown = [j.example_id for j in judgments if j.example_id not in by_ex]
+    if unknown:
+        raise ValueError(f"{len(unknown)} judgments refer to unknown examples, e.g. {unknown[:3]}")
+    mismatched = [j.candidate_id for j in judgments if by_cand[j.candidate_id].example_id != j.example_id]
+    if mismatched:
+        raise ValueError(
+            f"{len(mismatched)} judgments name another example than their candidate does, e.g. {mismatched[:3]}"
+        )
     groups: dict[str, list[Judgment]] = defaultdict(list)
     for j in judgments:
         groups[j.example_id].append(j)

@@ -36,7 +36,8 @@ class ResetChatModel(mlflow.pyfunc.PythonModel):
         for i, row in enumerate(rows):
             if isinstance(row, str):
                 row = {"instruction": row}
-            ctx = row.get("context") or None
+            ctx = row.get("context")
+            ctx = ctx if isinstance(ctx, str) and ctx.strip() else None  # pandas gives NaN for None
             ex = Example(id=str(i), source="serving", kind="grounded" if ctx else "instruction",
                          instruction=str(row["instruction"]), response="-", context=ctx)
             text = modeling.prompt_text(self.tokenizer, ex, self.system_prompt)

@@ -15,7 +15,13 @@ def test_normalize_tokens_squad_style() -> None:
 
 def test_k_precision() -> None:
     assert k_precision("Paris is big", "Paris is a big city") == 1.0
-    assert k_precision("Paris is huge", "Paris is a big city") == pytest.approx(2 / 3)
+    # content words only by default: "is" is neutral, so 1 of 2 content words ("huge") is ungrounded
+    assert k_precision("Paris is huge", "Paris is a big city") == pytest.approx(1 / 2)
+    assert k_precision("Paris is huge", "Paris is a big city", content_only=False) == pytest.approx(2 / 3)
+    # citing the source costs nothing, under the default
+    assert k_precision("According to the passage, Paris is big.", "Paris is a big city") == 1.0
+    assert k_precision("According to the passage, Paris is big.", "Paris is a big city",
+                       content_only=False) == pytest.approx(3 / 6)
     assert k_precision("Rome", "Paris is a big city") == 0.0
     # membership, not counts: repeating a context word keeps it grounded
     assert k_precision("big big big", "a big city") == 1.0

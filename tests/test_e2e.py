@@ -1,0 +1,121 @@
+"""The whole ReSet pipeline through kfp.local on the tiny model, with data and the base model on a
+real S3 endpoint (moto server) and tracking on a real `mlflow server` process (artifacts in S3)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from pipelines.cli import main
+from pipelines.reset_pipeline import STEP_NAMES
+from reset.records import write_jsonl
+from reset.storage import upload
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
+    tmp = tmp_path_factory.mktemp("e2e")
+    s3.create_bucket(Bucket="data")
+    ifs, cds = demo
+    write_jsonl(tmp / "if.jsonl", ifs[:20])
+    with open(tmp / "if.jsonl", "a") as fh:  # line 21: a bad row, to be quarantined, not lost
+        fh.write('{"id": "broken", "source": "x", "kind": "instruction"}\n')
+    write_jsonl(tmp / "cd.jsonl", cds[:20])
+    upload(tmp / "if.jsonl", "s3://data/sets/if.jsonl")
+    upload(tmp / "cd.jsonl", "s3://data/sets/cd.jsonl")
+    upload(tiny_model_dir, "s3://data/models/tiny")
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESET_CACHE_DIR", str(tmp / "cache"))
+    mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    try:
+        rc = main([
+            "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp / "runs"),
+            "--set", "data.instruction=[s3://data/sets/if.jsonl]",
+            "--set", "data.grounded=[s3://data/sets/cd.jsonl]",
+            "--set", "data.max_bad_fraction=0.1",
+            "--set", "data.train_size=20",
+            "--set", "model.base=s3://data/models/tiny",
+            "--set", f"tracking.tracking_uri={mlflow_server}",
+            "--set", "tracking.experiment=e2e",
+            "--set", "register.model_name=reset-e2e",
+        ])
+    finally:
+        mp.undo()
+    assert rc == 0
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("e2e")
+    yield client, exp, tmp
+    mlflow.set_tracking_uri(None)
+
+
+def test_parent_and_child_runs_with_metrics(pipeline_run):
+    client, exp, tmp = pipeline_run
+    parents = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'")
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["model.base"] == "s3://data/models/tiny"
+    assert parent.data.params["select.mode"] == "reset"
+    kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    steps = {r.data.tags["reset.step"]: r for r in kids}
+    assert set(steps) == set(STEP_NAMES)
+    assert all(r.info.status == "FINISHED" for r in kids)
+
+    assert steps["mix"].data.metrics["rejected"] == 1
+    assert steps["mix"].data.metrics["train"] == 20
+    loss = client.get_metric_history(steps["finetune-mtl"].info.run_id, "loss")
+    assert len(loss) == steps["finetune-mtl"].data.metrics["steps"] >= 2
+    gen = steps["generate"].data.metrics
+    assert gen["candidates"] == gen["prompts"] * (1 + 2 + 1)  # greedy + 2 samples + the reference
+    assert 0.0 <= steps["judge"].data.metrics["mean_combined"] <= 1.0
+    assert steps["select"].data.metrics["selected"] >= 1
+    ev = steps["evaluate"].data.metrics
+    for model in ("base", "mtl", "reset"):
+        for axis in ("if_prompt_acc", "faithfulness", "task"):
+            assert 0.0 <= ev[f"{model}.{axis}"] <= 1.0
+    assert steps["register"].data.metrics["promoted"] == 1.0
+
+    # The summary the CLI wrote agrees with MLflow.
+    summary = json.loads((tmp / "runs" / "last_run.json").read_text())
+    assert summary["parent_run_id"] == parent.info.run_id
+    assert set(summary["step_seconds"]) == set(STEP_NAMES)
+    assert summary["results"]["reset"]["faithfulness"] == pytest.approx(ev["reset.faithfulness"])
+
+
+def test_artifacts_land_in_s3(pipeline_run, s3):
+    keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow") for o in p.get("Contents", [])]
+    assert any(k.endswith("judged_samples.json") for k in keys)
+    assert any(k.endswith("comparison.md") for k in keys)
+    assert any(k.endswith("quarantine/rejected_rows") or "/quarantine/" in k for k in keys)
+    assert any(k.endswith("model.safetensors") for k in keys)  # the registered model's weights
+    assert any(k.endswith("MLmodel") for k in keys)
+
+
+def test_quarantine_names_the_s3_file_and_line(pipeline_run):
+    client, exp, tmp = pipeline_run
+    mix = client.search_runs([exp.experiment_id], "tags.`reset.step` = 'mix'")[0]
+    local = client.download_artifacts(mix.info.run_id, "quarantine", str(tmp / "q"))
+    import pathlib
+
+    rows = [json.loads(x) for f in pathlib.Path(local).iterdir() for x in f.read_text().splitlines() if x.strip()]
+    assert rows and rows[0]["file"] == "s3://data/sets/if.jsonl" and rows[0]["line"] == 21
+    assert "missing field" in rows[0]["reason"] and "broken" in rows[0]["raw"]
+
+
+def test_registry_aliases_and_offline_load(pipeline_run):
+    client, _, _ = pipeline_run
+    champ = client.get_model_version_by_alias("reset-e2e", "champion")
+    chall = client.get_model_version_by_alias("reset-e2e", "challenger")
+    assert str(champ.version) == str(chall.version) == "1"
+    assert float(champ.tags["metric.faithfulness"]) >= 0.0
+    model = mlflow.pyfunc.load_model("models:/reset-e2e@champion")
+    out = model.predict([{"instruction": "Say hello."}])
+    assert len(out) == 1 and isinstance(out[0], str)

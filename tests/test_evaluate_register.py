@@ -1,0 +1,125 @@
+"""Evaluation metrics and table, and registry promotion against a local MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from reset.config import EvaluateConfig, ModelConfig, RegisterConfig
+from reset.evaluate import comparison_table, evaluate, metrics_of
+from reset.judge import judge
+from reset.records import Candidate, Example
+from reset.register import decide, log_and_register
+
+WEIGHTS = {"instruction": 1.0, "faithfulness": 1.0, "task": 1.0}
+
+
+def _if_example(eid: str) -> Example:
+    return Example(id=eid, source="t", kind="instruction", instruction="Say hi without commas.", response="hi there",
+                   constraints=[{"id": "punctuation:no_comma", "kwargs": {}},
+                                {"id": "change_case:english_lowercase", "kwargs": {}}])
+
+
+def test_metrics_follow_ifeval_prompt_and_instruction_level():
+    exs = [_if_example("a"), _if_example("b")]
+    texts = ["hi there friend", "Hi, there"]  # a: both followed; b: both broken
+    cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
+    m = metrics_of(exs, judge(exs, cands, WEIGHTS), texts)
+    assert m["if_prompt_acc"] == pytest.approx(0.5)
+    assert m["if_instruction_acc"] == pytest.approx(0.5)
+    texts = ["hi there friend", "hi, there"]  # b: lowercase followed, comma broken
+    cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
+    m = metrics_of(exs, judge(exs, cands, WEIGHTS), texts)
+    assert m["if_prompt_acc"] == pytest.approx(0.5)
+    assert m["if_instruction_acc"] == pytest.approx(0.75)
+    assert m["faithfulness"] == 0.0  # no grounded example: nothing to average
+
+
+def test_faithfulness_is_split_by_task_type(demo):
+    grounded = demo[1]
+    ext = next(e for e in grounded if e.task == "extractive")
+    abs_ = next(e for e in grounded if e.task == "abstractive")
+    cands = [Candidate(id="x/0", example_id=ext.id, text=ext.context),  # copy: fully grounded
+             Candidate(id="y/0", example_id=abs_.id, text="zebra quantum saxophone")]  # not grounded
+    m = metrics_of([ext, abs_], judge([ext, abs_], cands, WEIGHTS), [c.text for c in cands])
+    assert m["faithfulness_extractive"] == pytest.approx(1.0)
+    assert m["faithfulness_abstractive"] == pytest.approx(0.0)
+    assert m["faithfulness"] == pytest.approx(0.5)
+
+
+def test_comparison_table_has_a_row_per_model_and_bolds_the_best():
+    table = comparison_table({"base": {"faithfulness": 0.2, "if_prompt_acc": 0.5},
+                              "reset": {"faithfulness": 0.4, "if_prompt_acc": 0.1}})
+    lines = table.splitlines()
+    assert lines[0].startswith("| Model |") and len(lines) == 4
+    assert "**0.400**" in lines[3] and "**0.500**" in lines[2]
+
+
+def test_evaluate_runs_a_real_model_on_held_out_prompts(tiny_model_dir, demo):
+    exs = demo[0][:2] + demo[1][:2]
+    metrics, rows = evaluate(tiny_model_dir, exs, EvaluateConfig(max_new_tokens=5, batch_size=4), ModelConfig(),
+                             WEIGHTS, model_name="tiny", log=lambda _: None)
+    assert len(rows) == 4 and {r["example_id"] for r in rows} == {e.id for e in exs}
+    assert all(r["model"] == "tiny" for r in rows)
+    assert metrics["n_examples"] == 4
+    for k in ("if_prompt_acc", "faithfulness", "task", "combined"):
+        assert 0.0 <= metrics[k] <= 1.0
+
+
+@pytest.fixture()
+def local_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("reg", artifact_location=(tmp_path / "art").as_uri())
+    yield exp
+    mlflow.set_tracking_uri(None)
+
+
+def _register(model_dir, exp, metrics, cfg):
+    with mlflow.start_run(experiment_id=exp):
+        return log_and_register(model_dir, metrics, cfg, max_new_tokens=4)
+
+
+def test_promotion_needs_both_axes_no_worse(tiny_model_dir, local_mlflow):
+    cfg = RegisterConfig(model_name="m")
+    client = mlflow.MlflowClient()
+    first = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.5, "faithfulness": 0.5}, cfg)
+    assert first["promote"] and first["version"] == "1"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+
+    # Better IF, worse faithfulness: challenger only.
+    second = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.9, "faithfulness": 0.4}, cfg)
+    assert not second["promote"] and "faithfulness" in second["reason"]
+    assert str(client.get_model_version_by_alias("m", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
+
+    # No worse on both: promoted.
+    third = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.5, "faithfulness": 0.6}, cfg)
+    assert third["promote"]
+    assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
+    assert client.get_model_version("m", "3").tags["metric.faithfulness"] == "0.6"
+
+
+def test_tolerance_and_missing_metrics(local_mlflow, tmp_path):
+    client = mlflow.MlflowClient()
+    client.create_registered_model("t")
+    assert decide(client, RegisterConfig(model_name="t"), {})["promote"]  # no champion yet
+    v = client.create_model_version("t", source=(tmp_path / "src").as_uri())
+    client.set_model_version_tag("t", v.version, "metric.if_prompt_acc", "0.5")
+    client.set_model_version_tag("t", v.version, "metric.faithfulness", "0.5")
+    client.set_registered_model_alias("t", "champion", v.version)
+    slightly_worse = {"if_prompt_acc": 0.48, "faithfulness": 0.6}
+    assert not decide(client, RegisterConfig(model_name="t"), slightly_worse)["promote"]
+    assert decide(client, RegisterConfig(model_name="t", tolerance=0.05), slightly_worse)["promote"]
+    # A missing metric never promotes.
+    assert not decide(client, RegisterConfig(model_name="t", tolerance=1.0), {"faithfulness": 0.9})["promote"]
+
+
+def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow):
+    _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
+    model = mlflow.pyfunc.load_model("models:/srv@champion")
+    import pandas as pd
+
+    out = model.predict(pd.DataFrame([{"instruction": "Say hello.", "context": None},
+                                      {"instruction": "Who?", "context": "Ada wrote it."}]))
+    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)

@@ -1,0 +1,126 @@
+"""The compiled pipeline: one task per step in the method's order, parameters from the config,
+Kubernetes settings in the platform document, no secrets, readable by kfp's own loader."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from pipelines.cli import compile_pipeline, main, pipeline_arguments
+from pipelines.reset_pipeline import STEP_NAMES
+from reset.config import load_config
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory, monkeypatch_module):
+    monkeypatch_module.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
+    monkeypatch_module.setenv("MLFLOW_TRACKING_PASSWORD", "another-secret-456")
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["cluster.image=registry.example/reset:1.2.3"])
+    path = tmp_path_factory.mktemp("compiled") / "reset.yaml"
+    compile_pipeline(cfg, str(path))
+    text = path.read_text()
+    docs = list(yaml.safe_load_all(text))
+    return cfg, text, docs
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _topological(dag_tasks: dict) -> list[str]:
+    deps = {name: set(t.get("dependentTasks", [])) for name, t in dag_tasks.items()}
+    order, done = [], set()
+    while deps:
+        ready = sorted(n for n, d in deps.items() if d <= done)
+        assert ready, f"cycle in {deps}"
+        # Exactly one task becomes ready at a time: the DAG is a chain in the method's order.
+        assert len(ready) == 1, f"tasks ready together: {ready}"
+        order.append(ready[0])
+        done.add(ready[0])
+        del deps[ready[0]]
+    return order
+
+
+def test_one_task_per_step_in_method_order(compiled):
+    _, _, docs = compiled
+    spec = docs[0]
+    root_tasks = spec["root"]["dag"]["tasks"]
+    assert set(root_tasks) == {"exit-handler-1", "finish-run"}
+    assert root_tasks["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    order = _topological(inner)
+    names = [inner[n]["taskInfo"]["name"] for n in order]
+    assert names == ["start-run"] + STEP_NAMES
+    assert STEP_NAMES == ["mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate",
+                          "register"]
+
+
+def test_parameters_default_to_the_config(compiled):
+    cfg, _, docs = compiled
+    params = docs[0]["root"]["inputDefinitions"]["parameters"]
+    args = pipeline_arguments(cfg)
+    assert set(params) == set(args)
+    for name, value in args.items():
+        assert params[name]["parameterType"] == "STRUCT"
+        assert params[name]["defaultValue"] == value
+    assert "cluster" not in params
+
+
+def test_kubernetes_settings_are_in_the_platform_document(compiled):
+    cfg, _, docs = compiled
+    assert len(docs) == 2
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    spec_exec = docs[0]["deploymentSpec"]["executors"]
+    inner = docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    by_step = {t["taskInfo"]["name"]: t["componentRef"]["name"].replace("comp-", "exec-") for t in inner.values()}
+    for step, exec_name in by_step.items():
+        k8s = executors[exec_name]
+        secrets = {s["secretName"] for s in k8s["secretAsEnv"]}
+        assert secrets == {cfg.cluster.s3_secret, cfg.cluster.mlflow_secret}
+        container = spec_exec[exec_name]["container"]
+        assert container["image"] == "registry.example/reset:1.2.3"
+        gpu = container.get("resources", {}).get("accelerator")
+        if step in cfg.cluster.gpu_steps:
+            assert gpu["resourceCount"] == "1" and gpu["resourceType"] == "nvidia.com/gpu"
+            assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
+        else:
+            assert gpu is None and "tolerations" not in k8s
+
+
+def test_no_secret_values_in_the_compiled_yaml(compiled):
+    _, text, _ = compiled
+    assert "very-secret-value-123" not in text
+    assert "another-secret-456" not in text
+
+
+def test_kfp_loader_reads_it_back_and_cli_compiles(tmp_path):
+    from kfp.components import load_component_from_file
+
+    out = tmp_path / "p.yaml"
+    assert main(["compile", "--config", str(REPO / "configs" / "tiny.yaml"), "--output", str(out)]) == 0
+    comp = load_component_from_file(str(out))
+    assert comp.name == "reset"
+    assert set(comp.component_spec.inputs) == set(pipeline_arguments(load_config(REPO / "configs" / "tiny.yaml")))
+
+
+def test_cli_reports_a_bad_config_by_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rate: fast\n")
+    assert main(["compile", "--config", str(bad), "--output", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "train.learning_rate" in err and str(bad) in err
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_every_config_section_is_a_pipeline_parameter():
+    from reset.config import SECTIONS, PipelineConfig
+
+    names = [f.name for f in dataclasses.fields(PipelineConfig)]
+    assert set(names) - set(SECTIONS) == {"cluster"}
