@@ -903,7 +903,15 @@ def build_demo(
     if n_instruction < 0 or n_grounded < 0:
         raise ValueError("n_instruction and n_grounded must be >= 0")
     rng = random.Random(seed)
-    instruction = [_build_if(rng, i) for i in range(n_instruction)]
+    instruction: list[Example] = []
+    seen: set[str] = set()
+    for i in range(n_instruction):
+        for _ in range(100):  # redraw a prompt that repeats an earlier one (the mixer would drop it)
+            ex = _build_if(rng, i)
+            if ex.instruction not in seen:
+                break
+        seen.add(ex.instruction)
+        instruction.append(ex)
 
     n_extractive = round(n_grounded * EXTRACTIVE_SHARE)
     counterfactual = _spread(rng, n_extractive, COUNTERFACTUAL_SHARE)

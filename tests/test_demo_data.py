@@ -146,3 +146,12 @@ def test_bad_sizes_rejected() -> None:
     with pytest.raises(ValueError):
         build_demo(n_instruction=-1)
     assert build_demo(n_instruction=0, n_grounded=0) == ([], [])
+
+
+def test_demo_prompts_are_unique_so_the_mixer_drops_none() -> None:
+    from reset.mix import dedupe
+
+    for seed in (0, 1):
+        ifs, cds = build_demo(seed=seed, n_instruction=300, n_grounded=300)
+        kept, dropped = dedupe(ifs + cds)
+        assert dropped == [] and len(kept) == 600
