@@ -119,3 +119,31 @@ def test_registry_aliases_and_offline_load(pipeline_run):
     model = mlflow.pyfunc.load_model("models:/reset-e2e@champion")
     out = model.predict([{"instruction": "Say hello."}])
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, tiny_model_dir, capsys):
+    """select cannot reach min_selected: the run stops there, the CLI exits 1 with the reason,
+    and the exit handler still closes the MLflow parent run as FAILED."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
+    try:
+        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
+                   "--set", "select.min_selected=1000", "--set", "tracking.experiment=fail"])
+    finally:
+        mp.undo()
+    assert rc == 1
+    assert "pipeline failed" in capsys.readouterr().err
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name("fail")
+        parent = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'")[0]
+        assert parent.info.status == "FAILED"
+        kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+        status = {r.data.tags["reset.step"]: r.info.status for r in kids}
+        assert status == {"mix": "FINISHED", "finetune-mtl": "FINISHED", "generate": "FINISHED",
+                          "judge": "FINISHED", "select": "FAILED"}
+        assert client.search_registered_models() == []
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -1,0 +1,78 @@
+"""MLflow parent/child runs and how the exit handler closes the parent."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+
+from reset import steps, tracking
+from reset.config import TrackingConfig
+
+
+@pytest.fixture()
+def cfg(tmp_path):
+    c = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="t")
+    yield c
+    mlflow.set_tracking_uri(None)
+
+
+def _children(cfg, parent):
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment)
+    return {r.data.tags[tracking.STEP_TAG]: r.info.status
+            for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
+
+
+def test_parent_logs_config_and_children_nest(cfg):
+    parent = steps.start_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"},
+                             {"train": {"learning_rate": 0.1}, "tracking": {"experiment": "t"}}, "job-1")
+    run = mlflow.MlflowClient().get_run(parent)
+    assert run.data.params["train.learning_rate"] == "0.1"
+    assert run.data.tags[tracking.JOB_TAG] == "job-1"
+    assert run.info.status == "RUNNING"
+    with tracking.step_run(cfg, parent, "mix", {"seed": 3}):
+        mlflow.log_metric("rows", 5)
+    assert _children(cfg, parent) == {"mix": "FINISHED"}
+    assert tracking.find_parent(cfg, "job-1") == parent
+    assert tracking.find_parent(cfg, "job-2") is None
+
+
+def test_start_run_refuses_a_bad_config_by_key(cfg):
+    with pytest.raises(ValueError, match="select.threshold"):
+        steps.start_run({"tracking_uri": cfg.tracking_uri}, {"select": {"threshold": 2.0}}, "job-x")
+
+
+def test_a_failing_step_fails_its_run_and_the_parent(cfg):
+    parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-f"})
+    with tracking.step_run(cfg, parent, "mix"):
+        pass
+    with pytest.raises(RuntimeError, match="boom"), tracking.step_run(cfg, parent, "generate"):
+        raise RuntimeError("boom")
+    assert _children(cfg, parent) == {"mix": "FINISHED", "generate": "FAILED"}
+    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "job-f") == "FAILED"
+    assert mlflow.MlflowClient().get_run(parent).info.status == "FAILED"
+
+
+def test_parent_finishes_only_when_the_last_step_ran(cfg):
+    parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-ok"})
+    with tracking.step_run(cfg, parent, "mix"):
+        pass
+    assert tracking.finish_parent(cfg, parent) == "FAILED"  # register never ran
+    parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-ok2"})
+    for step in ("mix", "register"):
+        with tracking.step_run(cfg, parent, step):
+            pass
+    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "job-ok2") == "FINISHED"
+
+
+def test_finish_without_a_parent_is_a_clean_no_op(cfg):
+    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "never-started") == "NONE"
+
+
+def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = TrackingConfig(experiment="local")
+    exp = tracking.experiment_id(c)
+    location = mlflow.MlflowClient().get_experiment(exp).artifact_location
+    assert location == (tmp_path / "runs" / "mlartifacts").as_uri()
+    mlflow.set_tracking_uri(None)
