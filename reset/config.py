@@ -117,15 +117,41 @@ class GenerateConfig:
     seed: int = 0
 
 
+JUDGE_AXES = {
+    "rules": "instruction",  # IFEval verifiable instructions (reset.instructions)
+    "llm-instruction": "instruction",  # LLM judge, instruction-following rubric
+    "k-precision": "faithfulness",  # lexical grounding (reset.scoring)
+    "embedding": "faithfulness",  # MiniLM sentence grounding (reset.faithfulness)
+    "nli": "faithfulness",  # SummaC-ZS style NLI (reset.faithfulness), needs judge.nli_model
+    "llm-faithfulness": "faithfulness",  # LLM judge, faithfulness rubric
+    "reference": "task",  # task score against the reference response
+}
+
+
 @dataclass
 class JudgeConfig:
-    """Weights of the three axes in the combined score; an axis that does not apply to an example
-    (faithfulness without context, instruction following without constraints) is left out and the
-    rest renormalised. Paper: weights not public; default equal."""
+    """Which judges score the candidates, and how their scores combine.
+
+    judges: names from JUDGE_AXES. Several judges on one axis are averaged with `judge_weights`
+    (default 1 each); the axes are then combined with `weights`. An axis that does not apply to
+    an example (faithfulness without context, instruction following without constraints) is left
+    out and the rest renormalised. Paper: a weighted mix of task, faithfulness and instruction
+    following scored by GPT-4; weights not public, default equal.
+    Offline only: [rules, k-precision, reference] (default). LLM only: [llm-instruction,
+    llm-faithfulness, reference]. Both: list them all and weight them.
+    """
 
     weights: dict[str, float] = field(
         default_factory=lambda: {"instruction": 1.0, "faithfulness": 1.0, "task": 1.0}
     )
+    judges: list[str] = field(default_factory=lambda: ["rules", "k-precision", "reference"])
+    judge_weights: dict[str, float] = field(default_factory=dict)
+    embedding_model: str = "builtin:all-minilm-l6-v2"  # or a local / s3:// sentence-embedding model dir
+    nli_model: str = ""  # a local / s3:// Hugging Face NLI model dir (required by the "nli" judge)
+    # The LLM judge's settings (reset.llm_judge.LLMJudgeConfig): base_url, model, api_key_env,
+    # concurrency, retries, cache, prices, budget. The API key itself only ever comes from the
+    # environment variable named by api_key_env.
+    llm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -173,6 +199,10 @@ class ClusterConfig:
     image: str = ""  # component image; empty = RESET_IMAGE or the default in components/image.py
     s3_secret: str = "reset-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
     mlflow_secret: str = "reset-mlflow"  # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
+    # The LLM judge's API key(s), mounted as env vars of the same name on the judge and evaluate
+    # steps; judge.llm.api_key_env names which one the judge reads.
+    llm_secret: str = "reset-llm"
+    llm_secret_keys: list[str] = field(default_factory=lambda: ["OPENAI_API_KEY"])
     gpu_steps: list[str] = field(default_factory=lambda: ["finetune-mtl", "generate", "finetune-reset", "evaluate"])
     gpus: int = 1
     gpu_resource: str = "nvidia.com/gpu"
@@ -328,6 +358,27 @@ def _check_judge(self: JudgeConfig, where: str) -> None:
             raise ConfigError(f"{_key(where, 'weights')}.{k}: must be >= 0, got {v!r}")
     if not any(v > 0 for v in self.weights.values()):
         raise ConfigError(f"{_key(where, 'weights')}: at least one weight must be > 0")
+    if not self.judges:
+        raise ConfigError(f"{_key(where, 'judges')}: name at least one judge (one of {sorted(JUDGE_AXES)})")
+    for i, name in enumerate(self.judges):
+        if name not in JUDGE_AXES:
+            raise ConfigError(f"{_key(where, 'judges')}[{i}]: unknown judge {name!r} (expected one of {sorted(JUDGE_AXES)})")
+    if len(set(self.judges)) != len(self.judges):
+        raise ConfigError(f"{_key(where, 'judges')}: a judge is listed twice")
+    for k, v in self.judge_weights.items():
+        if k not in self.judges:
+            raise ConfigError(f"{_key(where, 'judge_weights')}.{k}: not one of the configured judges {self.judges}")
+        if v < 0:
+            raise ConfigError(f"{_key(where, 'judge_weights')}.{k}: must be >= 0, got {v!r}")
+    if "nli" in self.judges and not self.nli_model.strip():
+        raise ConfigError(f"{_key(where, 'nli_model')}: the nli judge needs a model directory or s3:// URI")
+    if any(j.startswith("llm-") for j in self.judges):
+        from reset.llm_judge import LLMJudgeConfig
+
+        llm = parse(LLMJudgeConfig, self.llm, _key(where, "llm"))
+        for name in ("model", "base_url"):
+            if not getattr(llm, name).strip():
+                raise ConfigError(f"{_key(where, 'llm')}.{name}: the LLM judges need an endpoint (base_url and model)")
 
 
 def _check_select(self: SelectConfig, where: str) -> None:

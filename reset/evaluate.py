@@ -5,6 +5,8 @@ answers. Metrics (all in [0, 1]):
   if_prompt_acc       share of prompts with verifiable instructions whose every instruction is
                       followed (IFEval's strict prompt-level accuracy)
   if_instruction_acc  share of single instructions followed (instruction-level accuracy)
+  if_prompt_loose,    the same two in IFEval's loose mode (the response also tried without its
+  if_instruction_loose  first / last line and without '*'); never below the strict ones
   faithfulness        mean K-Precision over grounded prompts, also split by task type
                       (faithfulness_extractive, faithfulness_abstractive; the paper reports them apart)
   task                mean task score against the reference (all prompts)
@@ -18,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reset import instructions
-from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, ModelConfig
+from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
 from reset.generate import generate
-from reset.judge import judge
+from reset.judge import build_judges, judge
 from reset.records import Example, Judgment
 
 # The two axes of the paper, used for promotion.
@@ -32,17 +34,22 @@ def evaluate(
     examples: Sequence[Example],
     cfg: EvaluateConfig,
     model_cfg: ModelConfig,
-    weights: Mapping[str, float],
+    judge_cfg: JudgeConfig | Mapping[str, float],
     *,
     model_name: str = "",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate greedy answers with the model and score them. Returns (metrics, per-example rows)."""
+    """Generate greedy answers with the model and score them with the configured judges (a
+    JudgeConfig; a plain axis-weights mapping means the default offline judges).
+    Returns (metrics, per-example rows)."""
     gen_cfg = GenerateConfig(
         grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
     )
     cands = generate(model_dir, examples, gen_cfg, model_cfg, model_name=model_name, log=log)
-    judgments = judge(examples, cands, weights)
+    if isinstance(judge_cfg, JudgeConfig):
+        judgments = judge(examples, cands, judge_cfg.weights, build_judges(judge_cfg), judge_cfg.judge_weights)
+    else:
+        judgments = judge(examples, cands, judge_cfg)
     metrics = metrics_of(examples, judgments, [c.text for c in cands])
     rows = [
         {
@@ -61,16 +68,13 @@ def evaluate(
 
 def metrics_of(examples: Sequence[Example], judgments: Sequence[Judgment], responses: Sequence[str]) -> dict[str, float]:
     by_id = {e.id: e for e in examples}
-    prompt_level, inst_level = [], []
+    constrained: list[tuple[Any, str, str]] = []
     faith: dict[str, list[float]] = {"all": [], "extractive": [], "abstractive": []}
     task, combined = [], []
     for j, text in zip(judgments, responses, strict=True):
         ex = by_id[j.example_id]
         if ex.constraints:
-            _, results = instructions.instruction_score(ex.constraints, text)
-            flags = [r["followed"] for r in results]
-            prompt_level.append(float(all(flags)))
-            inst_level.extend(float(f) for f in flags)
+            constrained.append((ex.constraints, text, ex.instruction))
         if j.scores.get("faithfulness") is not None:
             faith["all"].append(j.scores["faithfulness"])
             if ex.task in faith:
@@ -78,9 +82,12 @@ def metrics_of(examples: Sequence[Example], judgments: Sequence[Judgment], respo
         if j.scores.get("task") is not None:
             task.append(j.scores["task"])
         combined.append(j.combined)
+    acc = instructions.ifeval_accuracy(constrained)
     out = {
-        "if_prompt_acc": _mean(prompt_level),
-        "if_instruction_acc": _mean(inst_level),
+        "if_prompt_acc": acc["prompt_strict"],
+        "if_instruction_acc": acc["instruction_strict"],
+        "if_prompt_loose": acc["prompt_loose"],
+        "if_instruction_loose": acc["instruction_loose"],
         "faithfulness": _mean(faith["all"]),
         "faithfulness_extractive": _mean(faith["extractive"]),
         "faithfulness_abstractive": _mean(faith["abstractive"]),

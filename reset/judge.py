@@ -35,6 +35,10 @@ class AxisScore:
     rationale: str
 
 
+class JudgeError(RuntimeError):
+    """Some candidates could not be judged (e.g. an LLM judge exhausted its retries)."""
+
+
 class Judge(Protocol):
     name: str
     axis: str
@@ -96,6 +100,29 @@ def default_judges() -> list[Judge]:
     return [InstructionRules(), KPrecision(), ReferenceTask()]
 
 
+def build_judges(cfg, cache_dir: str = "") -> list[Judge]:
+    """The judges named in a JudgeConfig (`judge.judges`), constructed with their settings."""
+    out: list[Judge] = []
+    for name in cfg.judges:
+        if name == "rules":
+            out.append(InstructionRules())
+        elif name == "k-precision":
+            out.append(KPrecision())
+        elif name == "reference":
+            out.append(ReferenceTask())
+        elif name in ("embedding", "nli"):
+            from reset import faithfulness
+
+            out.append(faithfulness.build_judge(name, cfg, cache_dir))
+        elif name in ("llm-instruction", "llm-faithfulness"):
+            from reset import llm_judge
+
+            out.append(llm_judge.build_judge(name.removeprefix("llm-"), cfg.llm))
+        else:  # config validation names the key; this is a programming error
+            raise ValueError(f"unknown judge {name!r}")
+    return out
+
+
 def combine(scores: Mapping[str, float | None], weights: Mapping[str, float]) -> float:
     """Weighted mean over the axes that apply (score not None, weight > 0); 0.0 if none apply."""
     num = den = 0.0
@@ -112,23 +139,41 @@ def judge(
     candidates: Sequence[Candidate],
     weights: Mapping[str, float],
     judges: Sequence[Judge] | None = None,
+    judge_weights: Mapping[str, float] | None = None,
 ) -> list[Judgment]:
-    """Judge every candidate; raises ValueError naming a candidate whose example is unknown."""
+    """Judge every candidate. Several judges on one axis are averaged (`judge_weights`, default 1
+    each, over the judges whose score applies); the axes are combined with `weights`.
+    Raises ValueError naming a candidate whose example is unknown."""
     by_id = {e.id: e for e in examples}
     missing = [c.id for c in candidates if c.example_id not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} candidates refer to unknown examples, e.g. {missing[:3]}")
     pairs = [(by_id[c.example_id], c) for c in candidates]
     judges = list(judges or default_judges())
+    jw = dict(judge_weights or {})
     per_judge = [j.score(pairs) for j in judges]
+    failed = [(j.name, pairs[i][1].id, r.error) for j, results in zip(judges, per_judge, strict=True)
+              for i, r in enumerate(results) if getattr(r, "error", "")]
+    if failed:  # never let a failed judgment pass as "axis not applicable"
+        name, cid, why = failed[0]
+        raise JudgeError(
+            f"{len(failed)} of {len(pairs) * len(judges)} judgments failed, e.g. {name} on {cid}: {why}. "
+            "Judgments that succeeded are cached; re-run to resume."
+        )
     out = []
     for i, (ex, cand) in enumerate(pairs):
-        scores: dict[str, float | None] = dict.fromkeys(AXES)
+        sums: dict[str, list[float]] = {axis: [0.0, 0.0] for axis in AXES}
+        by_judge: dict[str, float | None] = {}
         reasons = []
         for j, results in zip(judges, per_judge, strict=True):
             r = results[i]
-            scores[j.axis] = r.score
-            reasons.append(f"{j.axis}: {r.rationale}")
+            by_judge[j.name] = r.score
+            reasons.append(f"{j.name}: {r.rationale}")
+            w = jw.get(j.name, 1.0)
+            if r.score is not None and w > 0:
+                sums[j.axis][0] += w * r.score
+                sums[j.axis][1] += w
+        scores: dict[str, float | None] = {a: (num / den if den else None) for a, (num, den) in sums.items()}
         out.append(
             Judgment(
                 candidate_id=cand.id,
@@ -136,7 +181,7 @@ def judge(
                 scores=scores,
                 combined=combine(scores, weights),
                 rationale="; ".join(reasons),
-                details={"judges": [j.name for j in judges], "decoding": cand.decoding},
+                details={"by_judge": by_judge, "decoding": cand.decoding},
             )
         )
     return out

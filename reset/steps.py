@@ -156,7 +156,8 @@ def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: S
 
 
 def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg: Section, parent_run_id: str,
-          *, out_judgments: str) -> dict[str, Any]:
+          *, out_judgments: str, cache_dir: str = "") -> dict[str, Any]:
+    from reset.judge import build_judges
     from reset.judge import judge as run_judge
 
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
@@ -165,7 +166,15 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "judge", asdict(jcfg)):
         import mlflow
 
-        judgments = run_judge(examples, cands, jcfg.weights)
+        judges = build_judges(jcfg, cache_dir)
+        _log(f"[judge] {len(cands)} candidates, judges: {', '.join(f'{j.name} ({j.axis})' for j in judges)}")
+        try:
+            judgments = run_judge(examples, cands, jcfg.weights, judges, jcfg.judge_weights)
+        finally:
+            for j in judges:  # LLM judges: requests, retries, cache hits, tokens, cost
+                stats = getattr(j, "stats", None)
+                if callable(stats):
+                    mlflow.log_metrics({f"{j.name}.{k}": v for k, v in _metrics(stats()).items()})
         write_jsonl(out_judgments, judgments)
         stats = _axis_means(judgments)
         stats["judgments"] = len(judgments)
@@ -173,21 +182,21 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
         mlflow.log_metrics(_metrics(stats))
         by_ex = {e.id: e for e in examples}
         by_c = {c.id: c for c in cands}
-        mlflow.log_table(
-            {
-                "example_id": [j.example_id for j in judgments],
-                "candidate_id": [j.candidate_id for j in judgments],
-                "kind": [by_ex[j.example_id].kind for j in judgments],
-                "instruction": [by_ex[j.example_id].instruction for j in judgments],
-                "response": [by_c[j.candidate_id].text for j in judgments],
-                "strategy": [str(by_c[j.candidate_id].decoding.get("strategy")) for j in judgments],
-                "temperature": [by_c[j.candidate_id].decoding.get("temperature") for j in judgments],
-                **{f"score_{a}": [j.scores.get(a) for j in judgments] for a in ("instruction", "faithfulness", "task")},
-                "combined": [j.combined for j in judgments],
-                "rationale": [j.rationale for j in judgments],
-            },
-            artifact_file="judged_samples.json",
-        )
+        table = {
+            "example_id": [j.example_id for j in judgments],
+            "candidate_id": [j.candidate_id for j in judgments],
+            "source": [by_ex[j.example_id].source for j in judgments],
+            "kind": [by_ex[j.example_id].kind for j in judgments],
+            "instruction": [by_ex[j.example_id].instruction for j in judgments],
+            "response": [by_c[j.candidate_id].text for j in judgments],
+            "strategy": [str(by_c[j.candidate_id].decoding.get("strategy")) for j in judgments],
+            "temperature": [by_c[j.candidate_id].decoding.get("temperature") for j in judgments],
+            **{f"score_{a}": [j.scores.get(a) for j in judgments] for a in ("instruction", "faithfulness", "task")},
+            **{f"judge_{n.name}": [j.details["by_judge"].get(n.name) for j in judgments] for n in judges},
+            "combined": [j.combined for j in judgments],
+            "rationale": [j.rationale for j in judgments],
+        }
+        mlflow.log_table(table, artifact_file="judged_samples.json")
     return stats
 
 
@@ -248,7 +257,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         for name, ref in models.items():
             path = ref if os.path.isdir(ref) else str(modeling.resolve_model(ref, mcfg.cache_dir))
             _log(f"[evaluate] {name}: {len(examples)} held-out prompts")
-            metrics, rows = run_evaluate(path, examples, ecfg, mcfg, jcfg.weights, model_name=name, log=_log)
+            metrics, rows = run_evaluate(path, examples, ecfg, mcfg, jcfg, model_name=name, log=_log)
             results[name] = metrics
             all_rows += rows
             mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from reset.demo_data import SOURCE_CD, SOURCE_IF, build_demo
-from reset.instructions import check, count_words, describe, validate_constraints
+from reset.instructions import check, count_words, describe, ifeval_accuracy, validate_constraints
 from reset.records import Example
 from reset.scoring import k_precision, normalize_tokens, task_score
 
@@ -65,6 +65,15 @@ def test_records_validate_and_references_follow_constraints(demo: tuple[list[Exa
         for c in e.constraints:
             assert check(c, e.response), (e.id, c, e.response)
             assert describe(c) in e.instruction, (e.id, c)
+
+
+def test_references_score_full_marks_under_ifeval_strict_and_loose(demo: tuple[list[Example], list[Example]]) -> None:
+    inst, grounded = demo
+    acc = ifeval_accuracy([(e.constraints, e.response, e.instruction) for e in inst + grounded])
+    assert acc == {"prompt_strict": 1.0, "instruction_strict": 1.0, "prompt_loose": 1.0, "instruction_loose": 1.0}
+    # the change_case constraints (IFEval also asks langdetect for English) are well represented
+    ids = [c["id"] for e in inst for c in e.constraints]
+    assert ids.count("change_case:english_capital") >= 20 and ids.count("change_case:english_lowercase") >= 20
 
 
 def test_instruction_examples(demo: tuple[list[Example], list[Example]]) -> None:

@@ -44,7 +44,7 @@ def test_instruction_example_has_no_faithfulness(demo) -> None:
     assert j.scores == {"instruction": 1.0, "faithfulness": None, "task": 1.0}
     assert j.combined == 1.0
     assert (j.candidate_id, j.example_id) == (f"{ex.id}-c", ex.id)
-    assert "faithfulness: no context" in j.rationale
+    assert "k-precision: no context" in j.rationale
 
 
 def test_instruction_score_counts_violated_constraints(demo) -> None:
@@ -135,7 +135,7 @@ def test_judge_refuses_unknown_examples() -> None:
 def test_judge_keeps_decoding_in_details() -> None:
     (j,) = judge([MILL], [Candidate("c1", "mill", "In Halstead.", {"temperature": 0.7})], EQUAL)
     assert j.details["decoding"] == {"temperature": 0.7}
-    assert j.details["judges"] == ["rules", "k-precision", "reference"]
+    assert set(j.details["by_judge"]) == {"rules", "k-precision", "reference"}
 
 
 # ------------------------------------------------------------------------------------- selection

@@ -83,7 +83,10 @@ def test_kubernetes_settings_are_in_the_platform_document(compiled):
     for step, exec_name in by_step.items():
         k8s = executors[exec_name]
         secrets = {s["secretName"] for s in k8s["secretAsEnv"]}
-        assert secrets == {cfg.cluster.s3_secret, cfg.cluster.mlflow_secret}
+        expected = {cfg.cluster.s3_secret, cfg.cluster.mlflow_secret}
+        if step in ("judge", "evaluate"):  # the LLM judge's API key, only where a judge runs
+            expected.add(cfg.cluster.llm_secret)
+        assert secrets == expected
         container = spec_exec[exec_name]["container"]
         assert container["image"] == "registry.example/reset:1.2.3"
         gpu = container.get("resources", {}).get("accelerator")
