@@ -219,6 +219,7 @@ RUBRICS: dict[str, Rubric] = {
     ),
 }
 
+RATIONALE_MAX_CHARS = 200
 JSON_SCHEMA = {
     "type": "json_schema",
     "json_schema": {
@@ -227,7 +228,9 @@ JSON_SCHEMA = {
         "schema": {
             "type": "object",
             "properties": {
-                "rationale": {"type": "string"},
+                # Bounded, so a rambling judge still closes the object within max_tokens (>= 256
+                # tokens by default; a token is at least one character).
+                "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS},
                 "score": {"type": "integer", "minimum": 1, "maximum": 10},
             },
             "required": ["rationale", "score"],

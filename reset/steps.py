@@ -170,11 +170,16 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
         _log(f"[judge] {len(cands)} candidates, judges: {', '.join(f'{j.name} ({j.axis})' for j in judges)}")
         try:
             judgments = run_judge(examples, cands, jcfg.weights, judges, jcfg.judge_weights)
-        finally:
-            for j in judges:  # LLM judges: requests, retries, cache hits, tokens, cost
+        finally:  # LLM judges: requests, retries, cache hits, tokens, cost (once per shared ledger)
+            logged: set[int] = set()
+            for j in judges:
                 stats = getattr(j, "stats", None)
-                if callable(stats):
-                    mlflow.log_metrics({f"{j.name}.{k}": v for k, v in _metrics(stats()).items()})
+                ledger = id(getattr(j, "ledger", j))
+                if callable(stats) and ledger not in logged:
+                    logged.add(ledger)
+                    values = _metrics(stats())
+                    mlflow.log_metrics({f"llm.{k}": v for k, v in values.items()})
+                    _log(f"[judge] LLM judge: {json.dumps(values)}")
         write_jsonl(out_judgments, judgments)
         stats = _axis_means(judgments)
         stats["judgments"] = len(judgments)

@@ -119,3 +119,50 @@ def mlflow_server(s3_endpoint, s3, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(cache_dir, tmp_path_factory):
+    """vLLM's CPU build serving the demo model (SmolLM2-135M-Instruct) through its
+    OpenAI-compatible server on 127.0.0.1. Its own venv (`make vllm`): RESET_VLLM_PYTHON or
+    .venv-vllm/bin/python. Yields (base_url, served model name)."""
+    from reset.modeling import resolve_model
+
+    python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if not os.path.exists(python):
+        pytest.fail(f"no vLLM environment at {python}: run `make vllm` (make test does)")
+    model_dir = resolve_model("builtin:smollm2-135m-instruct", str(cache_dir))
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm") / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
+           "DO_NOT_TRACK": "1"}
+    proc = subprocess.Popen(
+        [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+         "--max-model-len", "2048", "--dtype", "float32"],
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            log.close()
+            raise RuntimeError("vLLM server did not start:\n" + log_path.read_text()[-4000:])
+        time.sleep(1)  # polling a condition with a deadline
+    try:
+        yield f"{url}/v1", "smollm2"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
