@@ -106,7 +106,9 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
         grounded = sum(1 for ex, _ in pairs if ex.has_context)
         assert m["llm.requests"] == len(pairs) + grounded  # one shared ledger: both axes, faithfulness where a context exists
         assert m["llm.prompt_tokens"] > 0 and m["llm.errors"] == 0
-        table = json.loads(open(client.download_artifacts(run.info.run_id, "judged_samples.json", str(tmp_path))).read())
+        local = client.download_artifacts(run.info.run_id, "judged_samples.json", str(tmp_path))
+        with open(local) as fh:
+            table = json.load(fh)
         assert "judge_llm-faithfulness" in table["columns"]
         assert all("api_key" not in k.lower() for k in run.data.params)
     finally:
