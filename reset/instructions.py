@@ -322,7 +322,7 @@ def _check_kwarg(iid: str, name: str, tag: str, value: Any) -> Any:
             or not all(isinstance(v, str) and v.strip() for v in value)
         ):
             raise InstructionError(f"{where} must be a non-empty list of non-empty strings, got {value!r}")
-        value = [v.strip() for v in value]
+        value = list(value)  # used as given, as IFEval does (a trailing space is part of the pattern)
         for v in value:
             _compiles(where, v)
     return value

@@ -94,18 +94,11 @@ def select(
 
 
 def _report(by_ex, groups, best, cfg: SelectConfig, threshold: float) -> dict[str, Any]:
-    prompts = Counter()
-    kept = Counter()
-    for ex_id in groups:
-        ex = by_ex[ex_id]
-        prompts[(ex.source, ex.kind)] += 1
-    for j in best:
-        ex = by_ex[j.example_id]
-        kept[(ex.source, ex.kind)] += 1
-    per_group = {
-        f"{src}/{kind}": {"prompts": n, "kept": kept[(src, kind)], "keep_rate": kept[(src, kind)] / n}
-        for (src, kind), n in sorted(prompts.items())
-    }
+    def rates(key) -> dict[str, dict[str, float]]:
+        prompts = Counter(key(by_ex[ex_id]) for ex_id in groups)
+        kept = Counter(key(by_ex[j.example_id]) for j in best)
+        return {g: {"prompts": n, "kept": kept[g], "keep_rate": kept[g] / n} for g, n in sorted(prompts.items())}
+
     all_best = [max(g, key=lambda j: j.combined).combined for g in groups.values()]
     strategies = Counter(str(j.details.get("decoding", {}).get("strategy", "?")) for j in best)
     return {
@@ -117,6 +110,8 @@ def _report(by_ex, groups, best, cfg: SelectConfig, threshold: float) -> dict[st
         "keep_rate": len(best) / len(groups) if groups else 0.0,
         "mean_selected_score": sum(j.combined for j in best) / len(best) if best else 0.0,
         "best_score": max(all_best) if all_best else 0.0,
-        "per_group": per_group,
+        # keep rate per source and kind (instruction / grounded), and per task (open / extractive / abstractive)
+        "per_group": rates(lambda ex: f"{ex.source}/{ex.kind}"),
+        "per_task": rates(lambda ex: ex.task),
         "selected_by_strategy": dict(strategies),
     }

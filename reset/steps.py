@@ -234,6 +234,9 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
         for group, g in rep["per_group"].items():
             _log(f"[select]   {group}: {g['kept']}/{g['prompts']} kept")
             mlflow.log_metric(f"keep_rate.{group.replace('/', '.')}", g["keep_rate"])
+        for task, g in rep["per_task"].items():
+            _log(f"[select]   task {task}: {g['kept']}/{g['prompts']} kept")
+            mlflow.log_metric(f"keep_rate.task.{task}", g["keep_rate"])
         mlflow.log_metrics(_metrics(rep))
         mlflow.log_dict(rep, "selection_report.json")
     return rep

@@ -50,69 +50,191 @@ def c(iid: str, **kwargs: object) -> dict:
     return {"id": iid, "kwargs": kwargs}
 
 
-# (constraint, a response that follows it, a response that does not), IFEval strict
-CASES = [
-    (c("length_constraints:number_words", relation="less than", num_words=5), "One two three four.",
-     "One two three four five."),
-    (c("length_constraints:number_words", relation="at least", num_words=5), "One two three four five.",
-     "One two three four."),
-    (c("length_constraints:number_sentences", relation="less than", num_sentences=3), "First one. Second one.",
-     "First one. Second one. Third one."),
-    (c("length_constraints:number_sentences", relation="at least", num_sentences=3), "One. Two! Three?",
-     "One. Two!"),
-    (c("length_constraints:number_paragraphs", num_paragraphs=2), "First.\n***\nSecond.", "First.\n***\n***\nThird."),
-    (c("length_constraints:nth_paragraph_first_word", num_paragraphs=2, nth_paragraph=2, first_word="Then"),
-     "First part.\n\n\"Then, the second part.", "First part.\n\nNext the second part."),
-    (c("keywords:existence", keywords=["bike", "Health"]), "My BIKE is good for my health.",
-     "Cycling is healthy."),
-    (c("keywords:forbidden_words", forbidden_words=["car"]), "Cars and carpets are fine here.",
-     "I drove the Car home."),
-    (c("keywords:frequency", keyword="tree", relation="at least", frequency=2), "Tree after tree.", "One tree."),
-    (c("keywords:letter_frequency", letter="z", let_relation="less than", let_frequency=2), "Zoo.", "Zizz."),
-    (c("language:response_language", language="fr"),
-     "Bonjour, je m'appelle Marie et j'habite à Paris depuis dix ans.",
-     "Hello, my name is Mary and I have lived in Paris for ten years."),
-    (c("detectable_format:number_bullet_lists", num_bullets=2), "Intro\n* first\n- second\n**bold** line",
-     "* first\n* second\n* third"),
-    (c("detectable_format:constrained_response"), "Well. My answer is no.", "No."),
-    (c("detectable_format:number_highlighted_sections", num_highlights=2), "*one* and **two**", "*one* only"),
-    (c("detectable_format:multiple_sections", section_spliter="Section", num_sections=2),
-     "Section 1\nA\nSection 2\nB", "Section 1\nOnly one"),
-    (c("detectable_format:json_format"), '```json\n{"a": 1}\n```', "{a: 1}"),
-    (c("detectable_format:title"), "<<My Title>>\nBody text.", "<<  >> no real title, <no> <<"),
-    (c("detectable_content:number_placeholders", num_placeholders=2), "Send to [name] at [address].",
-     "Send to [name]."),
-    (c("detectable_content:postscript", postscript_marker="P.S."), "Body.\n\nP.S. see you soon",
-     "Body. PS no dots"),
-    (c("detectable_content:postscript", postscript_marker="P.P.S"), "Body.\np.p.s extra", "Body.\nP.S. only"),
-    (c("combination:repeat_prompt", prompt_to_repeat="Say hi."), "say hi. Hi!", "Hi! Say hi."),
-    (c("combination:two_responses"), "Yes.\n******\nNo.", "Yes.\n******\nYes."),
-    (c("startend:end_checker", end_phrase="Any other questions?"), '"Done here. any other questions?"  ',
-     "Any other questions? Yes."),
-    (c("startend:quotation"), '  "wrapped in quotes"\n', '"only at the start'),
-    (c("change_case:capital_word_frequency", capital_frequency=2, capital_relation="at least"),
-     "The NASA and ESA teams met.", "The Nasa team met."),
-    (c("change_case:english_lowercase"), "all lower case, 42 times.", "Not all lower case."),
-    (c("change_case:english_capital"), "ALL CAPS, 42 TIMES.", "ALL CAPS bUT ONE."),
-    (c("punctuation:no_comma"), "No commas here at all.", "One, two."),
+# An instruction for which no response can fail strict but pass loose: loose only removes lines or
+# '*' characters, and these counts never grow with that (matches do not span lines; '*' only breaks
+# the <<...>> / [...] / *...* matches).
+NO_LOOSE_ONLY_CASE = {
+    "detectable_content:number_placeholders",  # "[...]" on one line: removal never adds one
+    "detectable_format:number_highlighted_sections",  # removing '*' removes every highlight
+    "detectable_format:title",  # "<<...>>" on one line: removal never adds one
+}
+
+WORDS_LT5 = c("length_constraints:number_words", relation="less than", num_words=5)
+WORDS_GE5 = c("length_constraints:number_words", relation="at least", num_words=5)
+SENT_LT3 = c("length_constraints:number_sentences", relation="less than", num_sentences=3)
+SENT_GE3 = c("length_constraints:number_sentences", relation="at least", num_sentences=3)
+PARAS2 = c("length_constraints:number_paragraphs", num_paragraphs=2)
+NTH_THEN = c("length_constraints:nth_paragraph_first_word", num_paragraphs=2, nth_paragraph=2, first_word="Then")
+EXIST = c("keywords:existence", keywords=["bike", "Health"])
+EXIST_RIDE = c("keywords:existence", keywords=["bike ride"])
+FORBID = c("keywords:forbidden_words", forbidden_words=["car"])
+FREQ_GE2 = c("keywords:frequency", keyword="tree", relation="at least", frequency=2)
+FREQ_LT2 = c("keywords:frequency", keyword="tree", relation="less than", frequency=2)
+LET_LT2 = c("keywords:letter_frequency", letter="z", let_relation="less than", let_frequency=2)
+LET_GE3 = c("keywords:letter_frequency", letter="Z", let_relation="at least", let_frequency=3)
+FRENCH = c("language:response_language", language="fr")
+BULLETS2 = c("detectable_format:number_bullet_lists", num_bullets=2)
+CONSTRAINED = c("detectable_format:constrained_response")
+HIGHLIGHTS2 = c("detectable_format:number_highlighted_sections", num_highlights=2)
+SECTIONS2 = c("detectable_format:multiple_sections", section_spliter="Section", num_sections=2)
+JSON = c("detectable_format:json_format")
+TITLE = c("detectable_format:title")
+PLACEHOLDERS2 = c("detectable_content:number_placeholders", num_placeholders=2)
+PS = c("detectable_content:postscript", postscript_marker="P.S.")
+PPS = c("detectable_content:postscript", postscript_marker="P.P.S")
+REPEAT = c("combination:repeat_prompt", prompt_to_repeat="Say hi.")
+TWO = c("combination:two_responses")
+END = c("startend:end_checker", end_phrase="Any other questions?")
+QUOTE = c("startend:quotation")
+CAPS_GE2 = c("change_case:capital_word_frequency", capital_frequency=2, capital_relation="at least")
+CAPS_LT2 = c("change_case:capital_word_frequency", capital_frequency=2, capital_relation="less than")
+LOWER = c("change_case:english_lowercase")
+UPPER = c("change_case:english_capital")
+NO_COMMA = c("punctuation:no_comma")
+
+# (constraint, response, followed under strict, followed under loose), each verdict reasoned from
+# IFEval's checker: loose tries the response, without its first line, its last line, both, and each
+# of these with every '*' removed. A one-line response without '*' has the same verdict in both modes.
+TABLE = [
+    # length_constraints:number_words: \w+ tokens
+    (WORDS_LT5, "One two three four.", True, True),
+    (WORDS_LT5, "Sure, here is my answer:\nOne two.", False, True),  # 7 words; 2 without the chatty line
+    (WORDS_LT5, "One two three four five.", False, False),
+    (WORDS_LT5, "Sure, here:\nOne two three four five six.\nBye now", False, False),  # middle line alone: 6
+    (WORDS_GE5, "One two three four five.", True, True),
+    (WORDS_GE5, "One two three four.", False, False),
+    # length_constraints:number_sentences: punkt sentences
+    (SENT_LT3, "First one. Second one.", True, True),
+    (SENT_LT3, "Sure. Here it is.\nFirst one. Second one.", False, True),  # 4; 2 without line 1
+    (SENT_LT3, "First one. Second one. Third one.", False, False),
+    (SENT_GE3, "One. Two! Three?", True, True),
+    (SENT_GE3, "One. Two!", False, False),
+    # length_constraints:number_paragraphs: split on ***, empty paragraphs only at the ends
+    (PARAS2, "First.\n***\nSecond.", True, True),
+    (PARAS2, "Intro\n***\nFirst.\n***\nSecond.", False, True),  # 3; without line 1 a leading *** is ignored
+    (PARAS2, "First.\n***\n***\nThird.", False, False),  # empty middle paragraph in every variant
+    # length_constraints:nth_paragraph_first_word: paragraphs split on \n\n; ' and " stripped, '*' not
+    (NTH_THEN, "First part.\n\n\"Then, the second part.", True, True),
+    (NTH_THEN, "First part.\n\n**Then** the second part.", False, True),  # "**then**" != "then"
+    (NTH_THEN, "First part.\n\nNext the second part.", False, False),
+    # keywords:existence: case-insensitive regex search, every keyword
+    (EXIST, "My BIKE is good for my health.", True, True),
+    (EXIST, "Cycling is healthy.", False, False),
+    (EXIST, "Sure, a bike:\n**bikes** are fun\nBye", False, False),  # no variant has "health"
+    (EXIST_RIDE, "A long bike ride.", True, True),
+    (EXIST_RIDE, "A long bike **ride**.", False, True),  # found once '*' is removed
+    # keywords:forbidden_words: whole words, case-insensitive
+    (FORBID, "Cars and carpets are fine here.", True, True),
+    (FORBID, "Sure, no car talk:\nCars and carpets are fine here.", False, True),
+    (FORBID, "I drove the Car home.", False, False),
+    (FORBID, "I drove\nthe car home\ntoday.", False, False),  # the middle line survives every variant
+    # keywords:frequency: regex occurrences, case-insensitive
+    (FREQ_GE2, "Tree after tree.", True, True),
+    (FREQ_GE2, "One tree.", False, False),
+    (FREQ_LT2, "Sure, a tree:\nOne tree here.", False, True),  # 2; 1 without line 1
+    (FREQ_LT2, "A tree and a tree in one line.", False, False),
+    # keywords:letter_frequency: lower-cased letter count
+    (LET_LT2, "Zoo.", True, True),
+    (LET_LT2, "Zebra time:\nA zoo.", False, True),  # 2; 1 without line 1
+    (LET_LT2, "Zizz.", False, False),
+    (LET_GE3, "Zizz.", True, True),
+    (LET_GE3, "Zoo.", False, False),
+    # language:response_language: langdetect (seeded)
+    (FRENCH, "Bonjour, je m'appelle Marie et j'habite à Paris depuis dix ans.", True, True),
+    (FRENCH, "Sure! Here is my answer, written in French exactly as you asked me to do, with nothing else "
+             "added:\nBonjour, je m'appelle Marie et j'habite à Paris.", False, True),
+    (FRENCH, "Hello, my name is Mary and I have lived in Paris for ten years.", False, False),
+    # detectable_format:number_bullet_lists: exactly n lines starting "* " or "-"
+    (BULLETS2, "Intro\n* first\n- second\n**bold** line", True, True),  # "**bold**" is no bullet
+    (BULLETS2, "* first\n* second\n* third", False, True),  # 3; 2 without the first (or last) line
+    (BULLETS2, "Sure:\n* first\n* second\n- Hope this helps!", False, True),
+    (BULLETS2, "* first\n* second\n* third\n* fourth\n* fifth", False, False),  # at least 3; none without '*'
+    (BULLETS2, "* only one", False, False),
+    # detectable_format:constrained_response: one of the exact options, anywhere
+    (CONSTRAINED, "Well. My answer is no.", True, True),
+    (CONSTRAINED, "Sure:\n**My answer is yes**.", False, True),
+    (CONSTRAINED, "No.", False, False),
+    (CONSTRAINED, "Sure:\nMy answer is Yes.\nBye", False, False),  # case-sensitive
+    # detectable_format:number_highlighted_sections: *x* and **x** with text inside
+    (HIGHLIGHTS2, "*one* and **two**", True, True),
+    (HIGHLIGHTS2, "*one* only", False, False),
+    (HIGHLIGHTS2, "** ** and * *\n*one*", False, False),  # empty highlights do not count
+    # detectable_format:multiple_sections: at least n "Section <number>" splits
+    (SECTIONS2, "Section 1\nA\nSection 2\nB", True, True),
+    (SECTIONS2, "Section **1**\nA\nSection **2**\nB", False, True),  # "Section 1" once '*' is removed
+    (SECTIONS2, "Section 1\nOnly one", False, False),
+    # detectable_format:json_format: json.loads, optional ``` fences
+    (JSON, '```json\n{"a": 1}\n```', True, True),
+    (JSON, '```json\n{"a": 1}\n```\nHope this helps!', False, True),  # chatty last line
+    (JSON, 'Sure:\n{"a": 1}', False, True),  # chatty first line
+    (JSON, "{a: 1}", False, False),
+    (JSON, "Here is the JSON:\n{a: 1}\nDone", False, False),
+    # detectable_format:title: <<non-blank>> on one line
+    (TITLE, "<<My Title>>\nBody text.", True, True),
+    (TITLE, "<<  >> no real title, <no> <<", False, False),
+    (TITLE, "Line one\nLine two\nLine three", False, False),
+    # detectable_content:number_placeholders: at least n [..]
+    (PLACEHOLDERS2, "Send to [name] at [address].", True, True),
+    (PLACEHOLDERS2, "Send to [name].", False, False),
+    (PLACEHOLDERS2, "Send to [name\n] at [address].", False, False),  # a placeholder does not span lines
+    # detectable_content:postscript: the marker anywhere, case-insensitive
+    (PS, "Body.\n\nP.S. see you soon", True, True),
+    (PS, "Body.\n\n**P**.S. see you soon", False, True),  # "p.s." once '*' is removed
+    (PS, "Body. PS no dots", False, False),
+    (PPS, "Body.\np.p.s extra", True, True),
+    (PPS, "Body.\nP.S. only", False, False),
+    # combination:repeat_prompt: starts with the request, case-insensitive
+    (REPEAT, "say hi. Hi!", True, True),
+    (REPEAT, "Of course.\nSay hi. Hi!", False, True),
+    (REPEAT, "Hi! Say hi.", False, False),
+    (REPEAT, "Of course.\nHi!\nSay hi.", False, False),
+    # combination:two_responses: exactly two different parts split by ******
+    (TWO, "Yes.\n******\nNo.", True, True),
+    (TWO, "Sure, here are two:\n******\nYes.\n******\nNo.", False, True),  # 3 parts; 2 without line 1
+    (TWO, "Yes.\n******\nYes.", False, False),  # same parts; one part in every other variant
+    # startend:end_checker: ends with the phrase (case-insensitive, outer quotes ignored)
+    (END, '"Done here. any other questions?"  ', True, True),
+    (END, "Done. **Any other questions?**", False, True),  # markdown
+    (END, "Done. Any other questions?\nHope this helps!", False, True),  # chatty last line
+    (END, "Any other questions? Yes.", False, False),
+    # startend:quotation: wrapped in double quotes
+    (QUOTE, '  "wrapped in quotes"\n', True, True),
+    (QUOTE, 'Sure, here it is:\n"A quoted answer."', False, True),
+    (QUOTE, '"only at the start', False, False),
+    # change_case:capital_word_frequency: word_tokenize tokens that are upper case
+    (CAPS_GE2, "The NASA and ESA teams met.", True, True),
+    (CAPS_GE2, "The Nasa team met.", False, False),
+    (CAPS_LT2, "The NASA team met.", True, True),
+    (CAPS_LT2, "NOTE:\nThe NASA team met.", False, True),  # 2; 1 without line 1
+    (CAPS_LT2, "The NASA and ESA teams met.", False, False),
+    # change_case:english_lowercase: islower() and English
+    (LOWER, "all lower case, 42 times.", True, True),
+    (LOWER, "Sure! Here is my answer:\nall of this text is written in lowercase.", False, True),
+    (LOWER, "Not all lower case.", False, False),
+    # change_case:english_capital: isupper() and English
+    (UPPER, "ALL CAPS, 42 TIMES.", True, True),
+    (UPPER, "Sure, here is my answer:\nTHIS ANSWER IS WRITTEN ENTIRELY IN CAPITAL LETTERS.", False, True),
+    (UPPER, "ALL CAPS bUT ONE.", False, False),
+    (UPPER, "Sure:\nNot capitals at all.\nBye", False, False),
+    # punctuation:no_comma
+    (NO_COMMA, "No commas here at all.", True, True),
+    (NO_COMMA, "Sure, here it is:\nNo commas in this answer.", False, True),  # chatty first line
+    (NO_COMMA, "One, two.", False, False),
+    (NO_COMMA, "Sure:\nOne, two, three.\nBye", False, False),
 ]
 
-# (constraint, a response that IFEval's loose mode accepts but strict mode does not)
-LOOSE_ONLY = [
-    (c("punctuation:no_comma"), "Sure, here it is:\nNo commas in this answer."),  # chatty first line
-    (c("startend:quotation"), 'Sure, here it is:\n"A quoted answer."'),
-    (c("change_case:english_lowercase"), "Sure! Here is my answer:\nall of this text is written in lowercase."),
-    (c("length_constraints:number_words", relation="less than", num_words=5), "Sure, here is my answer:\nOne two."),
-    (c("startend:end_checker", end_phrase="Any other questions?"), "Done. **Any other questions?**"),  # markdown
-    (c("detectable_format:json_format"), '```json\n{"a": 1}\n```\nHope this helps!'),  # chatty last line
-    (c("combination:repeat_prompt", prompt_to_repeat="Say hi."), "Of course.\nSay hi. Hi!"),
-    (c("detectable_format:constrained_response"), "Sure:\n**My answer is yes**."),
-]
+
+def _table_ids() -> list[str]:
+    seen: dict[str, int] = {}
+    ids = []
+    for constraint, _, strict, loose in TABLE:
+        n = seen[constraint["id"]] = seen.get(constraint["id"], 0) + 1
+        ids.append(f"{constraint['id']}-{n}-{'S' if strict else 's'}{'L' if loose else 'l'}")
+    return ids
 
 
-def test_every_ifeval_instruction_is_supported_and_has_a_case() -> None:
+def test_every_ifeval_instruction_is_supported() -> None:
     assert set(SUPPORTED_IDS) == set(CHECKERS) == IFEVAL_IDS
-    assert {case[0]["id"] for case in CASES} == IFEVAL_IDS
 
 
 def test_checkers_are_lm_evals_own_classes() -> None:
@@ -122,24 +244,54 @@ def test_checkers_are_lm_evals_own_classes() -> None:
     assert not any(name == "lm_eval" or name.startswith("lm_eval.") for name in sys.modules)
 
 
-@pytest.mark.parametrize(("constraint", "good", "bad"), CASES, ids=[f"{x[0]['id']}-{i}" for i, x in enumerate(CASES)])
-def test_follows_and_violates(constraint: dict, good: str, bad: str) -> None:
-    assert check(constraint, good) is True
-    assert check(constraint, bad) is False
-    assert check(constraint, good, loose=True) is True  # loose is never below strict
+def test_table_covers_every_instruction_in_both_modes() -> None:
+    """Every id: a response passing strict, one failing strict, one passing loose, one failing loose,
+    and (where loose can differ at all) one failing strict but passing loose."""
+    for iid in IFEVAL_IDS:
+        rows = [(strict, loose) for constraint, _, strict, loose in TABLE if constraint["id"] == iid]
+        assert any(strict for strict, _ in rows), iid
+        assert any(not strict for strict, _ in rows), iid
+        assert any(loose for _, loose in rows), iid
+        assert any(not loose for _, loose in rows), iid
+        assert any(loose and not strict for strict, loose in rows) == (iid not in NO_LOOSE_ONLY_CASE), iid
+        assert all(loose for strict, loose in rows if strict), iid  # loose is never below strict
 
 
-@pytest.mark.parametrize(("constraint", "response"), LOOSE_ONLY,
-                         ids=[f"{x[0]['id']}-{i}" for i, x in enumerate(LOOSE_ONLY)])
-def test_loose_accepts_what_strict_rejects(constraint: dict, response: str) -> None:
-    assert check(constraint, response) is False
-    assert check(constraint, response, loose=True) is True
+@pytest.mark.parametrize(("constraint", "response", "strict", "loose"), TABLE, ids=_table_ids())
+def test_strict_and_loose_verdicts(constraint: dict, response: str, strict: bool, loose: bool) -> None:
+    assert check(constraint, response) is strict
+    assert check(constraint, response, loose=True) is loose
+    assert instruction_score([constraint], response, loose=True)[0] == float(loose)
 
 
-def test_loose_does_not_rescue_a_real_violation() -> None:
-    assert check(c("punctuation:no_comma"), "One, two, three.", loose=True) is False
-    assert check(c("detectable_format:title"), "Line one\nLine two\nLine three", loose=True) is False
-    assert check(c("change_case:english_capital"), "Sure:\nNot capitals at all.\nBye", loose=True) is False
+def _ifeval_reference(constraint: dict, response: str, loose: bool) -> bool:
+    """lm-eval's evaluation_lib, restated: its class, built with the kwargs as given, on its variants."""
+    instance = CHECKERS[constraint["id"]].cls(constraint["id"])
+    instance.build_description(**constraint["kwargs"])
+    texts = [response]
+    if loose:
+        lines = response.split("\n")
+        cut = ["\n".join(lines[1:]).strip(), "\n".join(lines[:-1]).strip(), "\n".join(lines[1:-1]).strip()]
+        texts = [response, response.replace("*", ""), *cut, *(t.replace("*", "") for t in cut)]
+    return any(t.strip() and instance.check_following(t) for t in texts)
+
+
+def test_table_verdicts_are_lm_evals() -> None:
+    for constraint, response, _, _ in TABLE:
+        for loose in (False, True):
+            assert check(constraint, response, loose=loose) == _ifeval_reference(constraint, response, loose), (
+                constraint, response, loose)
+
+
+@pytest.mark.parametrize(
+    ("constraint", "response"),
+    [
+        (c("keywords:existence", keywords=["bike "]), "My bike."),  # IFEval: "bike " is not found
+        (c("keywords:forbidden_words", forbidden_words=["car "]), "A car."),  # IFEval: \bcar \b is not found
+    ],
+)
+def test_whitespace_in_keyword_kwargs_is_kept_as_in_ifeval(constraint: dict, response: str) -> None:
+    assert check(constraint, response) == _ifeval_reference(constraint, response, loose=False)
 
 
 def test_loose_variants_are_ifevals() -> None:
@@ -329,7 +481,7 @@ def test_describe_uses_ifeval_wording() -> None:
 
 
 def test_describe_is_the_checkers_own_text_and_deterministic() -> None:
-    for constraint, _, _ in CASES:
+    for constraint, _, _, _ in TABLE:
         checker = CHECKERS[constraint["id"]]
         instance = checker.cls(checker.id)
         assert describe(constraint) == instance.build_description(**constraint["kwargs"])

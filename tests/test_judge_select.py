@@ -199,6 +199,10 @@ def test_reset_report() -> None:
         "src-a/instruction": {"prompts": 2, "kept": 1, "keep_rate": 0.5},
         "src-b/grounded": {"prompts": 3, "kept": 3, "keep_rate": 1.0},
     }
+    assert rep["per_task"] == {
+        "abstractive": {"prompts": 3, "kept": 3, "keep_rate": 1.0},
+        "open": {"prompts": 2, "kept": 1, "keep_rate": 0.5},
+    }
     assert rep["mean_selected_score"] == pytest.approx((0.9 + 0.8 + 0.5 + 0.75) / 4)
     assert rep["best_score"] == 0.9
     assert rep["selected_by_strategy"] == {"b": 1, "a": 2, "c": 1}  # e1-b, e3-a, e4-a, e5-c
