@@ -1,0 +1,23 @@
+"""Run every benchmark in turn and print their tables (`make bench`).
+
+    .venv/bin/python bench/run_all.py
+
+See docs/bench.md for the figures measured on the development machine.
+"""
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RUNS = [
+    ("Offline judges (candidates/s)", ["judges_bench.py", "--embedding"]),
+    ("LLM judge vs a 50 ms server: concurrency 32 / sequential", ["llm_judge_bench.py"]),
+    ("LLM judge vs vLLM (CPU): judge / saturation", ["vllm_bench.py"]),
+]
+
+if __name__ == "__main__":
+    for title, cmd in RUNS:
+        print(f"\n## {title}\n", flush=True)
+        out = subprocess.run([sys.executable, str(HERE / cmd[0]), *cmd[1:]], capture_output=True, text=True)
+        print("\n".join(ln for ln in out.stdout.splitlines() if ln.startswith("|")) or out.stderr[-2000:])
