@@ -147,3 +147,40 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
         assert client.search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)
+
+
+def test_the_pipeline_runs_with_the_llm_judge_as_configuration(tmp_path, tiny_model_dir):
+    """judge.judges = LLM judges + the reference task score, over an OpenAI-compatible endpoint
+    that fails a share of requests: the whole DAG runs (judge and evaluate use the LLM judges),
+    the judge step's MLflow run accounts the requests and retries, and the API key, which comes
+    from the environment, appears in no parameter."""
+    from .fault_server import FaultConfig, FaultServer
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
+    mp.setenv("OPENAI_API_KEY", "sk-test-not-a-real-key-42")
+    try:
+        with FaultServer(FaultConfig(fail_rate=0.2, fail_kinds=("429", "500"), seed=3)) as server:
+            llm = json.dumps({"base_url": server.base_url, "model": "judge", "concurrency": 8,
+                              "backoff_base_s": 0.01, "cache_path": str(tmp_path / "judge.sqlite")})
+            rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
+                       "--set", "judge.judges=[llm-instruction, llm-faithfulness, reference]",
+                       "--set", f"judge.llm={llm}", "--set", "tracking.experiment=llm"])
+            served = server.stats["requests"]
+    finally:
+        mp.undo()
+    assert rc == 0 and served > 0
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    try:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name("llm")
+        judge_run = client.search_runs([exp.experiment_id], "tags.`reset.step` = 'judge'")[0]
+        m = judge_run.data.metrics
+        assert m["llm.requests"] > 0 and m["llm.errors"] == 0 and m["llm.retries"] > 0
+        assert judge_run.data.params["judges"] == '["llm-instruction", "llm-faithfulness", "reference"]'
+        parent = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'")[0]
+        assert parent.info.status == "FINISHED"
+        assert "sk-test-not-a-real-key-42" not in json.dumps(parent.data.params)
+        assert "sk-test-not-a-real-key-42" not in json.dumps(judge_run.data.params)
+    finally:
+        mlflow.set_tracking_uri(None)
