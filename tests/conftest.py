@@ -3,6 +3,7 @@ HTTP (moto's server mode) and a real `mlflow server` process, all on 127.0.0.1."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -22,6 +23,33 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def server_process(cmd: list[str], health_url: str, log_path: Path, env: dict[str, str], timeout_s: float, what: str):
+    """Start a server subprocess, wait (bounded) until `health_url` answers 200, stop it after."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(health_url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start:\n" + log_path.read_text()[-4000:])
+            time.sleep(0.5)  # polling a condition with a deadline
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -89,36 +117,12 @@ def mlflow_server(s3_endpoint, s3, tmp_path_factory):
     port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", "s3://mlflow/artifacts"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
+    cmd = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+           "--artifacts-destination", "s3://mlflow/artifacts"]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
-        time.sleep(0.5)  # polling a condition with a deadline
-    try:
+    with server_process(cmd, url + "/health", root / "server.log", env, 90, "mlflow server"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="session")
@@ -134,35 +138,11 @@ def vllm_server(cache_dir, tmp_path_factory):
     model_dir = resolve_model("builtin:smollm2-135m-instruct", str(cache_dir))
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
-    proc = subprocess.Popen(
-        [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-         "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
-         "--max-model-len", "2048", "--dtype", "float32"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
-    )
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+           "--max-model-len", "2048", "--dtype", "float32"]
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            log.close()
-            raise RuntimeError("vLLM server did not start:\n" + log_path.read_text()[-4000:])
-        time.sleep(1)  # polling a condition with a deadline
-    try:
+    with server_process(cmd, url + "/health", log_path, env, 240, "vLLM server"):
         yield f"{url}/v1", "smollm2"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
