@@ -496,6 +496,7 @@ class LLMJudge:
         self.cache = cache if cache is not None else (JudgeCache(cfg.cache_path) if cfg.cache_path else None)
         self._structured = cfg.structured_output
         self._give_up_streak = 0
+        self.log: Any = print  # progress lines on long runs (about every 5% of the requests)
 
     def __repr__(self) -> str:
         return f"LLMJudge(axis={self.axis!r}, model={self.cfg.model!r}, rubric={self.rubric.id}@{self.rubric.version})"
@@ -551,13 +552,22 @@ class LLMJudge:
         )
         del api_key
         sem = asyncio.Semaphore(self.cfg.concurrency)
+        total, done, t0 = len(jobs), 0, time.monotonic()
+        every = max(1, total // 20)
 
         async def one(job: _Job) -> None:
+            nonlocal done
             async with sem:
                 res = await self._judge_one(client, job)
             if res is not None:
                 for i in job.indices:
                     results[i] = res
+            done += 1
+            if total >= 50 and (done % every == 0 or done == total):
+                st = self.ledger.stats()
+                rate = done / max(time.monotonic() - t0, 1e-9)
+                self.log(f"[{self.name}] {done}/{total} requests done, {rate:.1f}/s, retries {st['retries']:.0f}, "
+                         f"errors {st['errors']:.0f}, cost ${st['cost_usd']:.4f}")
 
         self._give_up_streak = 0
         try:
