@@ -66,7 +66,7 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
     from reset import mix as M
 
     cfg = C.section(C.DataConfig, dict(data or {}), "data")
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", asdict(cfg)) as _:
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", asdict(cfg)):
         import mlflow
 
         rows: dict[str, list[Example]] = {"instruction": [], "grounded": []}
@@ -89,19 +89,19 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
             _log(f"[mix] rejected {r}")
         mlflow.log_metrics(_metrics(stats))
         mlflow.log_artifact(out_rejected, "quarantine")
-        for name, path in (("train", out_train), ("eval", out_eval), ("seen_prompts", out_seen)):
-            mlflow.log_input(_dataset(path, name), context=name)
+        for name, records in (("train", result.train), ("eval", result.eval), ("seen_prompts", result.seen)):
+            mlflow.log_input(_dataset(records, name), context=name)
     return stats
 
 
-def _dataset(path: str, name: str):
+def _dataset(records: list[Example], name: str):
+    """An MLflow dataset (name, digest, schema, a preview) of a split, for the run's inputs."""
     import mlflow
     import pandas as pd
 
-    with open(path, encoding="utf-8") as fh:
-        df = pd.DataFrame([json.loads(x) for x in fh])
-    keep = [c for c in ("id", "source", "kind", "task", "instruction", "context", "response") if c in df]
-    return mlflow.data.from_pandas(df[keep], name=name)
+    cols = ("id", "source", "kind", "task", "instruction", "context", "response")
+    df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in records], columns=list(cols))
+    return mlflow.data.from_pandas(df, name=name)
 
 
 def finetune(model: str | None, train_path: str, train: Section, model_cfg: Section, tracking_cfg: Section,
