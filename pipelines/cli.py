@@ -60,11 +60,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compile":
             compile_pipeline(cfg, args.output)
             print(f"compiled {args.output}")
+            if problem := cluster_tracking_problem(cfg):
+                print(f"warning: {problem} (override it when you start the run)", file=sys.stderr)
             return 0
         return submit(cfg, args.host, args.experiment, args.run_name)
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def cluster_tracking_problem(cfg: PipelineConfig) -> str:
+    """Why this config's MLflow store cannot serve a cluster run ("" if it can): every step runs
+    in its own pod, so they must share one tracking server."""
+    uri = cfg.tracking.tracking_uri.strip()
+    if not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        return (f"tracking.tracking_uri is {uri or 'empty (a local SQLite file)'}: on a cluster each step runs in its "
+                "own pod, so set it to a shared MLflow server (http://... or https://...)")
+    return ""
 
 
 def compile_pipeline(cfg: PipelineConfig, output: str) -> None:
@@ -82,6 +94,8 @@ def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> in
 
     import kfp
 
+    if problem := cluster_tracking_problem(cfg):
+        raise ConfigError(problem)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "reset_pipeline.yaml")
         compile_pipeline(cfg, path)

@@ -127,7 +127,8 @@ def _apply_cluster(cluster: "ClusterConfig", tasks) -> None:
         if cluster.mlflow_secret:
             kubernetes.use_secret_as_env(
                 task, secret_name=cluster.mlflow_secret, optional=True,
-                secret_key_to_env={k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")},
+                secret_key_to_env={k: k for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                                  "MLFLOW_TRACKING_TOKEN")},
             )
         if cluster.llm_secret and cluster.llm_secret_keys and name in ("judge", "evaluate"):
             kubernetes.use_secret_as_env(
@@ -136,6 +137,8 @@ def _apply_cluster(cluster: "ClusterConfig", tasks) -> None:
             )
         task.set_cpu_request(cluster.cpu_request).set_memory_request(cluster.memory_request)
         task.set_memory_limit(cluster.memory_limit)
+        if cluster.retries and name not in ("start-run", "finish-run"):
+            task.set_retry(num_retries=cluster.retries, backoff_duration="30s")
         if name in cluster.gpu_steps and cluster.gpus > 0:
             task.set_accelerator_type(cluster.gpu_resource).set_accelerator_limit(cluster.gpus)
             kubernetes.add_toleration(task, key=cluster.gpu_resource, operator="Exists", effect="NoSchedule")

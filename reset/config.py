@@ -9,6 +9,7 @@ e.g. `configs/demo.yaml: train.learning_rate: expected a number, got 'fast'`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -81,7 +82,7 @@ class TrainConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     # Adapt only the top N transformer layers (0 = all). Backpropagation then stops at the lowest
-    # adapted layer: on a CPU this is the biggest speed knob (top 10 of 30 layers: ~2x faster).
+    # adapted layer: on a CPU this is the biggest speed knob (top 10 of 30 layers: ~1.7x faster).
     lora_layers: int = 0
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -163,7 +164,7 @@ class SelectConfig:
     threshold: float = 0.5
     strict_threshold: float = 0.7
     top_fraction: float = 0.34  # ReSet-S kept about a third of ReSet's set in the paper
-    min_selected: int = 1  # fewer selected examples than this fails the step
+    min_selected: int = 1  # fewer selected examples than this fails the step (>= 1)
 
 
 @dataclass
@@ -198,7 +199,7 @@ class ClusterConfig:
 
     image: str = ""  # component image; empty = RESET_IMAGE or the default in components/image.py
     s3_secret: str = "reset-s3"  # keys: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL
-    mlflow_secret: str = "reset-mlflow"  # keys: MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD
+    mlflow_secret: str = "reset-mlflow"  # keys: MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN
     # The LLM judge's API key(s), mounted as env vars of the same name on the judge and evaluate
     # steps; judge.llm.api_key_env names which one the judge reads.
     llm_secret: str = "reset-llm"
@@ -209,6 +210,7 @@ class ClusterConfig:
     cpu_request: str = "2"
     memory_request: str = "8G"
     memory_limit: str = "32G"
+    retries: int = 0  # KFP retry policy per task (0 = none); a retried step's newest MLflow run counts
 
 
 @dataclass
@@ -286,11 +288,12 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or int(value) != value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return int(value)
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is str:
@@ -388,7 +391,7 @@ def _check_select(self: SelectConfig, where: str) -> None:
     _range(where, "strict_threshold", self.strict_threshold, 0.0, 1.0)
     if not 0.0 < self.top_fraction <= 1.0:
         raise ConfigError(f"{_key(where, 'top_fraction')}: {self.top_fraction!r} is outside (0, 1]")
-    _positive(where, self, "min_selected", allow_zero=True)
+    _positive(where, self, "min_selected")  # continued fine-tuning needs at least one example
 
 
 def _check_evaluate(self: EvaluateConfig, where: str) -> None:
@@ -404,7 +407,7 @@ def _check_register(self: RegisterConfig, where: str) -> None:
 
 
 def _check_cluster(self: ClusterConfig, where: str) -> None:
-    _positive(where, self, "gpus", allow_zero=True)
+    _positive(where, self, "gpus", "retries", allow_zero=True)
     known = {"mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register"}
     for i, s in enumerate(self.gpu_steps):
         if s not in known:
@@ -447,6 +450,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
     for item in overrides or []:
         apply_override(raw, item)
     try:

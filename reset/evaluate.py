@@ -7,8 +7,9 @@ answers. Metrics (all in [0, 1]):
   if_instruction_acc  share of single instructions followed (instruction-level accuracy)
   if_prompt_loose,    the same two in IFEval's loose mode (the response also tried without its
   if_instruction_loose  first / last line and without '*'); never below the strict ones
-  faithfulness        mean K-Precision over grounded prompts, also split by task type
-                      (faithfulness_extractive, faithfulness_abstractive; the paper reports them apart)
+  faithfulness        mean faithfulness score over grounded prompts, from the configured judges
+                      (default K-Precision; embedding, NLI or the LLM judge when configured), also
+                      split by task type (faithfulness_extractive / _abstractive, reported apart)
   task                mean task score against the reference (all prompts)
   combined            mean weighted score, as in selection
 """
@@ -22,7 +23,7 @@ from typing import Any
 from reset import instructions
 from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
 from reset.generate import generate
-from reset.judge import build_judges, judge
+from reset.judge import build_judges, close_judges, judge
 from reset.records import Example, Judgment
 
 # The two axes of the paper, used for promotion.
@@ -47,7 +48,11 @@ def evaluate(
     )
     cands = generate(model_dir, examples, gen_cfg, model_cfg, model_name=model_name, log=log)
     if isinstance(judge_cfg, JudgeConfig):
-        judgments = judge(examples, cands, judge_cfg.weights, build_judges(judge_cfg), judge_cfg.judge_weights)
+        judges = build_judges(judge_cfg)
+        try:
+            judgments = judge(examples, cands, judge_cfg.weights, judges, judge_cfg.judge_weights)
+        finally:
+            close_judges(judges)
     else:
         judgments = judge(examples, cands, judge_cfg)
     metrics = metrics_of(examples, judgments, [c.text for c in cands])
@@ -115,6 +120,8 @@ COLUMNS = [
 
 def comparison_table(results: Mapping[str, Mapping[str, float]]) -> str:
     """A Markdown table: one row per model, one column per metric, best value in bold."""
+    if not results:
+        return "(no evaluation results)"
     head = "| Model | " + " | ".join(title for _, title in COLUMNS) + " |"
     sep = "|---|" + "---:|" * len(COLUMNS)
     best = {k: max(m.get(k, 0.0) for m in results.values()) for k, _ in COLUMNS}

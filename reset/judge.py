@@ -101,7 +101,16 @@ def default_judges() -> list[Judge]:
 
 
 def build_judges(cfg, cache_dir: str = "") -> list[Judge]:
-    """The judges named in a JudgeConfig (`judge.judges`), constructed with their settings."""
+    """The judges named in a JudgeConfig (`judge.judges`), constructed with their settings. LLM
+    judges built together share one ledger (budget, counters) and one cache connection."""
+    llm: dict[str, Judge] = {}
+    llm_axes = [n.removeprefix("llm-") for n in cfg.judges if n.startswith("llm-")]
+    if llm_axes:
+        from reset import llm_judge
+        from reset.config import parse
+
+        lcfg = parse(llm_judge.LLMJudgeConfig, {**cfg.llm, "axes": llm_axes}, "judge.llm")
+        llm = {j.name: j for j in llm_judge.llm_judges(lcfg)}
     out: list[Judge] = []
     for name in cfg.judges:
         if name == "rules":
@@ -114,13 +123,17 @@ def build_judges(cfg, cache_dir: str = "") -> list[Judge]:
             from reset import faithfulness
 
             out.append(faithfulness.build_judge(name, cfg, cache_dir))
-        elif name in ("llm-instruction", "llm-faithfulness"):
-            from reset import llm_judge
-
-            out.append(llm_judge.build_judge(name.removeprefix("llm-"), cfg.llm))
+        elif name in llm:
+            out.append(llm[name])
         else:  # config validation names the key; this is a programming error
             raise ValueError(f"unknown judge {name!r}")
     return out
+
+
+def close_judges(judges: Sequence[Judge]) -> None:
+    """Release what judges hold open (the LLM judges' cache connection)."""
+    for cache in {id(c): c for j in judges if (c := getattr(j, "cache", None)) is not None}.values():
+        cache.close()
 
 
 def combine(scores: Mapping[str, float | None], weights: Mapping[str, float]) -> float:

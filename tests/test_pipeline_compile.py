@@ -17,9 +17,16 @@ from .conftest import REPO
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory, monkeypatch_module):
+    # Credentials live in the environment (locally) or in Kubernetes Secrets (on a cluster); the
+    # config names only the variables. Compiling with them set must not leak a value.
     monkeypatch_module.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-value-123")
     monkeypatch_module.setenv("MLFLOW_TRACKING_PASSWORD", "another-secret-456")
-    cfg = load_config(REPO / "configs" / "demo.yaml", ["cluster.image=registry.example/reset:1.2.3"])
+    monkeypatch_module.setenv("OPENAI_API_KEY", "sk-very-secret-789")
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        "cluster.image=registry.example/reset:1.2.3",
+        "judge.judges=[rules, llm-faithfulness, reference]",
+        'judge.llm={"base_url": "http://judge.svc:8000/v1", "model": "m", "api_key_env": "OPENAI_API_KEY"}',
+    ])
     path = tmp_path_factory.mktemp("compiled") / "reset.yaml"
     compile_pipeline(cfg, str(path))
     text = path.read_text()
@@ -98,9 +105,31 @@ def test_kubernetes_settings_are_in_the_platform_document(compiled):
 
 
 def test_no_secret_values_in_the_compiled_yaml(compiled):
-    _, text, _ = compiled
-    assert "very-secret-value-123" not in text
-    assert "another-secret-456" not in text
+    _, text, docs = compiled
+    for secret in ("very-secret-value-123", "another-secret-456", "sk-very-secret-789"):
+        assert secret not in text
+    # what is there: the variable's name in the judge parameter, and the Secret references
+    assert docs[0]["root"]["inputDefinitions"]["parameters"]["judge"]["defaultValue"]["llm"]["api_key_env"] == \
+        "OPENAI_API_KEY"
+    assert "reset-llm" in text and "secretAsEnv" in text
+
+
+def test_a_key_pasted_into_the_config_is_refused_without_echoing_it(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('judge:\n  judges: [llm-faithfulness]\n  llm: {base_url: "http://j/v1", model: m, '
+                   'api_key_env: "sk-live-0123456789abcdef"}\n')
+    assert main(["compile", "--config", str(bad), "--output", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "judge.llm.api_key_env" in err and "sk-live-0123456789abcdef" not in err
+
+
+def test_submit_refuses_a_local_tracking_store_before_contacting_the_host(tmp_path, capsys):
+    rc = main(["submit", "--config", str(REPO / "configs" / "demo.yaml"), "--host", "http://127.0.0.1:9"])
+    assert rc == 2
+    assert "tracking.tracking_uri" in capsys.readouterr().err
+    # compile still works, and says what to override
+    assert main(["compile", "--config", str(REPO / "configs" / "demo.yaml"), "--output", str(tmp_path / "p.yaml")]) == 0
+    assert "warning: tracking.tracking_uri" in capsys.readouterr().err
 
 
 def test_kfp_loader_reads_it_back_and_cli_compiles(tmp_path):

@@ -76,3 +76,31 @@ def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
     location = mlflow.MlflowClient().get_experiment(exp).artifact_location
     assert location == (tmp_path / "runs" / "mlartifacts").as_uri()
     mlflow.set_tracking_uri(None)
+
+
+def test_a_retried_step_counts_by_its_newest_attempt(cfg):
+    parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-r"})
+    with pytest.raises(RuntimeError), tracking.step_run(cfg, parent, "mix"):
+        raise RuntimeError("first attempt")
+    for step in ("mix", "register"):  # KFP's retry of mix succeeds, then the rest runs
+        with tracking.step_run(cfg, parent, step):
+            pass
+    assert tracking.finish_parent(cfg, parent) == "FINISHED"
+
+
+def test_select_step_logs_keep_rates_for_free_text_source_names(cfg, tmp_path):
+    from reset.records import Candidate, Example, Judgment, write_jsonl
+
+    ex = Example(id="e1", source="dolly (15k), v2", kind="instruction", instruction="Hi?", response="Hello.")
+    write_jsonl(tmp_path / "seen.jsonl", [ex])
+    write_jsonl(tmp_path / "c.jsonl", [Candidate(id="e1/0", example_id="e1", text="Hello.")])
+    write_jsonl(tmp_path / "j.jsonl", [Judgment(candidate_id="e1/0", example_id="e1",
+                                                scores={"task": 1.0}, combined=1.0)])
+    parent = tracking.start_parent(cfg, {})
+    rep = steps.select(str(tmp_path / "seen.jsonl"), str(tmp_path / "c.jsonl"), str(tmp_path / "j.jsonl"), {},
+                       {"tracking_uri": cfg.tracking_uri, "experiment": "t"}, parent,
+                       out_selected=str(tmp_path / "sel.jsonl"))
+    assert rep["selected"] == 1
+    run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("t").experiment_id],
+                                            "tags.`reset.step` = 'select'")[0]
+    assert run.data.metrics["keep_rate.dolly _15k__ v2.instruction"] == 1.0
