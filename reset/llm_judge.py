@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import hashlib
 import json
 import logging
@@ -725,22 +724,13 @@ def llm_judges(cfg: LLMJudgeConfig) -> list[LLMJudge]:
     return [LLMJudge(cfg, axis, ledger=ledger, cache=cache) for axis in cfg.axes]
 
 
-_SHARED: dict[str, tuple[Ledger, JudgeCache | None]] = {}
-_SHARED_LOCK = threading.Lock()
-
-
 def build_judge(axis: str, cfg: LLMJudgeConfig | Mapping[str, Any]) -> LLMJudge:
-    """An LLMJudge for `axis` from a config or its plain mapping (validated as `judge.llm`).
-    Judges built in one process from equal settings share one ledger (so budget_usd and
-    max_requests cap them together) and one cache connection."""
+    """An LLMJudge for `axis` from a config or its plain mapping (validated as `judge.llm`), with
+    its own ledger and cache connection. Judges that must share one budget: `llm_judges(cfg)`
+    (which reset.judge.build_judges uses)."""
     if not isinstance(cfg, LLMJudgeConfig):
         from reset.config import parse
 
         cfg = parse(LLMJudgeConfig, dict(cfg), "judge.llm")
     cfg.check("judge.llm")
-    ident = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
-    with _SHARED_LOCK:
-        if ident not in _SHARED:
-            _SHARED[ident] = (Ledger(cfg), JudgeCache(cfg.cache_path) if cfg.cache_path else None)
-        ledger, cache = _SHARED[ident]
-    return LLMJudge(cfg, axis, ledger=ledger, cache=cache)
+    return LLMJudge(cfg, axis)

@@ -398,11 +398,20 @@ def test_plugs_into_reset_judge():
             assert j.details["by_judge"]["llm-faithfulness"] == j.scores["faithfulness"]
 
 
-def test_build_judge_from_a_mapping_shares_the_budget():
+def test_judges_built_together_share_the_budget_and_separate_builds_do_not():
+    from reset.config import JudgeConfig
+    from reset.judge import build_judges, close_judges
+
     with FaultServer() as server:
         settings = {"base_url": server.base_url, "model": "judge-model", "max_requests": 5}
-        a, b = build_judge("instruction", settings), build_judge("faithfulness", dict(settings))
+        jcfg = JudgeConfig(judges=["llm-instruction", "llm-faithfulness"], llm=settings)
+        a, b = build_judges(jcfg)
         assert a.ledger is b.ledger and (a.name, b.name) == ("llm-instruction", "llm-faithfulness")
+        c, _ = build_judges(jcfg)  # a new step: a fresh ledger (its own budget and counters)
+        assert c.ledger is not a.ledger
+        close_judges([a, b, c])
+        single = build_judge("instruction", settings)
+        assert single.name == "llm-instruction" and single.ledger is not a.ledger
         with pytest.raises(ConfigError, match="judge.llm.concurrency"):
             build_judge("instruction", {**settings, "concurrency": "many"})
 
