@@ -303,6 +303,11 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def has_credentials(url: str) -> bool:
+    """True when a URL carries user:password@ in its host part (credentials belong in env vars)."""
+    return "@" in url.split("://", 1)[-1].split("/", 1)[0]
+
+
 def _range(where: str, name: str, value: float, lo: float, hi: float) -> None:
     if not lo <= value <= hi:
         raise ConfigError(f"{_key(where, name)}: {value!r} is outside [{lo}, {hi}]")
@@ -415,7 +420,7 @@ def _check_cluster(self: ClusterConfig, where: str) -> None:
 
 
 def _check_tracking(self: TrackingConfig, where: str) -> None:
-    if "@" in self.tracking_uri.split("://", 1)[-1].split("/", 1)[0]:
+    if has_credentials(self.tracking_uri):
         raise ConfigError(
             f"{_key(where, 'tracking_uri')}: holds credentials; put them in MLFLOW_TRACKING_USERNAME / "
             "MLFLOW_TRACKING_PASSWORD instead (secrets never go into pipeline parameters)"

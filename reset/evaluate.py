@@ -35,26 +35,22 @@ def evaluate(
     examples: Sequence[Example],
     cfg: EvaluateConfig,
     model_cfg: ModelConfig,
-    judge_cfg: JudgeConfig | Mapping[str, float],
+    judge_cfg: JudgeConfig,
     *,
     model_name: str = "",
     log: Callable[[str], None] = print,
 ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Generate greedy answers with the model and score them with the configured judges (a
-    JudgeConfig; a plain axis-weights mapping means the default offline judges).
+    """Generate greedy answers with the model and score them with the configured judges.
     Returns (metrics, per-example rows)."""
     gen_cfg = GenerateConfig(
         grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
     )
     cands = generate(model_dir, examples, gen_cfg, model_cfg, model_name=model_name, log=log)
-    if isinstance(judge_cfg, JudgeConfig):
-        judges = build_judges(judge_cfg)
-        try:
-            judgments = judge(examples, cands, judge_cfg.weights, judges, judge_cfg.judge_weights)
-        finally:
-            close_judges(judges)
-    else:
-        judgments = judge(examples, cands, judge_cfg)
+    judges = build_judges(judge_cfg)
+    try:
+        judgments = judge(examples, cands, judge_cfg.weights, judges, judge_cfg.judge_weights)
+    finally:
+        close_judges(judges)
     metrics = metrics_of(examples, judgments, [c.text for c in cands])
     rows = [
         {

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from reset.config import ConfigError
+from reset.config import ConfigError, has_credentials
 from reset.judge import AxisScore, Pair
 from reset.records import Candidate, Example
 
@@ -107,7 +107,7 @@ class LLMJudgeConfig:
         if not _ENV_NAME.match(self.api_key_env or ""):
             # Never echo the value: someone may have pasted the key itself here.
             raise ConfigError(f"{key('api_key_env')}: must be the NAME of an environment variable (e.g. OPENAI_API_KEY)")
-        if "@" in self.base_url.split("://", 1)[-1].split("/", 1)[0]:
+        if has_credentials(self.base_url):
             raise ConfigError(f"{key('base_url')}: must not hold credentials; use api_key_env")
         if not self.axes:
             raise ConfigError(f"{key('axes')}: name at least one of {list(LLM_AXES)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlflow
 import pytest
 
-from reset.config import EvaluateConfig, ModelConfig, RegisterConfig
+from reset.config import EvaluateConfig, JudgeConfig, ModelConfig, RegisterConfig
 from reset.evaluate import comparison_table, evaluate, metrics_of
 from reset.judge import judge
 from reset.records import Candidate, Example
@@ -58,7 +58,7 @@ def test_comparison_table_has_a_row_per_model_and_bolds_the_best():
 def test_evaluate_runs_a_real_model_on_held_out_prompts(tiny_model_dir, demo):
     exs = demo[0][:2] + demo[1][:2]
     metrics, rows = evaluate(tiny_model_dir, exs, EvaluateConfig(max_new_tokens=5, batch_size=4), ModelConfig(),
-                             WEIGHTS, model_name="tiny", log=lambda _: None)
+                             JudgeConfig(weights=WEIGHTS), model_name="tiny", log=lambda _: None)
     assert len(rows) == 4 and {r["example_id"] for r in rows} == {e.id for e in exs}
     assert all(r["model"] == "tiny" for r in rows)
     assert metrics["n_examples"] == 4
