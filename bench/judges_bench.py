@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from reset.demo_data import build_demo
-from reset.judge import InstructionRules, KPrecision, ReferenceTask
-from reset.records import Candidate
+from reset.data.demo import build_demo
+from reset.data.records import Candidate
+from reset.judging.lexical import KPrecision, ReferenceTask
+from reset.judging.rules import InstructionRules
 
 
 def candidates(n: int):
@@ -42,7 +43,7 @@ def main() -> None:
     pairs = candidates(args.candidates)
     judges = [InstructionRules(), KPrecision(), ReferenceTask()]
     if args.embedding:
-        from reset.faithfulness import EmbeddingGroundingScorer, FaithfulnessJudge
+        from reset.judging.faithfulness import EmbeddingGroundingScorer, FaithfulnessJudge
 
         judges.append(FaithfulnessJudge(EmbeddingGroundingScorer(), name="embedding"))
     print(f"| judge | axis | candidates | best of {args.repeat} (s) | candidates/s |")

@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reset.demo_data import build_demo  # noqa: E402
-from reset.llm_judge import LLMJudge, LLMJudgeConfig  # noqa: E402
-from reset.records import Candidate  # noqa: E402
+from reset.data.demo import build_demo  # noqa: E402
+from reset.data.records import Candidate  # noqa: E402
+from reset.judging.llm import LLMJudge, LLMJudgeConfig  # noqa: E402
 from tests.fault_server import FaultConfig, FaultServer  # noqa: E402
 
 

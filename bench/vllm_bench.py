@@ -29,10 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reset.demo_data import build_demo  # noqa: E402
-from reset.llm_judge import JSON_SCHEMA, LLMJudge, LLMJudgeConfig, build_prompt  # noqa: E402
-from reset.modeling import resolve_model  # noqa: E402
-from reset.records import Candidate  # noqa: E402
+from reset.data.demo import build_demo  # noqa: E402
+from reset.data.records import Candidate  # noqa: E402
+from reset.judging.llm import JSON_SCHEMA, LLMJudge, LLMJudgeConfig, build_prompt  # noqa: E402
+from reset.models.loading import resolve_model  # noqa: E402
 
 
 def pairs(n: int, tag: str):

@@ -3,6 +3,7 @@
     python -m pipelines run     --config configs/demo.yaml [--set train.epochs=2 ...] [--output-dir runs]
     python -m pipelines compile --config configs/demo.yaml --output reset_pipeline.yaml
     python -m pipelines submit  --config configs/paper-7b.yaml --host https://kfp.example.com
+    python -m pipelines schema  [--output config.schema.json]
 
 `run` executes the same pipeline definition a cluster runs, through kfp.local's SubprocessRunner
 in this Python environment; MLflow goes to runs/mlflow.db unless tracking.tracking_uri is set.
@@ -11,7 +12,6 @@ in this Python environment; MLflow goes to runs/mlflow.db unless tracking.tracki
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reset.config import SECTIONS, ConfigError, PipelineConfig, load_config
-from reset.records import DataError
+from reset.config import SECTIONS, ConfigError, PipelineConfig, load_config, to_dict
+from reset.errors import DataError
 
 
 def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
     """The pipeline's parameters: one plain dict per config section."""
-    return {name: dataclasses.asdict(getattr(cfg, name)) for name in SECTIONS}
+    return {name: to_dict(getattr(cfg, name)) for name in SECTIONS}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
     common(r)
     r.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
+    r.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline (it always goes to "
+                   "the run's logs/ folder)")
     c = sub.add_parser("compile", help="compile to a KFP pipeline YAML (parameters default to the config)")
     common(c)
     c.add_argument("--output", required=True, help="where to write the pipeline YAML")
@@ -48,15 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", required=True, help="KFP API endpoint; a bearer token may come from KFP_TOKEN")
     s.add_argument("--experiment", default="reset")
     s.add_argument("--run-name", default="")
+    sc = sub.add_parser("schema", help="write the JSON Schema of a config file (for editors and docs)")
+    sc.add_argument("--output", default="-", help="where to write it (default: standard output)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "schema":
+            return write_schema(args.output)
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":
-            return run_local(cfg, Path(args.output_dir))
+            return run_local(cfg, Path(args.output_dir), verbose=args.verbose)
         if args.command == "compile":
             compile_pipeline(cfg, args.output)
             print(f"compiled {args.output}")
@@ -67,6 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def write_schema(output: str) -> int:
+    from reset.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2) + "\n"
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(output).write_text(text, encoding="utf-8")
+        print(f"wrote the config JSON Schema to {output}")
+    return 0
 
 
 def cluster_tracking_problem(cfg: PipelineConfig) -> str:
@@ -107,49 +125,56 @@ def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> in
     return 0
 
 
-def run_local(cfg: PipelineConfig, output_dir: Path) -> int:
+def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False) -> int:
+    """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
+    own output goes to <output_dir>/<run>/logs/."""
     import warnings
 
     from kfp import local
 
+    from pipelines.console import Console, captured
     from pipelines.reset_pipeline import build_pipeline
-    from reset import tracking
-    from reset.evaluate import comparison_table
+    from reset import progress, tracking
+    from reset.evaluation import comparison_table
 
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     if not cfg.tracking.tracking_uri:
         cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
     # Expected locally: the image and Kubernetes settings only matter on a cluster.
     warnings.filterwarnings("ignore", message=".*non-Python base image")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"))
-    print(f"[reset-kfp] running the ReSet pipeline locally (kfp.local); artifacts under {output_dir / 'kfp'}", flush=True)
+    os.environ[progress.ENV] = "1"  # the task processes print ##reset events for the console
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    console = Console(sys.stdout, run_dir / "logs", verbose=verbose)
+    console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, run folder {run_dir}")
     t0 = time.time()
-    try:
-        build_pipeline()(**pipeline_arguments(cfg))
-    except RuntimeError as exc:
-        print(f"[reset-kfp] pipeline failed after {time.time() - t0:.0f}s: {exc}", file=sys.stderr)
-        return 1
+    error = ""
+    with captured(console):
+        try:
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"))
+            build_pipeline()(**pipeline_arguments(cfg))
+        except RuntimeError as exc:
+            error = str(exc)
     wall = time.time() - t0
-    summary = {"wall_seconds": round(wall, 1), **run_summary(cfg)}
+    if error:
+        for line in console.failure_report(error):
+            print(line, file=sys.stderr)
+        print(f"[reset-kfp] pipeline failed after {wall:.0f}s", file=sys.stderr)
+        return 1
+    summary = {"wall_seconds": round(wall, 1), "run_dir": str(run_dir), **run_summary(cfg)}
     results = summary.get("results", {})
-    (output_dir / "last_run.json").write_text(json.dumps(summary, indent=2))
+    for path in (output_dir / "last_run.json", run_dir / "run.json"):
+        path.write_text(json.dumps(summary, indent=2))
 
-    print("\n== ReSet on the held-out split (base -> MTL -> ReSet) ==")
+    print(f"\nDone in {wall / 60:.1f} min. Held-out comparison (base -> MTL -> ReSet):\n")
     print(comparison_table(results))
-    print("\n== wall time per step ==")
-    for step, secs in summary.get("step_seconds", {}).items():
-        print(f"  {step:<16} {secs:7.1f}s")
-    print(f"  {'pipeline total':<16} {wall:7.1f}s")
     if summary.get("registered"):
         print(f"\nregistry: {summary['registered']}")
     uri = cfg.tracking.tracking_uri
-    print(
-        f"\nMLflow: parent run {summary.get('parent_run_id', '?')} in experiment {cfg.tracking.experiment!r}.\n"
-        f"Open the UI with:\n  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
-        "then browse http://127.0.0.1:5000"
-    )
+    print(f"\nlogs: {run_dir / 'logs'}   summary: {output_dir / 'last_run.json'}")
+    print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     return 0
 
 

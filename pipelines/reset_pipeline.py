@@ -26,12 +26,13 @@ from components import (
     select_samples,
     start_run,
 )
+from reset import config
 from reset.config import ClusterConfig
 
 PIPELINE_NAME = "reset"
 
 # Task display names, in DAG order: the names `cluster.gpu_steps` refers to.
-STEP_NAMES = ["mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register"]
+STEP_NAMES = list(config.STEP_NAMES)
 
 
 def build_pipeline(cluster: "ClusterConfig | None" = None):
@@ -109,14 +110,16 @@ def build_pipeline(cluster: "ClusterConfig | None" = None):
         for task in (mixed, mtl, gen, judged, chosen, rs, ev, reg):
             task.set_caching_options(False)
         if cluster is not None:
-            _apply_cluster(cluster, [start, finish, mixed, mtl, gen, judged, chosen, rs, ev, reg])
+            tasks = {"start-run": start, "finish-run": finish, "mix": mixed, "finetune-mtl": mtl, "generate": gen,
+                     "judge": judged, "select": chosen, "finetune-reset": rs, "evaluate": ev, "register": reg}
+            _apply_cluster(cluster, tasks)
 
     return reset_pipeline
 
 
-def _apply_cluster(cluster: "ClusterConfig", tasks) -> None:
-    for task in tasks:
-        name = task._task_spec.display_name or task.name  # the display names set above
+def _apply_cluster(cluster: "ClusterConfig", tasks: "dict[str, dsl.PipelineTask]") -> None:
+    """Kubernetes settings per task; `tasks` maps the display names above to their tasks."""
+    for name, task in tasks.items():
         if cluster.image:
             task.set_container_image(cluster.image)
         if cluster.s3_secret:

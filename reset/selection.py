@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reset.config import SelectConfig
-from reset.records import Candidate, Example, Judgment
+from reset.data.records import Candidate, Example, Judgment, check_references
 
 
 class SelectionError(RuntimeError):
@@ -34,19 +34,9 @@ def select(
     judgments: Sequence[Judgment],
     cfg: SelectConfig,
 ) -> Selection:
+    check_references(examples, candidates, judgments)
     by_ex = {e.id: e for e in examples}
     by_cand = {c.id: c for c in candidates}
-    unknown = [j.candidate_id for j in judgments if j.candidate_id not in by_cand]
-    if unknown:
-        raise ValueError(f"{len(unknown)} judgments refer to unknown candidates, e.g. {unknown[:3]}")
-    unknown = [j.example_id for j in judgments if j.example_id not in by_ex]
-    if unknown:
-        raise ValueError(f"{len(unknown)} judgments refer to unknown examples, e.g. {unknown[:3]}")
-    mismatched = [j.candidate_id for j in judgments if by_cand[j.candidate_id].example_id != j.example_id]
-    if mismatched:
-        raise ValueError(
-            f"{len(mismatched)} judgments name another example than their candidate does, e.g. {mismatched[:3]}"
-        )
     groups: dict[str, list[Judgment]] = defaultdict(list)
     for j in judgments:
         groups[j.example_id].append(j)

@@ -11,19 +11,34 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from reset import config as C
-from reset import tracking
-from reset.records import Candidate, Example, Judgment, read_jsonl, write_jsonl, write_quarantine
+from reset import progress, tracking
+from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl, write_quarantine
+from reset.models import loading as modeling
 
 Section = Mapping[str, Any] | None
 
 
 def _log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _note(text: str) -> None:
+    """The one-line summary the CLI shows when the step ends."""
+    progress.emit("note", text=text)
+
+
+def _by_kind(rep: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for group, g in rep["per_group"].items():
+        kind = group.rsplit("/", 1)[-1]
+        acc = out.setdefault(kind, {"kept": 0, "prompts": 0})
+        acc["kept"] += g["kept"]
+        acc["prompts"] += g["prompts"]
+    return out
 
 
 def _tracking(d: Section) -> C.TrackingConfig:
@@ -48,7 +63,7 @@ def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
 def start_run(tracking_cfg: Section, pipeline_config: Mapping[str, Any], job_id: str,
               tags: Mapping[str, str] | None = None) -> str:
     """Create the parent run of the pipeline job `job_id` (validating the whole config first)."""
-    C.parse(C.PipelineConfig, dict(pipeline_config))  # fail fast, naming the bad key
+    C.validate(C.PipelineConfig, dict(pipeline_config))  # fail fast, naming the bad key
     cfg = _tracking(tracking_cfg)
     run_id = tracking.start_parent(cfg, pipeline_config, {**(tags or {}), tracking.JOB_TAG: job_id})
     _log(f"[mlflow] parent run {run_id} at {tracking.resolve_uri(cfg)} (experiment {cfg.experiment!r})")
@@ -69,10 +84,10 @@ def finish_run(tracking_cfg: Section, job_id: str) -> str:
 
 def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: str, out_eval: str,
         out_seen: str, out_rejected: str, cache_dir: str = "") -> dict[str, Any]:
-    from reset import mix as M
+    from reset.data import mix as M
 
     cfg = C.section(C.DataConfig, dict(data or {}), "data")
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", asdict(cfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", cfg.model_dump()):
         import mlflow
 
         rows: dict[str, list[Example]] = {"instruction": [], "grounded": []}
@@ -92,6 +107,8 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
         write_quarantine(out_rejected, rejected)
         stats = {**result.stats, "rejected": len(rejected)}
         _log(f"[mix] {json.dumps(stats)}")
+        _note(f"{stats['train']} train, {stats['eval']} held-out, {stats['seen_prompts']} seen prompts, "
+              f"{stats['rejected']} rejected")
         for r in rejected[:10]:
             _log(f"[mix] rejected {r}")
         mlflow.log_metrics(_metrics(stats))
@@ -115,14 +132,13 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
              parent_run_id: str, *, stage: str, out_dir: str) -> dict[str, Any]:
     """stage "mtl": `model` is None (the configured base model, model.base) or a model reference;
     stage "reset": the MTL checkpoint directory."""
-    from reset import modeling
-    from reset.finetune import finetune as run_finetune
+    from reset.models.finetune import finetune as run_finetune
 
     tcfg = C.section(C.TrainConfig, dict(train or {}), "continued_train" if stage == "reset" else "train")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     examples = _read(train_path, Example)
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, f"finetune-{stage}",
-                           {"stage": stage, "train": asdict(tcfg), "model": asdict(mcfg)}):
+                           {"stage": stage, "train": tcfg.model_dump(), "model": mcfg.model_dump()}):
         import mlflow
 
         model = model or mcfg.base
@@ -134,17 +150,19 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
         )
         mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "loss_history"}))
         mlflow.log_dict(modeling.read_provenance(out_dir), "provenance.json")
+        _note(f"{metrics['steps']} steps on {metrics['examples']} examples, loss {metrics['first_loss']:.2f} -> "
+              f"{metrics['final_loss']:.2f}, {metrics['tokens'] / max(metrics['seconds'], 1e-9):.0f} tokens/s")
     return metrics
 
 
 def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: Section, tracking_cfg: Section,
              parent_run_id: str, *, out_candidates: str) -> dict[str, Any]:
-    from reset.generate import generate as run_generate
+    from reset.models.generation import generate as run_generate
 
     gcfg = C.section(C.GenerateConfig, dict(generate_cfg or {}), "generate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     examples = _read(seen_path, Example)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "generate", asdict(gcfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "generate", gcfg.model_dump()):
         import mlflow
 
         t0 = time.time()
@@ -159,18 +177,19 @@ def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: S
                  "samples_per_second": len(cands) / secs if secs else 0.0,
                  "empty_candidates": sum(1 for c in cands if not c.text.strip())}
         mlflow.log_metrics(_metrics(stats))
+        _note(f"{len(cands)} candidates for {len(examples)} prompts")
     return stats
 
 
 def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg: Section, parent_run_id: str,
           *, out_judgments: str, cache_dir: str = "") -> dict[str, Any]:
-    from reset.judge import build_judges, close_judges
-    from reset.judge import judge as run_judge
+    from reset.judging import build_judges, close_judges
+    from reset.judging import judge as run_judge
 
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "judge", asdict(jcfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "judge", jcfg.model_dump()):
         import mlflow
 
         judges = build_judges(jcfg, cache_dir)
@@ -192,6 +211,7 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
         stats = _axis_means(judgments)
         stats["judgments"] = len(judgments)
         _log(f"[judge] {json.dumps({k: round(v, 4) for k, v in stats.items()})}")
+        _note(f"{len(judgments)} judged by {', '.join(j.name for j in judges)}; mean score {stats['mean_combined']:.3f}")
         mlflow.log_metrics(_metrics(stats))
         by_ex = {e.id: e for e in examples}
         by_c = {c.id: c for c in cands}
@@ -231,7 +251,7 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
     judgments = _read(judgments_path, Judgment)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "select", asdict(scfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "select", scfg.model_dump()):
         import mlflow
 
         sel = run_select(examples, cands, judgments, scfg)
@@ -247,6 +267,8 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
             mlflow.log_metric(_metric_name(f"keep_rate.task.{task}"), g["keep_rate"])
         mlflow.log_metrics(_metrics(rep))
         mlflow.log_dict(rep, "selection_report.json")
+        kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in _by_kind(rep).items())
+        _note(f"kept {rep['selected']}/{rep['prompts']} prompts ({kinds}), mean score {rep['mean_selected_score']:.3f}")
     return rep
 
 
@@ -255,9 +277,8 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
              out_report: str, out_rows: str, include_base: bool = True) -> dict[str, dict[str, float]]:
     """`models`: name -> model reference or directory (e.g. mtl, reset); with `include_base` the
     configured base model (model.base) is evaluated first as "base"."""
-    from reset import modeling
-    from reset.evaluate import comparison_table
-    from reset.evaluate import evaluate as run_evaluate
+    from reset.evaluation import comparison_table
+    from reset.evaluation import evaluate as run_evaluate
 
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
@@ -267,7 +288,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         models = {"base": mcfg.base, **models}
     results: dict[str, dict[str, float]] = {}
     all_rows: list[dict[str, Any]] = []
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "evaluate", asdict(ecfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "evaluate", ecfg.model_dump()):
         import mlflow
 
         for name, ref in models.items():
@@ -279,6 +300,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
         table = comparison_table(results)
         _log("[evaluate] comparison on the held-out split:\n" + table)
+        _note(f"{len(results)} models x {len(examples)} held-out prompts")
         for out in (out_metrics, out_report):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out_metrics).write_text(json.dumps(results, indent=2))
@@ -291,7 +313,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
 
 def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_cfg: Section, model_cfg: Section,
              tracking_cfg: Section, parent_run_id: str, *, candidate: str = "reset") -> dict[str, Any]:
-    from reset.register import log_and_register
+    from reset.registry import log_and_register
 
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
@@ -299,7 +321,7 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
     results = json.loads(Path(metrics_path).read_text())
     if candidate not in results:
         raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", asdict(rcfg)):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", rcfg.model_dump()):
         import mlflow
 
         decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt)
@@ -308,6 +330,7 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
         mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
                          "promotion": decision["reason"]})
         verdict = "promoted to" if decision["promote"] else "NOT promoted to"
+        _note(f"{rcfg.model_name} v{decision['version']} @{rcfg.challenger_alias}, {verdict} @{rcfg.champion_alias}")
         _log(f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
              f"@{rcfg.champion_alias}: {decision['reason']}")
     return decision

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from reset import progress
 from reset.config import TrackingConfig
 
 STEP_TAG = "reset.step"
@@ -95,17 +97,30 @@ def step_run(cfg: TrackingConfig, parent_run_id: str, step: str, params: Mapping
     """A child run of the pipeline's parent run for one step; marked FAILED if the step raises."""
     import mlflow
 
-    exp = experiment_id(cfg)
-    run = mlflow.start_run(experiment_id=exp, run_name=step, parent_run_id=parent_run_id or None,
-                           tags={STEP_TAG: step})
+    t0 = time.monotonic()
+    progress.emit("start", step=step)
+    try:
+        exp = experiment_id(cfg)
+        run = mlflow.start_run(experiment_id=exp, run_name=step, parent_run_id=parent_run_id or None,
+                               tags={STEP_TAG: step})
+    except BaseException as exc:
+        progress.emit("fail", step=step, seconds=time.monotonic() - t0, error=_describe(exc))
+        raise
     try:
         if params:
             mlflow.log_params(flatten(params))
         yield run
-    except BaseException:
-        mlflow.end_run("FAILED")
+    except BaseException as exc:
+        progress.emit("fail", step=step, seconds=time.monotonic() - t0, error=_describe(exc))
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise
     mlflow.end_run("FINISHED")
+    progress.emit("end", step=step, seconds=time.monotonic() - t0)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def find_parent(cfg: TrackingConfig, job_id: str) -> str | None:

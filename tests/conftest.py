@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from reset.demo_data import build_demo
+from reset.data.demo import build_demo
 
 # Never reach a hub, whatever a library would like to do.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -59,7 +59,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(cache_dir) -> Path:
-    from reset.modeling import resolve_model
+    from reset.models.loading import resolve_model
 
     return resolve_model("builtin:tiny-llama", str(cache_dir))
 
@@ -130,7 +130,7 @@ def vllm_server(cache_dir, tmp_path_factory):
     """vLLM's CPU build serving the demo model (SmolLM2-135M-Instruct) through its
     OpenAI-compatible server on 127.0.0.1. Its own venv (`make vllm`): RESET_VLLM_PYTHON or
     .venv-vllm/bin/python. Yields (base_url, served model name)."""
-    from reset.modeling import resolve_model
+    from reset.models.loading import resolve_model
 
     python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
     if not os.path.exists(python):

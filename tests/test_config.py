@@ -36,8 +36,8 @@ def _error(path: Path, overrides: list[str] | None = None) -> str:
 def test_demo_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert isinstance(cfg, PipelineConfig)
-    assert cfg.data.instruction == [DataSource("builtin:demo-instruction")]
-    assert cfg.data.grounded == [DataSource("builtin:demo-grounded")]
+    assert cfg.data.instruction == [DataSource(path="builtin:demo-instruction")]
+    assert cfg.data.grounded == [DataSource(path="builtin:demo-grounded")]
     assert cfg.data.train_size == 192 and isinstance(cfg.data.train_size, int)
     assert cfg.train.learning_rate == pytest.approx(3e-4)
     assert cfg.train.epochs == 1.0 and isinstance(cfg.train.epochs, float)
@@ -67,34 +67,35 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("data", "key", "words"),
     [
-        ({"train": {"learnin_rate": 0.1}}, "train.learnin_rate", ["unknown key", "learning_rate"]),
+        ({"train": {"learnin_rate": 0.1}}, "train.learnin_rate", ["unknown key"]),
         ({"trian": {"epochs": 1}}, "trian", ["unknown key"]),
-        ({"train": {"learning_rate": "fast"}}, "train.learning_rate", ["expected a number", "'fast'"]),
-        ({"train": {"batch_size": 2.5}}, "train.batch_size", ["expected an integer"]),
-        ({"train": {"batch_size": True}}, "train.batch_size", ["expected an integer"]),
-        ({"train": {"batch_size": 0}}, "train.batch_size", ["> 0"]),
-        ({"train": {"target_modules": "q_proj"}}, "train.target_modules", ["expected a list"]),
-        ({"train": "fast"}, "train", ["expected a mapping"]),
-        ({"generate": {"include_reference": "yes please"}}, "generate.include_reference", ["true or false"]),
-        ({"select": {"threshold": 1.5}}, "select.threshold", ["1.5", "outside"]),
-        ({"select": {"top_fraction": 0}}, "select.top_fraction", ["outside"]),
-        ({"data": {"instruction_fraction": -0.1}}, "data.instruction_fraction", ["-0.1", "outside"]),
-        ({"data": {"eval_per_kind": 0}}, "data.eval_per_kind", ["> 0"]),
+        ({"train": {"learning_rate": "fast"}}, "train.learning_rate", ["valid number", "'fast'"]),
+        ({"train": {"batch_size": 2.5}}, "train.batch_size", ["valid integer", "fractional"]),
+        ({"train": {"batch_size": True}}, "train.batch_size", ["expected a number, got true"]),
+        ({"train": {"batch_size": 0}}, "train.batch_size", ["greater than 0"]),
+        ({"train": {"target_modules": "q_proj"}}, "train.target_modules", ["valid list"]),
+        ({"train": "fast"}, "train", ["valid dictionary"]),
+        ({"generate": {"include_reference": "yes please"}}, "generate.include_reference", ["valid boolean"]),
+        ({"select": {"threshold": 1.5}}, "select.threshold", ["1.5", "less than or equal to 1"]),
+        ({"select": {"top_fraction": 0}}, "select.top_fraction", ["greater than 0"]),
+        ({"data": {"instruction_fraction": -0.1}}, "data.instruction_fraction", ["-0.1", "greater than or equal"]),
+        ({"data": {"eval_per_kind": 0}}, "data.eval_per_kind", ["greater than 0"]),
         ({"data": {"instruction": [], "grounded": []}}, "data", ["at least one"]),
         ({"data": {"instruction": [{"limit": 3}]}}, "data.instruction[0].path", ["required"]),
         ({"data": {"instruction": [{"path": "a.jsonl", "limit": "all"}]}}, "data.instruction[0].limit",
-         ["expected an integer"]),
+         ["valid integer"]),
         ({"select": {"mode": "best"}}, "select.mode", ["'best'", "reset-s"]),
-        ({"generate": {"grid": []}}, "generate.grid", ["at least one"]),
-        ({"generate": {"grid": [{"temperature": 0.5, "top_p": 0}]}}, "generate.grid[0].top_p", ["outside"]),
+        ({"generate": {"grid": []}}, "generate.grid", ["at least 1 item"]),
+        ({"generate": {"grid": [{"temperature": 0.5, "top_p": 0}]}}, "generate.grid[0].top_p", ["greater than 0"]),
         ({"generate": {"grid": [{"temperature": 0.5}, {"temprature": 1}]}}, "generate.grid[1].temprature",
          ["unknown key"]),
         ({"judge": {"weights": {"fluency": 1.0}}}, "judge.weights.fluency", ["unknown axis"]),
-        ({"judge": {"weights": {"task": -1.0}}}, "judge.weights.task", [">= 0"]),
+        ({"judge": {"weights": {"task": -1.0}}}, "judge.weights.task", ["greater than or equal to 0"]),
         ({"judge": {"weights": {"instruction": 0, "faithfulness": 0, "task": 0}}}, "judge.weights",
          ["at least one weight"]),
         ({"register": {"champion_alias": "challenger"}}, "register.champion_alias", ["differ"]),
         ({"cluster": {"gpu_steps": ["mix", "train"]}}, "cluster.gpu_steps[1]", ["'train'"]),
+        ({"train": {"learning_rate": "1e-3x"}}, "train.learning_rate", ["valid number"]),
     ],
 )
 def test_errors_name_file_and_key_path(tmp_path: Path, data: dict, key: str, words: list[str]) -> None:
@@ -105,7 +106,9 @@ def test_errors_name_file_and_key_path(tmp_path: Path, data: dict, key: str, wor
         assert w in msg
 
 
-@pytest.mark.parametrize("uri", ["http://user:s3cr3t@mlflow:5000", "https://tok3n@host/path", "user:s3cr3t@host"])
+@pytest.mark.parametrize("uri", ["http://user:s3cr3t@mlflow:5000", "https://tok3n@host/path", "user:s3cr3t@host",
+                                 "https://mlflow.example.com/?token=s3cr3t", "http://h:5000/api?x=1&api_key=s3cr3t",
+                                 "https://h/p?sig=tok3n"])
 def test_tracking_uri_with_credentials_is_refused(tmp_path: Path, uri: str) -> None:
     msg = _error(_cfg(tmp_path, {"tracking": {"tracking_uri": uri}}))
     assert "tracking.tracking_uri: holds credentials" in msg
@@ -145,7 +148,7 @@ def test_overrides_are_applied_and_typed() -> None:
     )
     assert cfg.train.epochs == 3.0 and isinstance(cfg.train.epochs, float)
     assert cfg.select.mode == "reset-s"
-    assert cfg.data.instruction == [DataSource("a.jsonl"), DataSource("s3://b/k.jsonl")]
+    assert cfg.data.instruction == [DataSource(path="a.jsonl"), DataSource(path="s3://b/k.jsonl")]
     assert cfg.judge.weights == {"task": 2.0}
     assert cfg.generate.include_reference is True
     assert cfg.tracking.run_name == "x=y"  # only the first '=' splits
@@ -160,7 +163,7 @@ def test_override_adds_a_section_missing_from_the_file(tmp_path: Path) -> None:
 
 def test_override_errors_name_the_key(tmp_path: Path) -> None:
     path = _cfg(tmp_path, {})
-    assert _error(path, ["train.epochs=abc"]).startswith(f"{path}: train.epochs: expected a number")
+    assert _error(path, ["train.epochs=abc"]).startswith(f"{path}: train.epochs: Input should be a valid number")
     assert _error(path, ["select.threshold=2"]).startswith(f"{path}: select.threshold:")
     assert _error(path, ["train.learnin_rate=0.1"]).startswith(f"{path}: train.learnin_rate: unknown key")
     assert "expected section.key=value" in _error(path, ["train.epochs"])
@@ -178,8 +181,8 @@ def test_data_source_as_string_or_mapping(tmp_path: Path) -> None:
         "instruction": ["if.jsonl", {"path": "s3://bucket/more.jsonl", "limit": 50}],
         "grounded": ["builtin:demo-grounded"],
     }}))
-    assert cfg.data.instruction == [DataSource("if.jsonl", 0), DataSource("s3://bucket/more.jsonl", 50)]
-    assert cfg.data.grounded == [DataSource("builtin:demo-grounded")]
+    assert cfg.data.instruction == [DataSource(path="if.jsonl"), DataSource(path="s3://bucket/more.jsonl", limit=50)]
+    assert cfg.data.grounded == [DataSource(path="builtin:demo-grounded")]
 
 
 def test_section_parses_a_component_parameter() -> None:
@@ -202,6 +205,41 @@ def test_a_top_level_list_is_refused_naming_the_file(tmp_path: Path) -> None:
     path = _cfg(tmp_path, "- a\n- b\n")
     with pytest.raises(ConfigError, match="expected a mapping of sections"):
         load_config(path, ["train.epochs=3"])
+
+
+def test_numbers_people_write_every_day_load(tmp_path: Path) -> None:
+    """PyYAML reads `1e-3` (no dot) as a string; it is a number here."""
+    cfg = load_config(_cfg(tmp_path, "train:\n  learning_rate: 1e-3\ncontinued_train:\n  learning_rate: 5E-5\n"))
+    assert cfg.train.learning_rate == pytest.approx(1e-3)
+    assert cfg.continued_train.learning_rate == pytest.approx(5e-5)
+    assert load_config(_cfg(tmp_path, {}), ["train.learning_rate=2e-4"]).train.learning_rate == pytest.approx(2e-4)
+
+
+def test_every_shipped_config_validates() -> None:
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    assert len(configs) >= 3
+    for path in configs:
+        assert isinstance(load_config(path), PipelineConfig), path
+
+
+def test_several_bad_keys_are_all_named(tmp_path: Path) -> None:
+    path = _cfg(tmp_path, {"train": {"batch_size": 0, "learning_rate": "fast"}, "select": {"mode": "x"}})
+    lines = _error(path).splitlines()
+    assert {line.split(": ")[1] for line in lines} == {"train.batch_size", "train.learning_rate", "select.mode"}
+    assert all(line.startswith(f"{path}: ") for line in lines)
+
+
+def test_json_schema_describes_every_field() -> None:
+    from reset.config import json_schema
+
+    schema = json_schema()
+    train = schema["$defs"]["TrainConfig"]
+    assert train["additionalProperties"] is False
+    assert train["properties"]["learning_rate"]["exclusiveMinimum"] == 0
+    assert "warmup" in train["properties"]["learning_rate"]["description"]
+    for name, model in schema["$defs"].items():
+        for field, spec in model["properties"].items():
+            assert spec.get("description"), f"{name}.{field} has no description"
 
 
 def test_min_selected_must_leave_something_to_train_on(tmp_path: Path) -> None:

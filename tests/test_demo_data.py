@@ -7,10 +7,10 @@ import statistics
 
 import pytest
 
-from reset.demo_data import SOURCE_CD, SOURCE_IF, build_demo
-from reset.instructions import check, count_words, describe, ifeval_accuracy, validate_constraints
-from reset.records import Example
-from reset.scoring import k_precision, normalize_tokens, task_score
+from reset.data.demo import SOURCE_CD, SOURCE_IF, build_demo
+from reset.data.records import Example
+from reset.ifeval import check, count_words, describe, ifeval_accuracy, validate_constraints
+from reset.judging.lexical import k_precision, normalize_tokens, task_score
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_bad_sizes_rejected() -> None:
 
 
 def test_demo_prompts_are_unique_so_the_mixer_drops_none() -> None:
-    from reset.mix import dedupe
+    from reset.data.mix import dedupe
 
     for seed in (0, 1):
         ifs, cds = build_demo(seed=seed, n_instruction=300, n_grounded=300)

@@ -3,15 +3,18 @@ real S3 endpoint (moto server) and tracking on a real `mlflow server` process (a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
 
 from pipelines.cli import main
 from pipelines.reset_pipeline import STEP_NAMES
-from reset.records import write_jsonl
-from reset.storage import upload
+from reset.data.records import write_jsonl
+from reset.data.storage import upload
 
 from .conftest import REPO
 
@@ -34,8 +37,10 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
     mp = pytest.MonkeyPatch()
     mp.setenv("RESET_CACHE_DIR", str(tmp / "cache"))
     mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    out = io.StringIO()
     try:
-        rc = main([
+        with contextlib.redirect_stdout(out):
+            rc = main([
             "run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp / "runs"),
             "--set", "data.instruction=[s3://data/sets/if.jsonl]",
             "--set", "data.grounded=[s3://data/sets/cd.jsonl]",
@@ -45,15 +50,36 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
             "--set", f"tracking.tracking_uri={mlflow_server}",
             "--set", "tracking.experiment=e2e",
             "--set", "register.model_name=reset-e2e",
-        ])
+            ])
     finally:
         mp.undo()
-    assert rc == 0
+    assert rc == 0, out.getvalue()
+    (tmp / "stdout.txt").write_text(out.getvalue())
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name("e2e")
     yield client, exp, tmp
     mlflow.set_tracking_uri(None)
+
+
+def test_the_cli_prints_one_line_per_step_and_files_task_output_in_logs(pipeline_run):
+    """The quiet CLI: a start and an end line per step (with its time), the table, where the logs
+    are; kfp.local's executor dumps and library output only in the run's per-task logs."""
+    _, _, tmp = pipeline_run
+    text = (tmp / "stdout.txt").read_text()
+    lines = text.splitlines()
+    assert len(lines) <= 45, text
+    for step in STEP_NAMES:
+        ends = [x for x in lines if x.split()[:1] == [step] and x.rstrip().endswith("...") is False]
+        assert ends and any(ch.isdigit() for ch in ends[-1]), (step, text)
+    assert "| Model |" in text and "logs: " in text
+    assert "executorInput" not in text and "Executing task" not in text and "Downloading" not in text
+    summary = json.loads((tmp / "runs" / "last_run.json").read_text())
+    logs = Path(summary["run_dir"]) / "logs"
+    assert (logs / "pipeline.log").exists()
+    finetune_log = (logs / "finetune-mtl.log").read_text()
+    assert "Executing task" in finetune_log and "executor" in finetune_log.lower()
+    assert "[finetune]" in finetune_log
 
 
 def test_parent_and_child_runs_with_metrics(pipeline_run):
@@ -132,7 +158,13 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
     finally:
         mp.undo()
     assert rc == 1
-    assert "pipeline failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pipeline failed" in err
+    assert "failed in step select" in err and "min_selected is 1000" in err
+    log_line = next(x for x in err.splitlines() if x.startswith("--- full log: "))
+    log = Path(log_line.split(": ", 1)[1].split(" (", 1)[0])
+    assert log.name == "select-samples.log" and "SelectionError" in log.read_text()
+    assert 30 <= len(err.splitlines()) <= 40  # the reason, 30 log lines, the path
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     try:

@@ -6,10 +6,10 @@ import mlflow
 import pytest
 
 from reset.config import EvaluateConfig, JudgeConfig, ModelConfig, RegisterConfig
-from reset.evaluate import comparison_table, evaluate, metrics_of
-from reset.judge import judge
-from reset.records import Candidate, Example
-from reset.register import decide, log_and_register
+from reset.data.records import Candidate, Example
+from reset.evaluation import comparison_table, evaluate, metrics_of
+from reset.judging import default_judges, judge
+from reset.registry import decide, log_and_register
 
 WEIGHTS = {"instruction": 1.0, "faithfulness": 1.0, "task": 1.0}
 
@@ -24,12 +24,12 @@ def test_metrics_follow_ifeval_prompt_and_instruction_level():
     exs = [_if_example("a"), _if_example("b")]
     texts = ["hi there friend", "Hi, there"]  # a: both followed; b: both broken
     cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
-    m = metrics_of(exs, judge(exs, cands, WEIGHTS), texts)
+    m = metrics_of(exs, judge(exs, cands, WEIGHTS, default_judges()), texts)
     assert m["if_prompt_acc"] == pytest.approx(0.5)
     assert m["if_instruction_acc"] == pytest.approx(0.5)
     texts = ["hi there friend", "hi, there"]  # b: lowercase followed, comma broken
     cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
-    m = metrics_of(exs, judge(exs, cands, WEIGHTS), texts)
+    m = metrics_of(exs, judge(exs, cands, WEIGHTS, default_judges()), texts)
     assert m["if_prompt_acc"] == pytest.approx(0.5)
     assert m["if_instruction_acc"] == pytest.approx(0.75)
     assert m["faithfulness"] == 0.0  # no grounded example: nothing to average
@@ -41,7 +41,7 @@ def test_faithfulness_is_split_by_task_type(demo):
     abs_ = next(e for e in grounded if e.task == "abstractive")
     cands = [Candidate(id="x/0", example_id=ext.id, text=ext.context),  # copy: fully grounded
              Candidate(id="y/0", example_id=abs_.id, text="zebra quantum saxophone")]  # not grounded
-    m = metrics_of([ext, abs_], judge([ext, abs_], cands, WEIGHTS), [c.text for c in cands])
+    m = metrics_of([ext, abs_], judge([ext, abs_], cands, WEIGHTS, default_judges()), [c.text for c in cands])
     assert m["faithfulness_extractive"] == pytest.approx(1.0)
     assert m["faithfulness_abstractive"] == pytest.approx(0.0)
     assert m["faithfulness"] == pytest.approx(0.5)
@@ -119,7 +119,7 @@ def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow
     import pandas as pd
 
     from reset.config import DecodingSetting, GenerateConfig
-    from reset.generate import generate
+    from reset.models.generation import generate
 
     _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
     model = mlflow.pyfunc.load_model("models:/srv@champion")
@@ -128,6 +128,6 @@ def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow
     # The served model answers exactly as the checkpoint does with greedy decoding (max_new_tokens 4).
     exs = [Example(id=str(i), source="s", kind="grounded" if r["context"] else "instruction",
                    instruction=r["instruction"], response="-", context=r["context"]) for i, r in enumerate(rows)]
-    direct = generate(tiny_model_dir, exs, GenerateConfig(grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=4),
+    direct = generate(tiny_model_dir, exs, GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=4),
                       ModelConfig(), log=lambda _: None)
     assert out == [c.text for c in direct]

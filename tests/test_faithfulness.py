@@ -9,19 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from reset import scoring
-from reset.faithfulness import (
+from reset.data.records import Candidate, Example
+from reset.errors import ModelError
+from reset.judging import FaithfulnessJudge, judge
+from reset.judging import lexical as scoring
+from reset.judging.faithfulness import (
     EmbeddingGroundingScorer,
-    FaithfulnessJudge,
-    KPrecisionScorer,
     NLIScorer,
     minilm_model_dir,
     nli_label_ids,
     split_sentences,
 )
-from reset.judge import judge
-from reset.modeling import ModelError
-from reset.records import Candidate, Example
+from reset.judging.lexical import KPrecisionScorer
 
 CONTEXT = (
     "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. "

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reset import instructions
-from reset.instructions import (
+from reset import ifeval as instructions
+from reset.ifeval import (
     CHECKERS,
     PUNKT_DATA,
     SUPPORTED_IDS,
@@ -356,7 +356,7 @@ def test_fresh_import_writes_punkt_without_network(tmp_path: Path) -> None:
         socket.create_connection = no_network
         socket.getaddrinfo = no_network
         import nltk
-        from reset.instructions import PUNKT_DATA, count_sentences
+        from reset.ifeval import PUNKT_DATA, count_sentences
         assert count_sentences("Dr. Smith went home. He slept.") == 2
         assert nltk.sent_tokenize("Dr. Smith went home. He slept.") == ["Dr. Smith went home.", "He slept."]
         print(PUNKT_DATA)

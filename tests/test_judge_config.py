@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from reset.config import ConfigError, JudgeConfig, parse
-from reset.judge import AxisScore, build_judges, judge
-from reset.records import Candidate, Example
+from reset.config import ConfigError, JudgeConfig, validate
+from reset.data.records import Candidate, Example
+from reset.judging import AxisScore, build_judges, judge
 
 
 class Fixed:
@@ -58,7 +58,7 @@ def test_default_judges_are_offline():
 )
 def test_bad_judge_config_names_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
-        parse(JudgeConfig, data, "judge")
+        validate(JudgeConfig, data, "judge")
 
 
 def test_embedding_judge_is_built_from_config_and_scores_grounding():
@@ -74,15 +74,15 @@ def test_embedding_judge_is_built_from_config_and_scores_grounding():
 
 
 def test_nli_judge_needs_an_existing_model(tmp_path):
-    from reset.modeling import ModelError
+    from reset.errors import ModelError
 
     with pytest.raises(ModelError, match="no-nli-here"):
         build_judges(JudgeConfig(judges=["nli"], nli_model=str(tmp_path / "no-nli-here")))
 
 
 def test_a_failed_judgment_fails_the_step_instead_of_passing_as_not_applicable():
-    from reset.judge import JudgeError
-    from reset.llm_judge import LLMAxisScore
+    from reset.judging import JudgeError
+    from reset.judging.llm import LLMAxisScore
 
     class Broken(Fixed):
         def score(self, pairs):
@@ -94,10 +94,10 @@ def test_a_failed_judgment_fails_the_step_instead_of_passing_as_not_applicable()
 
 def test_llm_judge_settings_are_validated_with_the_judge_section():
     ok = {"judges": ["llm-faithfulness", "reference"], "llm": {"base_url": "http://127.0.0.1:1/v1", "model": "m"}}
-    parse(JudgeConfig, ok, "judge")
+    validate(JudgeConfig, ok, "judge")
     with pytest.raises(ConfigError, match=r"judge\.llm\.concurrency"):
-        parse(JudgeConfig, {**ok, "llm": {**ok["llm"], "concurrency": 0}}, "judge")
+        validate(JudgeConfig, {**ok, "llm": {**ok["llm"], "concurrency": 0}}, "judge")
     with pytest.raises(ConfigError, match=r"judge\.llm\.api_key_env"):
-        parse(JudgeConfig, {**ok, "llm": {**ok["llm"], "api_key_env": "sk-live-abc123"}}, "judge")
+        validate(JudgeConfig, {**ok, "llm": {**ok["llm"], "api_key_env": "sk-live-abc123"}}, "judge")
     with pytest.raises(ConfigError, match=r"judge\.llm\.base_url"):
-        parse(JudgeConfig, {**ok, "llm": {"model": "m"}}, "judge")
+        validate(JudgeConfig, {**ok, "llm": {"model": "m"}}, "judge")

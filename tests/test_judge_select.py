@@ -7,8 +7,8 @@ import math
 import pytest
 
 from reset.config import SelectConfig
-from reset.judge import combine, judge
-from reset.records import Candidate, Example, Judgment
+from reset.data.records import Candidate, Example, Judgment
+from reset.judging import combine, default_judges, judge
 from reset.selection import SelectionError, select
 
 EQUAL = {"instruction": 1.0, "faithfulness": 1.0, "task": 1.0}
@@ -18,7 +18,7 @@ CASE_BLIND = {"length_constraints:number_words", "length_constraints:number_sent
 
 
 def _judge1(ex: Example, text: str, weights=EQUAL) -> Judgment:
-    (j,) = judge([ex], [Candidate(f"{ex.id}-c", ex.id, text)], weights)
+    (j,) = judge([ex], [Candidate(f"{ex.id}-c", ex.id, text)], weights, default_judges())
     return j
 
 
@@ -129,11 +129,11 @@ def test_counterfactual_memory_answer_scores_lower(demo) -> None:
 
 def test_judge_refuses_unknown_examples() -> None:
     with pytest.raises(ValueError, match="unknown examples"):
-        judge([MILL], [Candidate("c1", "mill", "x"), Candidate("c2", "ghost", "y")], EQUAL)
+        judge([MILL], [Candidate("c1", "mill", "x"), Candidate("c2", "ghost", "y")], EQUAL, default_judges())
 
 
 def test_judge_keeps_decoding_in_details() -> None:
-    (j,) = judge([MILL], [Candidate("c1", "mill", "In Halstead.", {"temperature": 0.7})], EQUAL)
+    (j,) = judge([MILL], [Candidate("c1", "mill", "In Halstead.", {"temperature": 0.7})], EQUAL, default_judges())
     assert j.details["decoding"] == {"temperature": 0.7}
     assert set(j.details["by_judge"]) == {"rules", "k-precision", "reference"}
 
@@ -247,8 +247,6 @@ def test_min_selected_violation() -> None:
     assert "Lower the threshold" in msg
     with pytest.raises(SelectionError, match="4 examples selected"):
         select(_examples(), cands, judgments, SelectConfig(threshold=0.5, min_selected=5))
-    # min_selected 0 accepts an empty selection
-    assert select(_examples(), cands, judgments, SelectConfig(threshold=0.95, min_selected=0)).examples == []
 
 
 def test_judgments_for_unknown_candidates() -> None:

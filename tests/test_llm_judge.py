@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from reset.config import ConfigError, parse
-from reset.judge import InstructionRules, judge
-from reset.llm_judge import (
+from reset.config import ConfigError, validate
+from reset.data.records import Candidate, Example
+from reset.judging import judge
+from reset.judging.llm import (
     RUBRICS,
     BudgetExceeded,
     JudgeCache,
@@ -28,7 +29,7 @@ from reset.llm_judge import (
     strip_data_tags,
     to_unit,
 )
-from reset.records import Candidate, Example
+from reset.judging.rules import InstructionRules
 from tests.fault_server import FaultConfig, FaultServer, expected_score
 
 
@@ -352,17 +353,17 @@ def test_api_key_comes_from_the_named_env_var_and_never_leaks(monkeypatch, caplo
 
 
 def test_config_checks():
-    cfg = parse(LLMJudgeConfig, {"base_url": "http://h:8000/v1", "model": "m", "axes": ["faithfulness"]}, "llm_judge")
+    cfg = validate(LLMJudgeConfig, {"base_url": "http://h:8000/v1", "model": "m", "axes": ["faithfulness"]}, "llm_judge")
     assert cfg.axes == ["faithfulness"] and cfg.concurrency == 8 and cfg.max_retries == 6
     with pytest.raises(ConfigError, match="llm_judge.axes") as info:
-        parse(LLMJudgeConfig, {"axes": ["task"]}, "llm_judge")
+        validate(LLMJudgeConfig, {"axes": ["task"]}, "llm_judge")
     with pytest.raises(ConfigError, match="NAME of an environment variable") as info:
-        parse(LLMJudgeConfig, {"api_key_env": "sk-live-abc123"}, "llm_judge")
+        validate(LLMJudgeConfig, {"api_key_env": "sk-live-abc123"}, "llm_judge")
     assert "sk-live-abc123" not in str(info.value)
     with pytest.raises(ConfigError, match="credentials"):
-        parse(LLMJudgeConfig, {"base_url": "https://user:pw@host/v1"}, "llm_judge")
+        validate(LLMJudgeConfig, {"base_url": "https://user:pw@host/v1"}, "llm_judge")
     with pytest.raises(ConfigError, match="budget_usd"):
-        parse(LLMJudgeConfig, {"budget_usd": 5.0}, "llm_judge")
+        validate(LLMJudgeConfig, {"budget_usd": 5.0}, "llm_judge")
     with pytest.raises(ConfigError, match="base_url and model"):
         LLMJudge(LLMJudgeConfig())
 
@@ -400,7 +401,7 @@ def test_plugs_into_reset_judge():
 
 def test_judges_built_together_share_the_budget_and_separate_builds_do_not():
     from reset.config import JudgeConfig
-    from reset.judge import build_judges, close_judges
+    from reset.judging import build_judges, close_judges
 
     with FaultServer() as server:
         settings = {"base_url": server.base_url, "model": "judge-model", "max_requests": 5}

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from reset.config import DataConfig, DataSource
-from reset.mix import dedupe, load_source, mix
-from reset.records import DataError, Example, write_jsonl
+from reset.data.mix import dedupe, load_source, mix
+from reset.data.records import DataError, Example, write_jsonl
 
 # the `demo` fixture holds 40 instruction + 40 grounded examples (all prompts distinct)
 N = 40
@@ -179,30 +179,30 @@ def test_train_size_too_large(demo) -> None:
 # ---------------------------------------------------------------------------------- load_source
 def test_load_source_builtin_and_limit(demo) -> None:
     cfg = _cfg(demo_size=N)
-    rows, bad = load_source(DataSource("builtin:demo-instruction"), "instruction", cfg)
+    rows, bad = load_source(DataSource(path="builtin:demo-instruction"), "instruction", cfg)
     assert _ids(rows) == _ids(demo[0]) and bad == []
-    rows, _ = load_source(DataSource("builtin:demo-grounded", limit=7), "grounded", cfg)
+    rows, _ = load_source(DataSource(path="builtin:demo-grounded", limit=7), "grounded", cfg)
     assert _ids(rows) == _ids(demo[1][:7])
     with pytest.raises(DataError, match="unknown builtin"):
-        load_source(DataSource("builtin:demo-chat"), "instruction", cfg)
+        load_source(DataSource(path="builtin:demo-chat"), "instruction", cfg)
 
 
 def test_load_source_rejects_if_rows_with_context_and_wrong_kind(tmp_path: Path) -> None:
     path = tmp_path / "if.jsonl"
     rows = [_ex(0), _ex(1, context="Some passage."), _ex(2), _ex(3, kind="grounded"), _ex(4)]
     write_jsonl(path, rows)
-    kept, bad = load_source(DataSource(str(path)), "instruction", _cfg(max_bad_fraction=0.5))
+    kept, bad = load_source(DataSource(path=str(path)), "instruction", _cfg(max_bad_fraction=0.5))
     assert _ids(kept) == [rows[0].id, rows[2].id, rows[4].id]
     assert [(r.file, r.line) for r in bad] == [(str(path), 2), (str(path), 4)]
     assert "carries a context" in bad[0].reason
     assert "kind 'grounded' given in the data.instruction slot" in bad[1].reason
     assert json.loads(bad[0].raw)["id"] == rows[1].id
     # the same file in the grounded slot keeps only the grounded row
-    kept, bad = load_source(DataSource(str(path)), "grounded", _cfg(max_bad_fraction=1.0))
+    kept, bad = load_source(DataSource(path=str(path)), "grounded", _cfg(max_bad_fraction=1.0))
     assert _ids(kept) == [rows[3].id] and len(bad) == 4
     # rows rejected for their kind or context count towards data.max_bad_fraction, like invalid rows
     with pytest.raises(DataError, match=r"if\.jsonl: 2 of 5 rows rejected, more than data\.max_bad_fraction 0\.05"):
-        load_source(DataSource(str(path)), "instruction", _cfg(max_bad_fraction=0.05))
+        load_source(DataSource(path=str(path)), "instruction", _cfg(max_bad_fraction=0.05))
 
 
 def test_load_source_tolerates_a_bad_row(tmp_path: Path) -> None:
@@ -210,12 +210,12 @@ def test_load_source_tolerates_a_bad_row(tmp_path: Path) -> None:
     lines = [json.dumps(dataclasses.asdict(_ex(i))) for i in range(20)]
     lines.insert(7, '{"id": "half a row"')
     path.write_text("\n".join(lines) + "\n")
-    kept, bad = load_source(DataSource(str(path)), "instruction", _cfg(max_bad_fraction=0.05))  # 1/21 < 0.05
+    kept, bad = load_source(DataSource(path=str(path)), "instruction", _cfg(max_bad_fraction=0.05))  # 1/21 < 0.05
     assert len(kept) == 20
     assert [(r.file, r.line, r.raw) for r in bad] == [(str(path), 8, '{"id": "half a row"')]
     assert "invalid JSON" in bad[0].reason
     with pytest.raises(DataError, match="1 of 21 rows rejected"):
-        load_source(DataSource(str(path)), "instruction", _cfg(max_bad_fraction=0.0))
+        load_source(DataSource(path=str(path)), "instruction", _cfg(max_bad_fraction=0.0))
 
 
 def test_load_source_context_rejection_names_the_file_line(tmp_path: Path) -> None:
@@ -223,15 +223,15 @@ def test_load_source_context_rejection_names_the_file_line(tmp_path: Path) -> No
     good = [json.dumps(dataclasses.asdict(_ex(i))) for i in range(30)]
     with_context = json.dumps(dataclasses.asdict(_ex(99, context="A passage.")))
     path.write_text("\n".join([good[0], "{broken", *good[1:], with_context]) + "\n")  # bad row on line 2
-    _, bad = load_source(DataSource(str(path)), "instruction", _cfg(max_bad_fraction=0.1))
+    _, bad = load_source(DataSource(path=str(path)), "instruction", _cfg(max_bad_fraction=0.1))
     assert [r.line for r in bad] == [2, 32]
 
 
 def test_load_source_missing_file_and_directory(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
-        load_source(DataSource(str(tmp_path / "nope.jsonl")), "instruction", _cfg())
+        load_source(DataSource(path=str(tmp_path / "nope.jsonl")), "instruction", _cfg())
     with pytest.raises(DataError, match="is a directory"):
-        load_source(DataSource(str(tmp_path)), "instruction", _cfg())
+        load_source(DataSource(path=str(tmp_path)), "instruction", _cfg())
 
 
 def test_load_source_from_s3(s3, tmp_path: Path) -> None:
@@ -242,11 +242,11 @@ def test_load_source_from_s3(s3, tmp_path: Path) -> None:
     write_jsonl(local, rows)
     s3.upload_file(str(local), bucket, "data/cd.jsonl")
     uri = f"s3://{bucket}/data/cd.jsonl"
-    kept, bad = load_source(DataSource(uri), "grounded", _cfg(max_bad_fraction=0.5), cache_dir=str(tmp_path / "cache"))
+    kept, bad = load_source(DataSource(path=uri), "grounded", _cfg(max_bad_fraction=0.5), cache_dir=str(tmp_path / "cache"))
     assert kept == rows[:5]
     assert len(bad) == 1 and bad[0].file == uri and bad[0].line == 6  # the user's URI, not the cache path
     with pytest.raises(DataError) as err:
-        load_source(DataSource(f"s3://{bucket}/data/none.jsonl"), "grounded", _cfg(),
+        load_source(DataSource(path=f"s3://{bucket}/data/none.jsonl"), "grounded", _cfg(),
                     cache_dir=str(tmp_path / "cache"))
     assert f"s3://{bucket}/data/none.jsonl" in str(err.value)
 
@@ -258,7 +258,7 @@ def test_duplicates_across_files_are_quarantined_with_their_file_and_line(tmp_pa
     origins: dict = {}
     rows = []
     for path in (first, second):
-        kept, _ = load_source(DataSource(str(path)), "instruction", _cfg(), origins=origins)
+        kept, _ = load_source(DataSource(path=str(path)), "instruction", _cfg(), origins=origins)
         rows += kept
     _, bad = dedupe(rows, origins)
     assert [(r.file, r.line) for r in bad] == [(str(second), 2)]

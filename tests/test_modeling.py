@@ -7,10 +7,11 @@ import json
 import pytest
 import torch
 
-from reset import modeling
 from reset.config import DecodingSetting, GenerateConfig, ModelConfig, TrainConfig
-from reset.finetune import finetune
-from reset.generate import generate
+from reset.models import chat
+from reset.models import loading as modeling
+from reset.models.finetune import finetune
+from reset.models.generation import generate
 
 
 def test_tiny_model_is_built_offline_and_cached(tiny_model_dir, cache_dir):
@@ -36,10 +37,10 @@ def test_unknown_and_missing_models_name_the_reference(tmp_path):
 def test_sft_labels_cover_the_response_only(tiny_model_dir, demo):
     _, tok = modeling.load(tiny_model_dir)
     ex = demo[1][0]  # a grounded example: context + instruction
-    ids, labels = modeling.encode_sft(tok, ex, ex.response, max_length=1024)
+    ids, labels = chat.encode_sft(tok, ex, ex.response, max_length=1024)
     assert len(ids) == len(labels)
     n_prompt = sum(1 for y in labels if y == -100)
-    prompt = modeling.prompt_text(tok, ex)
+    prompt = chat.prompt_text(tok, ex)
     assert tok.decode(ids[:n_prompt]) == prompt
     completion = tok.decode(ids[n_prompt:])
     assert completion.startswith(ex.response)
@@ -52,7 +53,7 @@ def test_sft_labels_cover_the_response_only(tiny_model_dir, demo):
 def test_sft_truncation_keeps_instruction_and_response(tiny_model_dir, demo):
     _, tok = modeling.load(tiny_model_dir)
     ex = demo[1][0]
-    ids, labels = modeling.encode_sft(tok, ex, ex.response, max_length=64)
+    ids, labels = chat.encode_sft(tok, ex, ex.response, max_length=64)
     assert len(ids) == 64
     kept = tok.decode(ids)
     assert kept.endswith(tok.decode(tok(ex.response, add_special_tokens=False)["input_ids"][-5:]) + "<|im_end|>")
@@ -131,7 +132,7 @@ def test_unknown_target_modules_fail_clearly(tiny_model_dir, demo, tmp_path):
 
 def test_generate_covers_the_grid_with_recorded_settings(tiny_model_dir, demo):
     examples = demo[0][:3] + demo[1][:2]
-    cfg = GenerateConfig(grid=[DecodingSetting(0.0, 1.0), DecodingSetting(0.8, 0.9)], samples_per_setting=2,
+    cfg = GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0), DecodingSetting(temperature=0.8, top_p=0.9)], samples_per_setting=2,
                          max_new_tokens=6, batch_size=4, seed=3)
     cands = generate(tiny_model_dir, examples, cfg, ModelConfig(), model_name="tiny", log=lambda _: None)
     assert len(cands) == len(examples) * (1 + 2)
@@ -156,7 +157,7 @@ def test_generate_covers_the_grid_with_recorded_settings(tiny_model_dir, demo):
 
 def test_greedy_generation_does_not_depend_on_batching(tiny_model_dir, demo):
     examples = demo[1][:4]
-    cfg = GenerateConfig(grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=8, batch_size=4)
+    cfg = GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=8, batch_size=4)
     batched = generate(tiny_model_dir, examples, cfg, ModelConfig(), log=lambda _: None)
     cfg.batch_size = 1
     single = generate(tiny_model_dir, examples, cfg, ModelConfig(), log=lambda _: None)

@@ -3,8 +3,6 @@ Kubernetes settings in the platform document, no secrets, readable by kfp's own 
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import yaml
 
@@ -154,5 +152,5 @@ def test_cli_reports_a_bad_config_by_key(tmp_path, capsys):
 def test_every_config_section_is_a_pipeline_parameter():
     from reset.config import SECTIONS, PipelineConfig
 
-    names = [f.name for f in dataclasses.fields(PipelineConfig)]
+    names = list(PipelineConfig.model_fields)
     assert set(names) - set(SECTIONS) == {"cluster"}

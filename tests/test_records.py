@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from reset.records import (
+from reset.data.records import (
     Candidate,
     DataError,
     Example,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reset.scoring import k_precision, normalize_tokens, rouge_l_f1, task_score, token_f1
+from reset.judging.lexical import k_precision, normalize_tokens, rouge_l_f1, task_score, token_f1
 
 
 def test_normalize_tokens_squad_style() -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reset import storage
-from reset.records import DataError
+from reset.data import storage
+from reset.data.records import DataError
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def test_a_retried_step_counts_by_its_newest_attempt(cfg):
 
 
 def test_select_step_logs_keep_rates_for_free_text_source_names(cfg, tmp_path):
-    from reset.records import Candidate, Example, Judgment, write_jsonl
+    from reset.data.records import Candidate, Example, Judgment, write_jsonl
 
     ex = Example(id="e1", source="dolly (15k), v2", kind="instruction", instruction="Hi?", response="Hello.")
     write_jsonl(tmp_path / "seen.jsonl", [ex])

@@ -12,8 +12,8 @@ import mlflow
 import pytest
 
 from reset import steps
-from reset.llm_judge import LLMJudge, LLMJudgeConfig, build_prompt
-from reset.records import Candidate, write_jsonl
+from reset.data.records import Candidate, write_jsonl
+from reset.judging.llm import LLMJudge, LLMJudgeConfig, build_prompt
 
 pytestmark = pytest.mark.integration
 
@@ -74,7 +74,7 @@ def test_prompt_injection_in_the_context_does_not_move_the_score(vllm_server, de
         assert y.raw_score < 10
 
 
-def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo, tmp_path):
+def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo, tmp_path, monkeypatch):
     base_url, model = vllm_server
     pairs = _pairs(demo, n=4)
     seen = tmp_path / "seen.jsonl"
@@ -84,6 +84,7 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracking = {"tracking_uri": uri, "experiment": "llm"}
     parent = steps.start_run(tracking, {"tracking": tracking}, "job-llm")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-never-logged-4711")  # vLLM ignores it; it must not reach MLflow
     judge_cfg = {
         "judges": ["rules", "llm-instruction", "k-precision", "llm-faithfulness", "reference"],
         "judge_weights": {"llm-instruction": 2.0},
@@ -110,6 +111,7 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
         with open(local) as fh:
             table = json.load(fh)
         assert "judge_llm-faithfulness" in table["columns"]
-        assert all("api_key" not in k.lower() for k in run.data.params)
+        assert run.data.params["llm.api_key_env"] == "OPENAI_API_KEY"  # the variable's name, never its value
+        assert all("sk-never-logged-4711" not in f"{k}={v}" for k, v in run.data.params.items())
     finally:
         mlflow.set_tracking_uri(None)

@@ -6,6 +6,6 @@ max_new_tokens and system_prompt.
 
 import mlflow.models
 
-from reset.serving import ResetChatModel
+from reset.serving.model import ResetChatModel
 
 mlflow.models.set_model(ResetChatModel())

@@ -14,12 +14,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, TypeVar
 
+from reset.errors import DataError
+
 KINDS = ("instruction", "grounded")
 TASKS = ("open", "extractive", "abstractive")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
 
 
 @dataclass
@@ -59,7 +57,7 @@ class Example:
                 raise ValueError(f"field 'constraints[{i}]': must be an object with a string 'id'")
             if not isinstance(c.get("kwargs", {}), dict):
                 raise ValueError(f"field 'constraints[{i}].kwargs': must be an object")
-        from reset.instructions import validate_constraints
+        from reset.ifeval import validate_constraints
 
         try:
             validate_constraints(self.constraints)
@@ -249,3 +247,22 @@ def read_quarantine(path: str | os.PathLike[str]) -> list[Rejected]:
 
 Axis = Literal["instruction", "faithfulness", "task"]
 AXES: tuple[Axis, ...] = ("instruction", "faithfulness", "task")
+
+
+def check_references(examples: Sequence[Example], candidates: Sequence[Candidate],
+                     judgments: Sequence[Judgment] = ()) -> None:
+    """Every candidate names a known example; every judgment a known candidate, and the same
+    example its candidate names. Raises ValueError with a count and the first ids."""
+    ex_ids = {e.id for e in examples}
+    by_cand = {c.id: c for c in candidates}
+    problems = [
+        ("candidates refer to unknown examples", [c.id for c in candidates if c.example_id not in ex_ids]),
+        ("judgments refer to unknown candidates", [j.candidate_id for j in judgments if j.candidate_id not in by_cand]),
+        ("judgments refer to unknown examples", [j.example_id for j in judgments if j.example_id not in ex_ids]),
+        ("judgments name another example than their candidate does",
+         [j.candidate_id for j in judgments
+          if j.candidate_id in by_cand and by_cand[j.candidate_id].example_id != j.example_id]),
+    ]
+    for what, bad in problems:
+        if bad:
+            raise ValueError(f"{len(bad)} {what}, e.g. {bad[:3]}")

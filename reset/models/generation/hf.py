@@ -12,9 +12,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from reset import modeling
+from reset import progress, runtime
 from reset.config import DecodingSetting, GenerateConfig, ModelConfig
-from reset.records import Candidate, Example
+from reset.data.records import Candidate, Example
+from reset.models import chat, loading
 
 
 @dataclass
@@ -34,14 +35,13 @@ def generate(
     log: Callable[[str], None] = print,
 ) -> list[Candidate]:
     """Sample candidates for every example over `cfg.grid`; returns them in example order."""
-    import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    model, tok = modeling.load(model_dir)
+    runtime.set_torch_threads()
+    model, tok = loading.load(model_dir)
     model.eval()
     tok.padding_side = "left"
-    stops = modeling.stop_token_ids(tok)
-    prompts = {ex.id: modeling.prompt_text(tok, ex, model_cfg.system_prompt) for ex in examples}
+    stops = chat.stop_token_ids(tok)
+    prompts = {ex.id: chat.prompt_text(tok, ex, model_cfg.system_prompt) for ex in examples}
     lengths = {k: len(tok(v, add_special_tokens=False)["input_ids"]) for k, v in prompts.items()}
 
     jobs: list[_Job] = []
@@ -53,6 +53,7 @@ def generate(
     log(f"[generate] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples, batch {cfg.batch_size}")
 
     out: dict[str, Candidate] = {}
+    bar = progress.Progress(total, "samples", model_name)
     done = 0
     t0 = time.time()
     for si, setting in enumerate(cfg.grid):
@@ -78,6 +79,7 @@ def generate(
                     model=model_name,
                 )
             done += len(batch)
+            bar.update(done)
             el = time.time() - t0
             log(f"[generate] {done}/{total} samples, {done / el:.1f}/s, eta {el / done * (total - done):.0f}s")
     order = {ex.id: i for i, ex in enumerate(examples)}

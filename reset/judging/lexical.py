@@ -1,7 +1,16 @@
-"""Lexical scores in [0, 1]: K-Precision (faithfulness to a context), SQuAD token F1 and ROUGE-L F1.
+"""Lexical judges, no model: K-Precision (faithfulness to a context) and the task score against
+the reference (SQuAD token F1 / ROUGE-L F1, times the gold answer's recall where one is named).
 
-All work on SQuAD-normalised tokens: lowercased, punctuation removed, articles (a, an, the)
+All scores work on SQuAD-normalised tokens: lowercased, punctuation removed, articles (a, an, the)
 dropped, split on whitespace.
+
+  KPrecision()     faithfulness: share of the response's content words found in the context; only
+                   where a context exists.
+  ReferenceTask    task quality against the reference (token F1 for extractive tasks, ROUGE-L F1
+                   otherwise); both fall when a whole passage is copied. Where the example names its
+                   gold answer span (meta["answer"]), the score is multiplied by the answer's recall,
+                   so a fluent answer from memory that contradicts the passage scores near 0 however
+                   many words it shares with the reference.
 """
 
 from __future__ import annotations
@@ -9,6 +18,9 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from collections.abc import Sequence
+
+from reset.judging.base import AxisScore, FaithfulnessJudge, Pair, check_lengths
 
 _PUNCT = str.maketrans("", "", string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -97,3 +109,55 @@ def answer_recall(prediction: str, answer: str) -> float:
         return 0.0
     pred = set(normalize_tokens(prediction))
     return sum(1 for t in gold if t in pred) / len(gold)
+
+
+# ------------------------------------------------------------------------------------------ judges
+class KPrecisionScorer:
+    """Lexical faithfulness: reset.k_precision (share of the response's content words that
+    occur in the context). The reason lists a few response words missing from the context."""
+
+    name = "k-precision"
+
+    def __init__(self, content_only: bool = True, show_missing: int = 5):
+        self.content_only = content_only
+        self.show_missing = show_missing
+
+    def score(self, responses: Sequence[str], contexts: Sequence[str]) -> list[tuple[float, str]]:
+        check_lengths(responses, contexts)
+        out = []
+        for response, context in zip(responses, contexts, strict=True):
+            value = k_precision(response, context, content_only=self.content_only)
+            reason = f"K-Precision {value:.2f} ({'content words' if self.content_only else 'all tokens'})"
+            known = set(normalize_tokens(context))
+            missing = [t for t in dict.fromkeys(normalize_tokens(response))
+                       if t not in known and not (self.content_only and t in NEUTRAL_WORDS)]
+            if missing and known and self.show_missing > 0:
+                reason += f"; not in context: {', '.join(missing[: self.show_missing])}"
+                reason += ", ..." if len(missing) > self.show_missing else ""
+            out.append((value, reason))
+        return out
+
+
+def KPrecision() -> FaithfulnessJudge:  # noqa: N802 - reads as the judge's class
+    """The "k-precision" judge: KPrecisionScorer on the faithfulness axis."""
+    return FaithfulnessJudge(KPrecisionScorer(), name="k-precision")
+
+
+class ReferenceTask:
+    """The "reference" judge: task score against the reference, gated by the gold answer's recall."""
+
+    name = "reference"
+    axis = "task"
+
+    def score(self, pairs: Sequence[Pair]) -> list[AxisScore]:
+        out = []
+        for ex, cand in pairs:
+            v = task_score(cand.text, ex.response, ex.task)
+            why = f"{'token F1' if ex.task == 'extractive' else 'ROUGE-L F1'} {v:.2f} vs reference"
+            answer = ex.meta.get("answer")
+            if isinstance(answer, str) and answer.strip():
+                recall = answer_recall(cand.text, answer)
+                v = v * recall
+                why += f", answer recall {recall:.2f}"
+            out.append(AxisScore(v, why))
+        return out

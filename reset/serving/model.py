@@ -11,23 +11,22 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from reset.data.records import Example
+from reset.models import chat, loading
+
 
 class ResetChatModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
-        from reset import modeling
-
         cfg = context.model_config or {}
         self.max_new_tokens = int(cfg.get("max_new_tokens", 64))
         self.system_prompt = str(cfg.get("system_prompt", ""))
-        self.model, self.tokenizer = modeling.load(context.artifacts["model_dir"])
+        self.model, self.tokenizer = loading.load(context.artifacts["model_dir"])
         self.model.eval()
         self.tokenizer.padding_side = "left"
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None) -> list[str]:
         import torch
 
-        from reset import modeling
-        from reset.records import Example
 
         rows = model_input.to_dict("records") if hasattr(model_input, "to_dict") else list(model_input)
         params = params or {}
@@ -40,11 +39,11 @@ class ResetChatModel(mlflow.pyfunc.PythonModel):
             ctx = ctx if isinstance(ctx, str) and ctx.strip() else None  # pandas gives NaN for None
             ex = Example(id=str(i), source="serving", kind="grounded" if ctx else "instruction",
                          instruction=str(row["instruction"]), response="-", context=ctx)
-            text = modeling.prompt_text(self.tokenizer, ex, self.system_prompt)
+            text = chat.prompt_text(self.tokenizer, ex, self.system_prompt)
             enc = self.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(self.model.device)
             with torch.inference_mode():
                 gen = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
-                                          eos_token_id=modeling.stop_token_ids(self.tokenizer),
+                                          eos_token_id=chat.stop_token_ids(self.tokenizer),
                                           pad_token_id=self.tokenizer.pad_token_id)
             out.append(self.tokenizer.decode(gen[0, enc["input_ids"].shape[1]:], skip_special_tokens=True).strip())
         return out

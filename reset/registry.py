@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import RegisterConfig
-from reset.evaluate import PRIMARY
+from reset.evaluation import PRIMARY
 
 METRIC_TAG = "metric."
 
@@ -32,7 +32,7 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
     pkg = Path(reset.__file__).parent
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=str(pkg / "serving_model.py"),  # models-from-code: nothing is pickled
+        python_model=str(pkg / "serving" / "pyfunc_entry.py"),  # models-from-code: nothing is pickled
         model_config={"max_new_tokens": max_new_tokens, "system_prompt": system_prompt},
         artifacts={"model_dir": str(model_dir)},
         code_paths=[str(pkg)],

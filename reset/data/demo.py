@@ -14,8 +14,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from reset.instructions import check, count_sentences, count_words, describe
-from reset.records import Example
+from reset.data.records import Example
+from reset.ifeval import check, count_sentences, count_words, describe
 
 SOURCE_IF = "demo-instruction"
 SOURCE_CD = "demo-grounded"

@@ -11,7 +11,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from reset.records import DataError
+from reset.errors import DataError
 
 
 def is_s3(uri: str) -> bool:

@@ -13,13 +13,13 @@ import os
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from reset import modeling
+from reset import progress, runtime
 from reset.config import ModelConfig, TrainConfig
-from reset.records import Example
+from reset.data.records import Example
+from reset.models import chat, loading
 
 
 def finetune(
@@ -42,10 +42,10 @@ def finetune(
         raise ValueError("finetune: no training examples")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    runtime.set_torch_threads()
 
     # --- model and tokenizer
-    model, tok = modeling.load(model_dir, for_training=True)
+    model, tok = loading.load(model_dir, for_training=True)
     device = model.device
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in cfg.target_modules if m in present]
@@ -64,7 +64,7 @@ def finetune(
 
     # --- data: token ids with response-only labels
     encoded = [
-        modeling.encode_sft(tok, ex, ex.response, model_cfg.max_length, model_cfg.system_prompt) for ex in examples
+        chat.encode_sft(tok, ex, ex.response, model_cfg.max_length, model_cfg.system_prompt) for ex in examples
     ]
     steps_per_epoch = math.ceil(len(encoded) / (cfg.batch_size * cfg.grad_accum))
     total_steps = cfg.max_steps or max(1, math.ceil(steps_per_epoch * cfg.epochs))
@@ -88,6 +88,7 @@ def finetune(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
 
     # --- train
+    bar = progress.Progress(total_steps, "steps")
     rng = random.Random(cfg.seed)
     order: list[int] = []
     losses: list[float] = []
@@ -115,6 +116,7 @@ def finetune(
         losses.append(step_loss)
         if on_step:
             on_step(step, step_loss)
+        bar.update(step + 1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             el = time.time() - t0
             eta = el / (step + 1) * (total_steps - step - 1)
@@ -130,8 +132,8 @@ def finetune(
     merged = model.merge_and_unload()
     merged.eval()
     prov = dict(provenance or {})
-    prov.update({"train": asdict(cfg), "model": asdict(model_cfg), "base_model_dir": str(model_dir)})
-    modeling.save(merged, tok, out, prov)
+    prov.update({"train": cfg.model_dump(), "model": model_cfg.model_dump(), "base_model_dir": str(model_dir)})
+    loading.save(merged, tok, out, prov)
     tail = losses[-max(1, len(losses) // 5) :]
     return {
         "examples": len(encoded),
