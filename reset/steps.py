@@ -141,10 +141,9 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
                            {"stage": stage, "train": tcfg.model_dump(), "model": mcfg.model_dump()}):
         import mlflow
 
-        model = model or mcfg.base
-        src = model if os.path.isdir(model) else str(modeling.resolve_model(model, mcfg.cache_dir))
+        model = model or mcfg.base  # a reference, a model directory or a LoRA checkpoint (resolved there)
         metrics = run_finetune(
-            src, examples, out_dir, tcfg, mcfg,
+            model, examples, out_dir, tcfg, mcfg,
             provenance={"stage": stage, "source_model": model, "train_examples": len(examples)},
             log=_log, on_step=lambda step, loss: mlflow.log_metric("loss", loss, step=step),
         )
@@ -157,7 +156,7 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
 
 def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: Section, tracking_cfg: Section,
              parent_run_id: str, *, out_candidates: str) -> dict[str, Any]:
-    from reset.models.generation import generate as run_generate
+    from reset.models.generation import run as run_generate
 
     gcfg = C.section(C.GenerateConfig, dict(generate_cfg or {}), "generate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
@@ -166,18 +165,26 @@ def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: S
         import mlflow
 
         t0 = time.time()
-        cands = run_generate(model_dir, examples, gcfg, mcfg, model_name="mtl", log=_log)
+        result = run_generate(model_dir, examples, gcfg, mcfg, model_name="mtl", log=_log)
+        cands = result.candidates
         if gcfg.include_reference:
             cands += [Candidate(id=f"{e.id}/ref", example_id=e.id, text=e.response,
                                 decoding={"strategy": "reference"}, model="reference", is_reference=True)
                       for e in examples]
         write_jsonl(out_candidates, cands)
         secs = time.time() - t0
+        gen = result.stats
         stats = {"prompts": len(examples), "candidates": len(cands), "seconds": secs,
                  "samples_per_second": len(cands) / secs if secs else 0.0,
-                 "empty_candidates": sum(1 for c in cands if not c.text.strip())}
+                 "empty_candidates": sum(1 for c in cands if not c.text.strip()),
+                 "engine_start_seconds": gen.get("engine_start_s", 0.0),
+                 "generate_seconds": gen.get("generate_s", 0.0), "output_tokens": gen.get("output_tokens", 0),
+                 "tokens_per_second": gen.get("tokens_per_s", 0.0), "prompts_cut": gen.get("prompts_cut", 0)}
         mlflow.log_metrics(_metrics(stats))
-        _note(f"{len(cands)} candidates for {len(examples)} prompts")
+        mlflow.set_tags({"generate.backend": gen.get("backend", ""),
+                         **({"generate.fallback_reason": gen["fallback_reason"]} if "fallback_reason" in gen else {})})
+        _note(f"{len(cands)} candidates for {len(examples)} prompts with {gen.get('backend')} "
+              f"({stats['tokens_per_second']:.0f} tokens/s, engine start {stats['engine_start_seconds']:.0f}s)")
     return stats
 
 
@@ -277,8 +284,10 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
              out_report: str, out_rows: str, include_base: bool = True) -> dict[str, dict[str, float]]:
     """`models`: name -> model reference or directory (e.g. mtl, reset); with `include_base` the
     configured base model (model.base) is evaluated first as "base"."""
-    from reset.evaluation import comparison_table
     from reset.evaluation import evaluate as run_evaluate
+    from reset.evaluation import markdown_report, summarize, verdicts
+    from reset.evaluation.html import html_report
+    from reset.evaluation.plot import tradeoff_plot
 
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
@@ -287,7 +296,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
     if include_base:
         models = {"base": mcfg.base, **models}
     results: dict[str, dict[str, float]] = {}
-    all_rows: list[dict[str, Any]] = []
+    rows_by_model: dict[str, list[dict[str, Any]]] = {}
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "evaluate", ecfg.model_dump()):
         import mlflow
 
@@ -296,19 +305,36 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             _log(f"[evaluate] {name}: {len(examples)} held-out prompts")
             metrics, rows = run_evaluate(path, examples, ecfg, mcfg, jcfg, model_name=name, log=_log)
             results[name] = metrics
-            all_rows += rows
+            rows_by_model[name] = rows
             mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
-        table = comparison_table(results)
-        _log("[evaluate] comparison on the held-out split:\n" + table)
-        _note(f"{len(results)} models x {len(examples)} held-out prompts")
+        # every figure with its 95% interval; each model paired with MTL on the same examples
+        summary = summarize(rows_by_model, reference="mtl", selection_judges=jcfg.judges)
+        report = markdown_report(summary)
+        lines = verdicts(summary) if summary.reference else []
+        _log("[evaluate] comparison on the held-out split:\n" + report)
+        _note(lines[-1] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
         for out in (out_metrics, out_report):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out_metrics).write_text(json.dumps(results, indent=2))
-        Path(out_report).write_text("# ReSet: held-out comparison\n\n" + table + "\n")
+        Path(out_report).write_text(report)
+        all_rows = [r for rows in rows_by_model.values() for r in rows]
         write_jsonl(out_rows, all_rows)
-        mlflow.log_text(table, "comparison.md")
+        png = tradeoff_plot(summary)
+        mlflow.log_text(report, "comparison.md")
+        mlflow.log_dict(summary.to_dict(), "summary.json")
+        mlflow.log_image(_png_image(png), "tradeoff.png")
+        mlflow.log_text(html_report(summary, rows_by_model, examples=examples, plot_png=png), "report.html")
         mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
     return results
+
+
+def _png_image(data: bytes):
+    """PNG bytes as a PIL image (mlflow.log_image takes images, not bytes)."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
 
 
 def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_cfg: Section, model_cfg: Section,

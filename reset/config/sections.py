@@ -34,6 +34,7 @@ PositiveFloat = Annotated[float, Field(gt=0.0), NoBool]
 NonNegativeFloat = Annotated[float, Field(ge=0.0), NoBool]
 
 AXES = ("instruction", "faithfulness", "task")
+Backend = Literal["auto", "hf", "vllm"]
 Axis = Literal["instruction", "faithfulness", "task"]
 STEP_NAMES = ("mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register")
 
@@ -81,36 +82,115 @@ class DataSource(Section):
     """One dataset. A plain string in YAML is shorthand for `{path: ...}`."""
 
     path: Annotated[str, Field(min_length=1)]
-    """A local JSONL file, an s3:// URI, or `builtin:demo-instruction` / `builtin:demo-grounded`
-    (the seeded demo set)."""
+    """A local file or a directory of files (JSONL, JSON array, CSV / TSV, Parquet; `.gz` for the
+    text ones), an s3:// URI (object or prefix), `hf://datasets/<owner>/<name>[@rev][/path]` (a
+    Hugging Face dataset, where the cluster can reach the hub), or `builtin:demo-instruction` /
+    `builtin:demo-grounded` (the seeded demo set)."""
+    name: str = ""
+    """The source's name: the `source` of its examples and its line in the data card (empty = the
+    file name without its extension)."""
+    format: Literal["auto", "reset", "dolly", "alpaca", "sharegpt", "self-instruct", "natural-questions",
+                    "cnn-dailymail", "mapped"] = "auto"
+    """How rows are read. auto: detected from the rows' fields. reset: the project's record schema;
+    dolly / alpaca / sharegpt / self-instruct / natural-questions / cnn-dailymail: the published
+    formats (see README "Data"); mapped: any other shape, through `fields`."""
+    fields: dict[str, str] = Field(default_factory=dict)
+    """Field mapping for any other shape (implies format mapped): {instruction, response, context,
+    id, answer} -> a column name or a dotted path (`answers.0`, `doc.text`)."""
+    task: Literal["", "extractive", "abstractive"] = ""
+    """The context-dependent task of this source's grounded rows (empty = what the format says:
+    natural-questions extractive, cnn-dailymail abstractive, Dolly by category)."""
+    instruction: str = ""
+    """The instruction for formats that have none (cnn-dailymail; empty = "Summarize the article
+    in three sentences.")."""
+    turns: Literal["first", "all"] = "first"
+    """ShareGPT: `first` makes each conversation's first human -> assistant pair an example; `all`
+    every pair (each without the turns before it)."""
+    with_context: Literal["remove", "move"] = "remove"
+    """Instruction-following rows that carry a context (Dolly's closed_qa, Alpaca rows with an
+    input, ...). remove: left out, as in the paper (counted, kept in the quarantine). move: put on
+    the grounded side where the format tells the task (Dolly: closed_qa and
+    information_extraction extractive, summarization abstractive); the others are removed."""
     limit: NonNegativeInt = 0
-    """Keep at most this many rows (0 = all)."""
+    """Read at most this many usable rows, the first ones in the file (0 = all)."""
+    weight: Annotated[float, Field(ge=0.0, le=100.0), NoBool] = 1.0
+    """Sampling rate into the training mixture: 1 = each usable row once, 0.5 = a seeded half,
+    2 = each row twice, 0 = held-out only. The IF:CD ratio and train_size then trim each kind
+    uniformly, so the weights set the sources' shares within their kind."""
+    cap: NonNegativeInt = 0
+    """At most this many training examples from this source, after weighting (a seeded sample;
+    0 = no cap)."""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         return {"path": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _mapping(self) -> DataSource:
+        if self.fields:
+            unknown = sorted(set(self.fields) - {"instruction", "response", "context", "id", "answer"})
+            if unknown:
+                raise KeyError_("fields", f"unknown key(s) {unknown}; map instruction, response, context, id, answer")
+            missing = [k for k in ("instruction", "response") if not self.fields.get(k, "").strip()]
+            if missing:
+                raise KeyError_("fields", f"map {' and '.join(missing)} to a column")
+            if self.format not in ("auto", "mapped"):
+                raise KeyError_("format", f"{self.format!r} with a field mapping: drop `fields` or use format: mapped")
+            self.__dict__["format"] = "mapped"
+        elif self.format == "mapped":
+            raise KeyError_("fields", "format mapped needs a field mapping")
+        return self
+
 
 class DataConfig(Section):
-    """Data sources, the IF:CD mixture, the held-out split and the seen-prompt pool."""
+    """Data sources, the IF:CD mixture, deduplication, the held-out split, the seen-prompt pool and
+    the limits of what a row may be."""
 
     instruction: list[DataSource] = Field(default_factory=lambda: [DataSource(path="builtin:demo-instruction")])
-    """Instruction-following (IF) sources: examples without a context."""
+    """Instruction-following (IF) sources: examples without a context. Paper: Dolly-15K, ShareGPT,
+    Self-Instruct, Alpaca, with examples that carry a context removed."""
     grounded: list[DataSource] = Field(default_factory=lambda: [DataSource(path="builtin:demo-grounded")])
-    """Context-dependent (CD) sources: extractive or abstractive tasks over a context."""
+    """Context-dependent (CD) sources: extractive or abstractive tasks over a context. Paper:
+    Natural Questions (extractive), CNN/DailyMail (abstractive)."""
     instruction_fraction: Fraction = 0.5
     """Share of IF examples in the training mixture. Paper: not public; 1:1."""
     train_size: NonNegativeInt = 0
     """Training examples in the mixture (0 = as many as the ratio allows)."""
     eval_per_kind: PositiveInt = 30
-    """Held-out evaluation examples per kind (instruction / grounded); never trained on."""
+    """Held-out evaluation examples per kind (instruction / grounded), stratified by source and
+    task; never trained on."""
     seen_prompts_per_kind: PositiveInt = 40
     """Seen prompts sampled from the training mixture for self-instruct generation, per kind."""
     max_bad_fraction: Fraction = 0.05
-    """Share of invalid rows tolerated in a source before the run fails (they are quarantined)."""
+    """Share of invalid or oversize rows tolerated in a source before the run fails (they are
+    quarantined). Rows left out by a rule of the recipe (an IF example with a context, a question
+    without an answer) and duplicates are quarantined too but do not count."""
+    dedupe: Literal["exact", "normalized", "near"] = "near"
+    """Which repeated prompts (instruction + context) are dropped, first occurrence kept: exact
+    (identical text), normalized (also equal after case, Unicode form, punctuation and whitespace
+    are folded), near (also near-duplicates: MinHash over word 3-grams, see
+    near_duplicate_threshold). Repeated ids are always dropped."""
+    near_duplicate_threshold: Annotated[float, Field(ge=0.5, le=1.0), NoBool] = 0.8
+    """Estimated Jaccard similarity of word 3-grams, on the instruction and on the context both,
+    at or above which a prompt is a near-duplicate of an earlier one."""
+    overlap_ngram: Annotated[int, Field(ge=3, le=50), NoBool] = 8
+    """n of the word n-gram overlap check between training and held-out prompts (reported in the
+    data card, nothing dropped)."""
+    unknown_fields: Literal["meta", "ignore", "reject"] = "meta"
+    """Fields a row's format does not know: kept under meta["extra_fields"], ignored, or the row
+    rejected. Counted per source in the data card either way."""
+    max_row_bytes: PositiveInt = 16 * 1024 * 1024
+    """A row (a line, a JSON array element, a CSV record) larger than this is quarantined without
+    being read into memory in full. Natural Questions' simplified rows reach a few MB."""
+    max_field_chars: PositiveInt = 100_000
+    """An example whose instruction, context or response is longer than this (characters) is
+    quarantined; longer text than the model's limits is kept and counted in the data card."""
+    card_sample: PositiveInt = 2000
+    """Rows per source whose length in tokens is measured for the data card's percentiles (a seeded
+    sample; truncation is counted over every row)."""
     seed: Int = 0
-    """Seed of the shuffle, the split and the seen-prompt sample."""
+    """Seed of the shuffle, the split, the weighting and the seen-prompt sample."""
     demo_size: PositiveInt = 300
     """Size of the built-in demo set, per kind."""
 
@@ -141,7 +221,14 @@ class ModelConfig(Section):
 
 # ---------------------------------------------------------------------------------------- train
 class TrainConfig(Section):
-    """LoRA supervised fine-tuning; loss on the response tokens only."""
+    """Supervised fine-tuning (LoRA or full); loss on the response tokens only. Checkpoints every
+    `checkpoint_every` steps; a step run again with the same output continues from the last one.
+    Under torchrun (several processes) the model is sharded with FSDP2."""
+
+    method: Literal["lora", "full"] = "lora"
+    """lora: train a peft LoRA adapter; the step's output is the adapter plus a reference to the
+    base model (continued fine-tuning from an adapter trains that same adapter). full: train every
+    weight; the output is a whole model. Paper: not public (a 7B paper-scale run is usually full)."""
 
     epochs: PositiveFloat = 1.0
     """Passes over the training set (fractions allowed)."""
@@ -173,6 +260,24 @@ class TrainConfig(Section):
     """Seed of initialisation and data order."""
     log_every: PositiveInt = 5
     """Print (and log) the loss every N optimizer steps."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """auto: bf16 autocast where the hardware has bf16 arithmetic (a GPU that supports it, a CPU
+    with avx512_bf16 or AMX), else fp32. bf16 on a CPU without it is refused. Under bf16 a LoRA
+    run keeps the frozen base weights in bf16 and the adapter in fp32; a full run keeps fp32
+    master weights and saves the model in bf16."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
+    batching: Literal["length-grouped", "random", "packed"] = "length-grouped"
+    """How micro-batches are formed. length-grouped: shuffled, then sorted by length within
+    windows of 16 micro-batches (little padding; measured fastest on the demo data, see
+    docs/bench.md). random: shuffled, padded to the longest. packed: padding-free, the micro-batch's
+    sequences concatenated into one row with per-sequence positions."""
+    checkpoint_every: NonNegativeInt = 20
+    """Write a resumable checkpoint (weights being trained, optimizer, schedule, RNG states, data
+    position) every N optimizer steps; 0 = never. Written atomically; the last one is kept."""
+    checkpoint_dir: str = ""
+    """Where checkpoints go (empty = `checkpoints/` inside the step's output directory). Point it at
+    a volume that outlives the pod to resume after a pod is lost. Removed when the step ends."""
 
 
 # ------------------------------------------------------------------------------------- generate
@@ -201,7 +306,21 @@ class GenerateConfig(Section):
     batch_size: PositiveInt = 16
     """Prompts per batch (hf backend)."""
     seed: Int = 0
-    """Base seed; every batch's seed is derived from it and recorded on its candidates."""
+    """Base seed; every request's seed is derived from it and recorded on its candidates."""
+    backend: Backend = "auto"
+    """auto: vLLM's offline engine where it can run (importable here, or its own environment
+    found: vllm_python / RESET_VLLM_PYTHON / .venv-vllm), else transformers with a printed note;
+    hf: transformers in this process; vllm: vLLM or fail."""
+    vllm_python: str = ""
+    """Python of a vLLM environment for the worker process (empty: RESET_VLLM_PYTHON or .venv-vllm)."""
+    vllm_cpu_dtype: Literal["bfloat16", "float32"] = "bfloat16"
+    """Engine dtype on a CPU (bf16 measured fastest on AVX-512 bf16 CPUs)."""
+    vllm_kv_cache_gb: PositiveInt = 2
+    """KV cache size on a CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    vllm_max_num_seqs: PositiveInt = 256
+    """Sequences the engine schedules at once."""
+    vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0), NoBool] = 0.85
+    """Share of GPU memory vLLM may take (leave room when training shares the GPU)."""
 
 
 # ---------------------------------------------------------------------------------------- judge
@@ -381,6 +500,8 @@ class EvaluateConfig(Section):
     """Tokens generated per answer at most."""
     batch_size: PositiveInt = 16
     """Prompts per batch (hf backend)."""
+    backend: Backend = "auto"
+    """Generation backend for the answers (as generate.backend)."""
 
 
 # ------------------------------------------------------------------------------------- register
@@ -426,36 +547,151 @@ class TrackingConfig(Section):
 
 
 # -------------------------------------------------------------------------------------- cluster
+_QUANTITY = r"^([0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?)?$"
+Quantity = Annotated[str, Field(pattern=_QUANTITY)]
+StepName = Literal["start-run", "finish-run", "mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset",
+                   "evaluate", "register", "promote"]
+_K8S_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
+K8sName = Annotated[str, Field(pattern=_K8S_NAME, max_length=253)]
+
+
+class StepResources(Section):
+    """Kubernetes resources of one step's pod (under a training job: of each training node)."""
+
+    cpu: Quantity = "2"
+    """CPU request (Kubernetes quantity: 2, 500m)."""
+    cpu_limit: Quantity = ""
+    """CPU limit (empty = none: the pod may use idle cores)."""
+    memory: Quantity = "8Gi"
+    """Memory request."""
+    memory_limit: Quantity = ""
+    """Memory limit (empty = the request)."""
+    ephemeral_storage: Quantity = "10Gi"
+    """Scratch space: an emptyDir of this size limit at /scratch (TMPDIR). KFP 2.17's task spec has
+    no ephemeral-storage request; the size limit is enforced by the kubelet (eviction)."""
+    gpus: NonNegativeInt = 0
+    """GPUs (cluster.gpu_resource) per pod; under a training job, per node."""
+    gpu_type: str = ""
+    """Node selector value for cluster.gpu_node_label, e.g. NVIDIA-A100-SXM4-80GB (empty = any GPU)."""
+    timeout_s: NonNegativeInt = 0
+    """The pod's activeDeadlineSeconds (0 = no timeout)."""
+
+
+def _res(cpu: str, memory: str, scratch: str, timeout_s: int, gpus: int = 0) -> StepResources:
+    return StepResources(cpu=cpu, memory=memory, ephemeral_storage=scratch, timeout_s=timeout_s, gpus=gpus)
+
+
+def _default_resources() -> dict[str, StepResources]:
+    """Per-step defaults sized for the paper's 7B run (see configs/paper-7b.yaml)."""
+    return {
+        "start-run": _res("500m", "1Gi", "1Gi", 900),
+        "finish-run": _res("500m", "1Gi", "1Gi", 900),
+        "mix": _res("2", "8Gi", "20Gi", 3 * 3600),
+        "finetune-mtl": _res("8", "64Gi", "50Gi", 48 * 3600, gpus=1),
+        "generate": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
+        "judge": _res("4", "16Gi", "20Gi", 24 * 3600),
+        "select": _res("1", "4Gi", "5Gi", 3600),
+        "finetune-reset": _res("8", "64Gi", "50Gi", 48 * 3600, gpus=1),
+        "evaluate": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
+        "register": _res("4", "48Gi", "50Gi", 4 * 3600),
+        "promote": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
+    }
+
+
+class RunStorage(Section):
+    """The run's volume (PVC): the base-model cache, checkpoints, merged models and adapters. Model
+    weights stay here; KFP artifacts carry data, metrics, reports and adapters only."""
+
+    claim: K8sName = ""
+    """An existing PVC to use (its model cache then survives runs; each run writes under its own
+    run id). Empty = a new PVC per run, created first and deleted after the last step."""
+    size: Quantity = "500Gi"
+    """Size of the per-run PVC."""
+    storage_class: str = ""
+    """StorageClass of the per-run PVC (empty = the cluster's default)."""
+    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
+    """ReadWriteMany lets steps on different nodes (CPU and GPU pools, training nodes) mount it;
+    ReadWriteOnce works only when every pod lands on one node."""
+    mount_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/mnt/reset"
+    """Where the volume is mounted in the steps' pods and the training job's pods."""
+    keep: bool = False
+    """Keep the per-run PVC after the run (for debugging); it is deleted otherwise."""
+
+
+class TrainingEngine(Section):
+    """Where the fine-tuning steps train: in the step's own pod, or handed to Kubeflow's training
+    engine as torchrun over the pipeline's image (the step waits for it and fails with its reason)."""
+
+    engine: Literal["pod", "pytorchjob", "trainjob"] = "pod"
+    """pod: in the step's pod. pytorchjob: a Training Operator PyTorchJob (kubeflow.org/v1;
+    Kubeflow 1.9 / 1.10). trainjob: a Kubeflow Trainer TrainJob (trainer.kubeflow.org/v1alpha1,
+    Trainer v2.1+)."""
+    nodes: PositiveInt = 1
+    """Training pods (torchrun nodes)."""
+    procs_per_node: PositiveInt = 1
+    """torchrun processes per node (one per GPU)."""
+    runtime: K8sName = "torch-distributed"
+    """TrainJob: the ClusterTrainingRuntime it references."""
+    timeout_s: PositiveInt = 48 * 3600
+    """The launching step waits this long, then deletes the job and fails."""
+    service_account: K8sName = ""
+    """Service account of the training pods (empty = the namespace's default)."""
+
+
 class ClusterConfig(Section):
     """Compile-time settings for a Kubeflow cluster (kfp-kubernetes); ignored by local runs.
     Secrets are referenced by Kubernetes Secret name only: their values never enter the pipeline."""
 
     image: str = ""
-    """Component image; empty = RESET_IMAGE or the default in components/image.py."""
-    s3_secret: str = "reset-s3"
-    """Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL."""
-    mlflow_secret: str = "reset-mlflow"
-    """Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN."""
-    llm_secret: str = "reset-llm"
-    """Secret with the LLM judge's API key(s), mounted on the judge and evaluate steps."""
+    """The one image every component (and every training pod) runs; empty = RESET_IMAGE or the
+    default in components/image.py. Build it with images/ (CPU or CUDA)."""
+    s3_secret: K8sName = "reset-s3"
+    """Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Required (the pod
+    does not start without it) on the steps in s3_steps; optional on the others."""
+    s3_steps: list[StepName] = Field(default_factory=lambda: [
+        "mix", "finetune-mtl", "generate", "judge", "finetune-reset", "evaluate", "register", "promote"])
+    """Steps that read or write S3 (data, the base model, the exported model)."""
+    mlflow_secret: K8sName = "reset-mlflow"
+    """Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN, mounted on every step."""
+    mlflow_secret_required: bool = False
+    """Make mlflow_secret required (for a tracking server with authentication)."""
+    llm_secret: K8sName = "reset-llm"
+    """Secret with the LLM judge's API key(s), on the judge, evaluate and promote steps: required
+    when the compiled config uses an LLM judge, optional otherwise."""
     llm_secret_keys: list[str] = Field(default_factory=lambda: ["OPENAI_API_KEY"])
     """Keys of llm_secret mounted as env vars of the same name."""
-    gpu_steps: list[Literal["mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate",
-                            "register"]] = Field(
-        default_factory=lambda: ["finetune-mtl", "generate", "finetune-reset", "evaluate"])
-    """Steps that get GPUs."""
-    gpus: NonNegativeInt = 1
-    """GPUs per GPU step."""
     gpu_resource: str = "nvidia.com/gpu"
-    """Extended resource name of the GPUs."""
-    cpu_request: str = "2"
-    """CPU request per pod."""
-    memory_request: str = "8G"
-    """Memory request per pod."""
-    memory_limit: str = "32G"
-    """Memory limit per pod."""
+    """Extended resource name of the GPUs (also the key of the toleration added to GPU pods)."""
+    gpu_node_label: str = "nvidia.com/gpu.product"
+    """Node label that resources.<step>.gpu_type selects on."""
+    resources: dict[StepName, StepResources] = Field(default_factory=_default_resources)
+    """Per-step pod resources; a step not listed gets StepResources' defaults."""
+    storage: RunStorage = Field(default_factory=RunStorage)
+    """The run's volume (PVC)."""
+    training: TrainingEngine = Field(default_factory=TrainingEngine)
+    """Where the fine-tuning steps train."""
+    cache_steps: list[StepName] = Field(default_factory=lambda: ["mix", "select"])
+    """Steps KFP may serve from its cache (deterministic given their inputs: seeded, no side
+    effect but their MLflow run). The MLflow parent run is found by the KFP run id, so it is no
+    input. mix reads its sources by path: leave it out when a path's content changes in place."""
     retries: NonNegativeInt = 0
     """KFP retry policy per task (0 = none); a retried step's newest MLflow run counts."""
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _merge_defaults(cls, value: Any) -> Any:
+        """A config lists only the steps (and keys) it changes; the rest keep their defaults."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_resources().items()}
+        for step, res in value.items():
+            if isinstance(res, StepResources):
+                res = res.model_dump(exclude_unset=True)
+            merged[step] = {**merged.get(step, {}), **res} if isinstance(res, dict) else res
+        return merged
+
+    def step_resources(self, step: str) -> StepResources:
+        return self.resources.get(step, StepResources())  # type: ignore[call-overload]
 
 
 # ------------------------------------------------------------------------------------- pipeline

@@ -143,25 +143,133 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
     _write_json(out / PROVENANCE_FILE, {"source": "builtin:tiny-llama", "seed": seed, "random_init": True})
 
 
-def load(path: str | os.PathLike[str], *, for_training: bool = False):
-    """Load (model, tokenizer) from a local directory, offline. Float32 on CPU, the model's dtype
-    on a GPU when one is present."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def load_tokenizer(path: str | os.PathLike[str]):
+    """The tokenizer of a local model directory, offline; a pad token and a chat template always set."""
+    from transformers import AutoTokenizer
 
-    path = str(path)
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = torch.float32 if device == "cpu" or for_training else "auto"
-        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype).to(device)
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load model from {path}: {exc}") from None
+        raise ModelError(f"cannot load the tokenizer from {path}: {exc}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
         tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_adapter_dir(path: str | os.PathLike[str]) -> bool:
+    """True for a fine-tuning output that holds a peft adapter (and names its base model)."""
+    return (Path(path) / ADAPTER_CONFIG).exists()
+
+
+def checkpoint_parts(path: str | os.PathLike[str], cache_dir: str = "") -> tuple[Path, Path | None]:
+    """(base model directory, adapter directory or None) of a checkpoint or model reference.
+
+    A plain or merged Hugging Face directory (or a builtin: / s3:// reference to one) is its own
+    base with no adapter. A LoRA fine-tuning output (peft `adapter_config.json` + weights, the
+    tokenizer and `reset_provenance.json`) names its base model by reference (`base_model`); that
+    reference is resolved and cached as `resolve_model` does (a builtin is converted once, an
+    s3:// prefix downloaded once), with `cache_dir` or the one recorded at training time.
+    An s3:// prefix holding an adapter is downloaded first."""
+    ref = str(path)
+    if ref.startswith("builtin:"):
+        return resolve_model(ref, cache_dir), None
+    try:
+        local = storage.fetch(ref, Path(cache_dir) / "s3" if cache_dir else None)
+    except DataError as exc:
+        raise ModelError(f"model {ref}: {exc}") from None
+    if not is_adapter_dir(local):
+        return resolve_model(str(local), cache_dir), None
+    prov = read_provenance(local)
+    base_ref = prov.get("base_model") or _adapter_base(local)
+    if not base_ref:
+        raise ModelError(f"{local}: an adapter without a base model reference ({PROVENANCE_FILE}: base_model)")
+    base_dir, nested = checkpoint_parts(base_ref, cache_dir or prov.get("base_model_cache_dir", ""))
+    if nested is not None:
+        raise ModelError(f"{local}: its base {base_ref} is itself an adapter; merge it first (loading.merge_to)")
+    return base_dir, local
+
+
+def _adapter_base(adapter: Path) -> str:
+    try:
+        return str(json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or "")
+    except (OSError, ValueError):
+        return ""
+
+
+def load(path: str | os.PathLike[str], *, for_training: bool = False, dtype=None, cache_dir: str = ""):
+    """Load (model, tokenizer) from a checkpoint or model reference, offline. An adapter checkpoint
+    is loaded as base + adapter and merged in memory (the result is a plain transformers model).
+    Float32 on CPU (and for training), the model's dtype on a GPU when one is present; `dtype`
+    overrides both."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    base, adapter = checkpoint_parts(path, cache_dir)
+    tok = load_tokenizer(adapter if adapter is not None and (adapter / "tokenizer_config.json").exists() else base)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if dtype is None:
+        dtype = torch.float32 if device == "cpu" or for_training else "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(base), local_files_only=True, dtype=dtype).to(device)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load model from {base}: {exc}") from None
+    if adapter is not None:
+        from peft import PeftModel
+
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load the adapter in {adapter}: {exc}") from None
     return model, tok
+
+
+def merge_to(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, cache_dir: str = "",
+             dtype=None) -> Path:
+    """Write a plain Hugging Face directory for a checkpoint: base + adapter merged, with the
+    tokenizer and a provenance naming what was merged. For the consumers that need one (the
+    registry's export, a backend without LoRA support). Saved in `dtype`; by default bf16 when
+    the adapter was trained in bf16, else the base model's stored dtype. A plain directory is
+    copied as it is. The directory appears whole or not at all."""
+    import torch
+
+    base, adapter = checkpoint_parts(path, cache_dir)
+    if adapter is not None and dtype is None:
+        trained_bf16 = read_provenance(adapter).get("precision") == "bf16"
+        dtype = torch.bfloat16 if trained_bf16 else _config_dtype(base)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        if adapter is None:
+            shutil.copytree(base, tmp, dirs_exist_ok=True)
+        else:
+            model, tok = load(path, dtype=torch.float32, cache_dir=cache_dir)  # merged in fp32, then cast
+            prov = {**read_provenance(adapter), "merged_from": {"base": str(base), "adapter": str(adapter)}}
+            save(model.cpu().to(dtype or torch.float32), tok, tmp, prov)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _config_dtype(model_dir: Path):
+    """The dtype a model directory's config says its weights are stored in (None if unknown)."""
+    import torch
+
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    value = getattr(torch, str(name), None) if name else None
+    return value if isinstance(value, torch.dtype) else None
 
 
 def save(model, tokenizer, out_dir: str | os.PathLike[str], provenance: dict[str, Any]) -> None:
@@ -179,4 +287,7 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    """Write a JSON file atomically (a temporary file beside it, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)

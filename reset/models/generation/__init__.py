@@ -1,12 +1,65 @@
-"""Generation: N samples per prompt over a decoding grid, through one seam with backends.
+"""Generation: N samples per prompt over a decoding grid, through one seam with two backends.
 
-    generate(model_dir, examples, cfg, model_cfg) -> list[Candidate]
+    run(model_dir, examples, cfg, model_cfg) -> Generation(candidates, stats)
+    generate(...)                            -> list[Candidate]   (the same, candidates only)
 
-Backends, one module each: hf (batched transformers `generate`, the reference and the fallback).
-Every backend writes the same candidate records: id `<example>/g<setting>s<sample>`, the
-decoding settings, the seed and the backend that produced it.
+Backends, one module each, chosen by `generate.backend` (`evaluate.backend` for evaluation):
+  vllm  vLLM's offline engine: in this process where vllm is importable (the CUDA image), else
+        in a worker process of vLLM's own environment (`.venv-vllm` on a CPU machine);
+  hf    batched transformers `generate` in this process: the reference and the fallback.
+`auto` (the default) takes vllm where it can run, else hf, and says which and why. Both
+backends get the same prompt token ids (reset.models.chat.prompt_ids) and write the same
+candidate records: id `<example>/g<setting>s<sample>`, the decoding settings, the seed and the
+backend (common.py).
 """
 
-from reset.models.generation.hf import generate
+from __future__ import annotations
 
-__all__ = ["generate"]
+import os
+from collections.abc import Callable, Sequence
+
+from reset.config import GenerateConfig, ModelConfig
+from reset.data.records import Candidate, Example
+from reset.errors import ModelError
+from reset.models.generation import hf
+from reset.models.generation import vllm_backend as vllm
+from reset.models.generation.common import Generation
+
+__all__ = ["Generation", "choose_backend", "generate", "run"]
+
+
+def choose_backend(cfg: GenerateConfig) -> tuple[str, str]:
+    """(backend, why) for this config on this machine."""
+    if cfg.backend == "hf":
+        return "hf", "generate.backend is hf"
+    ok, how = vllm.available(cfg)
+    if cfg.backend == "vllm":
+        if not ok:
+            raise vllm.VLLMUnavailable(f"generate.backend is vllm but {how}")
+        return "vllm", how
+    return ("vllm", how) if ok else ("hf", how)
+
+
+def run(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig, model_cfg: ModelConfig,
+        *, model_name: str = "", log: Callable[[str], None] = print) -> Generation:
+    """Generate with the backend `cfg.backend` picks; with `auto`, a vLLM failure falls back to hf
+    and says why (the stats record it)."""
+    backend, why = choose_backend(cfg)
+    if backend == "hf":
+        if cfg.backend == "auto":
+            log(f"[generate] note: using transformers (hf), not vLLM: {why}")
+        return hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+    try:
+        return vllm.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+    except (ModelError, vllm.VLLMUnavailable) as exc:
+        if cfg.backend != "auto":
+            raise
+        log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
+        result = hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+        result.stats["fallback_reason"] = str(exc).splitlines()[0][:300]
+        return result
+
+
+def generate(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig,
+             model_cfg: ModelConfig, *, model_name: str = "", log: Callable[[str], None] = print) -> list[Candidate]:
+    return run(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log).candidates

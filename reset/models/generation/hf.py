@@ -1,8 +1,9 @@
-"""Self-instruct generation: N samples per seen prompt over a decoding grid, batched and seeded.
+"""The hf backend: batched transformers `generate` in this process (the reference and the fallback).
 
-Each candidate records the decoding settings and the seed that produced it. Greedy settings
-(temperature 0) yield one sample per prompt; sampling settings yield `samples_per_setting`.
-Prompts are batched by length (left padding) so a batch wastes little compute on pads.
+Requests are batched by prompt length (left padding) so a batch wastes little compute on pads.
+Sampling is seeded per batch (torch.manual_seed with the batch's first request seed, which every
+candidate of the batch records): reproducible for the same config, but a sample depends on its
+batch, unlike the vllm backend's per-request seeds.
 """
 
 from __future__ import annotations
@@ -10,19 +11,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from reset import progress, runtime
-from reset.config import DecodingSetting, GenerateConfig, ModelConfig
-from reset.data.records import Candidate, Example
+from reset.config import GenerateConfig, ModelConfig
+from reset.data.records import Example
 from reset.models import chat, loading
-
-
-@dataclass
-class _Job:
-    example: Example
-    setting_index: int
-    sample_index: int
+from reset.models.generation.common import Generation, Request, attach_prompts, candidates, plan
 
 
 def generate(
@@ -33,79 +27,73 @@ def generate(
     *,
     model_name: str = "",
     log: Callable[[str], None] = print,
-) -> list[Candidate]:
-    """Sample candidates for every example over `cfg.grid`; returns them in example order."""
-
-    runtime.set_torch_threads()
-    model, tok = loading.load(model_dir)
-    model.eval()
-    tok.padding_side = "left"
-    stops = chat.stop_token_ids(tok)
-    prompts = {ex.id: chat.prompt_text(tok, ex, model_cfg.system_prompt) for ex in examples}
-    lengths = {k: len(tok(v, add_special_tokens=False)["input_ids"]) for k, v in prompts.items()}
-
-    jobs: list[_Job] = []
-    for si, setting in enumerate(cfg.grid):
-        n = 1 if setting.temperature == 0 else cfg.samples_per_setting
-        for ex in examples:
-            jobs.extend(_Job(ex, si, k) for k in range(n))
-    total = len(jobs)
-    log(f"[generate] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples, batch {cfg.batch_size}")
-
-    out: dict[str, Candidate] = {}
-    bar = progress.Progress(total, "samples", model_name)
-    done = 0
-    t0 = time.time()
-    for si, setting in enumerate(cfg.grid):
-        group = sorted((j for j in jobs if j.setting_index == si), key=lambda j: (lengths[j.example.id], j.example.id))
-        for b in range(0, len(group), cfg.batch_size):
-            batch = group[b : b + cfg.batch_size]
-            seed = _seed(cfg.seed, si, b // cfg.batch_size)
-            texts = _sample(model, tok, [prompts[j.example.id] for j in batch], setting, cfg.max_new_tokens,
-                            model_cfg.max_prompt_length, stops, seed)
-            for j, text in zip(batch, texts, strict=True):
-                cid = f"{j.example.id}/g{j.setting_index}s{j.sample_index}"
-                out[cid] = Candidate(
-                    id=cid,
-                    example_id=j.example.id,
-                    text=text,
-                    decoding={
-                        "strategy": "greedy" if setting.temperature == 0 else "sample",
-                        "temperature": setting.temperature,
-                        "top_p": setting.top_p,
-                        "seed": seed,
-                        "max_new_tokens": cfg.max_new_tokens,
-                    },
-                    model=model_name,
-                )
-            done += len(batch)
-            bar.update(done)
-            el = time.time() - t0
-            log(f"[generate] {done}/{total} samples, {done / el:.1f}/s, eta {el / done * (total - done):.0f}s")
-    order = {ex.id: i for i, ex in enumerate(examples)}
-    return sorted(out.values(), key=lambda c: (order[c.example_id], c.id))
-
-
-def _seed(base: int, setting: int, batch: int) -> int:
-    return (base * 1_000_003 + setting * 10_007 + batch) % (2**31)
-
-
-def _sample(model, tok, prompts: list[str], setting: DecodingSetting, max_new_tokens: int, max_prompt: int,
-            stops: list[int], seed: int) -> list[str]:
+) -> Generation:
+    """Sample candidates for every example over `cfg.grid` with transformers."""
     import torch
 
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ids, mask = enc["input_ids"], enc["attention_mask"]
-    if ids.shape[1] > max_prompt:  # keep the end of the prompt (instruction + generation prompt)
-        ids, mask = ids[:, -max_prompt:], mask[:, -max_prompt:]
-    ids, mask = ids.to(model.device), mask.to(model.device)
+    runtime.set_torch_threads()
+    t0 = time.monotonic()
+    model, tok = loading.load(model_dir)
+    model.eval()
+    stops = chat.stop_token_ids(tok)
+    reqs = plan(examples, cfg)
+    cut = attach_prompts(reqs, tok, model_cfg)
+    load_s = time.monotonic() - t0
+    total = sum(r.n for r in reqs)
+    log(f"[generate:hf] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples, batch {cfg.batch_size}")
+    bar = progress.Progress(total, "samples", model_name)
+    texts: dict[int, list[str]] = {}
+    done = tokens = 0
+    t1 = time.monotonic()
+    # Batches of requests with one decoding setting, by prompt length; a request's n samples are
+    # rows of the same batch, seeded per request.
+    for si in range(len(cfg.grid)):
+        group = sorted((i for i, r in enumerate(reqs) if r.setting_index == si),
+                       key=lambda i: (len(reqs[i].prompt_ids), reqs[i].example.id))
+        per_batch = max(1, cfg.batch_size // max(1, reqs[group[0]].n)) if group else 1
+        for b in range(0, len(group), per_batch):
+            idx = group[b : b + per_batch]
+            out, n_tok = _sample(model, tok, [reqs[i] for i in idx], cfg.max_new_tokens, stops, torch)
+            for i, samples in zip(idx, out, strict=True):
+                texts[i] = samples
+            tokens += n_tok
+            done += sum(reqs[i].n for i in idx)
+            bar.update(done)
+            el = time.monotonic() - t1
+            log(f"[generate:hf] {done}/{total} samples, {done / el:.1f}/s, {tokens / el:.0f} tokens/s")
+    gen_s = time.monotonic() - t1
+    cands = candidates(reqs, [texts[i] for i in range(len(reqs))], cfg, backend="hf", model_name=model_name,
+                       order=examples)
+    return Generation(cands, {"backend": "hf", "engine_start_s": load_s, "generate_s": gen_s, "output_tokens": tokens,
+                              "tokens_per_s": tokens / gen_s if gen_s else 0.0, "prompts_cut": cut})
+
+
+def _sample(model, tok, reqs: Sequence[Request], max_new_tokens: int, stops: list[int], torch) -> tuple[list[list[str]], int]:
+    """Generate each request's n samples; one generate call per request seed group (a batch)."""
+    setting = reqs[0].setting
+    width = max(len(r.prompt_ids) for r in reqs)
+    pad = tok.pad_token_id
+    rows, masks = [], []
+    for r in reqs:
+        for _ in range(r.n):
+            rows.append([pad] * (width - len(r.prompt_ids)) + r.prompt_ids)
+            masks.append([0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids))
+    ids = torch.tensor(rows, device=model.device)
+    mask = torch.tensor(masks, device=model.device)
     kwargs = {"do_sample": False}
     if setting.temperature > 0:
         kwargs = {"do_sample": True, "temperature": setting.temperature, "top_p": setting.top_p}
-    torch.manual_seed(seed)
+    for r in reqs[1:]:  # hf seeds a batch, not a request: record the seed that produced the samples
+        r.seed = reqs[0].seed
+    torch.manual_seed(reqs[0].seed)
     with torch.inference_mode():
-        gen = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
-            pad_token_id=tok.pad_token_id, top_k=None, **kwargs,
-        )
-    return [t.strip() for t in tok.batch_decode(gen[:, ids.shape[1] :], skip_special_tokens=True)]
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                             pad_token_id=pad, top_k=None, **kwargs)
+    new = gen[:, width:]
+    n_tok = int(sum(int((row != pad).sum()) for row in new))
+    decoded = tok.batch_decode(new, skip_special_tokens=True)
+    out, k = [], 0
+    for r in reqs:
+        out.append(decoded[k : k + r.n])
+        k += r.n
+    return out, n_tok

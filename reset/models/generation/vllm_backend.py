@@ -1,0 +1,203 @@
+"""The vllm backend: vLLM's offline engine (`LLM.generate`, `SamplingParams(n=..., seed=...)`).
+
+Where vllm is importable (the CUDA image) the engine runs in this process. On a CPU machine vLLM
+lives in its own environment (`.venv-vllm`, see requirements-vllm.txt: its pins clash with mlflow
+and kfp), so the engine runs in a worker process of that environment (vllm_worker.py, which
+imports nothing from this project) and the two exchange JSON files: the step tokenizes the
+prompts here (the same ids the hf backend uses), the worker samples, the step writes the
+candidates. No server is started.
+
+Which Python runs the worker: `generate.vllm_python`, else RESET_VLLM_PYTHON, else `.venv-vllm`
+beside this project. CPU engine settings follow what measured fastest here: bf16, eager mode,
+every core of the CPU quota (VLLM_CPU_NUM_OF_RESERVED_CPU=0), a KV cache of
+`generate.vllm_kv_cache_gb` and max_num_batched_tokens >= 16384 (seeded sampling over large
+batches needs it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from reset import progress, runtime
+from reset.config import GenerateConfig, ModelConfig
+from reset.data.records import Example
+from reset.errors import ModelError
+from reset.models import chat, loading
+from reset.models.generation import vllm_worker
+from reset.models.generation.common import Generation, attach_prompts, candidates, plan
+
+WORKER = Path(vllm_worker.__file__)
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+
+
+class VLLMUnavailable(RuntimeError):
+    """vLLM can neither be imported here nor found in a separate environment."""
+
+
+def in_process() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+def worker_python(cfg: GenerateConfig) -> str | None:
+    """The Python of a vLLM environment for the worker, or None when there is none."""
+    for candidate in (cfg.vllm_python, os.environ.get("RESET_VLLM_PYTHON", ""),
+                      str(PROJECT_ROOT / ".venv-vllm" / "bin" / "python")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def available(cfg: GenerateConfig) -> tuple[bool, str]:
+    """(can vllm run here, how or why not)."""
+    if in_process():
+        return True, "in-process"
+    python = worker_python(cfg)
+    if python:
+        return True, f"worker ({python})"
+    return False, ("vllm is not importable here and no vLLM environment was found (generate.vllm_python, "
+                   "RESET_VLLM_PYTHON or .venv-vllm: `make vllm` builds it)")
+
+
+def engine_args(cfg: GenerateConfig, model_cfg: ModelConfig, gpu: bool) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "max_model_len": model_cfg.max_prompt_length + cfg.max_new_tokens + 8,
+        "seed": cfg.seed,
+        "max_num_batched_tokens": max(16384, model_cfg.max_prompt_length + cfg.max_new_tokens + 8),
+        "max_num_seqs": cfg.vllm_max_num_seqs,
+    }
+    if gpu:
+        args.update(dtype="auto", gpu_memory_utilization=cfg.vllm_gpu_memory_utilization)
+    else:
+        # A prompt prefilled in chunks makes vLLM rewind a seeded request's random generator, which
+        # the CPU generator cannot do ("CPU Generator does not use offset"): schedule whole prompts.
+        args.update(dtype=cfg.vllm_cpu_dtype, enforce_eager=True, enable_chunked_prefill=False)
+    return args
+
+
+def _env(cfg: GenerateConfig) -> dict[str, str]:
+    env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+           "VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_kv_cache_gb), "TOKENIZERS_PARALLELISM": "false"}
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    quota = runtime.cpu_quota()
+    if cores and quota < len(cores):  # a pod's CPU limit: bind vLLM's threads to that many cores
+        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(str(c) for c in cores[:quota])
+    env.pop("RESET_PROGRESS", None)
+    return env
+
+
+def generate(
+    model_dir: str | os.PathLike[str],
+    examples: Sequence[Example],
+    cfg: GenerateConfig,
+    model_cfg: ModelConfig,
+    *,
+    model_name: str = "",
+    log: Callable[[str], None] = print,
+) -> Generation:
+    """Sample candidates for every example over `cfg.grid` with vLLM's offline engine."""
+    ok, how = available(cfg)
+    if not ok:
+        raise VLLMUnavailable(how)
+    base, adapter = loading.checkpoint_parts(model_dir)
+    tok = loading.load_tokenizer(base)
+    stops = chat.stop_token_ids(tok)
+    reqs = plan(examples, cfg)
+    cut = attach_prompts(reqs, tok, model_cfg)
+    total = sum(r.n for r in reqs)
+    gpu = _gpu_visible()
+    request = {
+        "model": str(base),
+        "adapter": str(adapter) if adapter else None,
+        "lora_rank": _lora_rank(adapter),
+        "engine": engine_args(cfg, model_cfg, gpu),
+        "requests": [{"id": str(i), "prompt_token_ids": r.prompt_ids,
+                      "params": {"n": r.n, "temperature": r.setting.temperature,
+                                 "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
+                                 "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
+                                 "skip_special_tokens": True}}
+                     for i, r in enumerate(reqs)],
+    }
+    log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples; engine {how}, "
+        f"{'GPU' if gpu else 'CPU'}, model {base}{' + adapter ' + str(adapter) if adapter else ''}")
+    with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
+        req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
+        with open(req_path, "w", encoding="utf-8") as fh:
+            json.dump(request, fh)
+        t0 = time.monotonic()
+        if in_process():
+            stats = vllm_worker.run(request, out_path)
+        else:
+            _run_worker(worker_python(cfg) or "", req_path, out_path, _env(cfg), total, model_name, log)
+        wall = time.monotonic() - t0
+        by_id: dict[str, list[str]] = {}
+        stats = {}
+        with open(out_path, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if "_stats" in row:
+                    stats = row["_stats"]
+                else:
+                    by_id[row["id"]] = row["texts"]
+    missing = [str(i) for i in range(len(reqs)) if str(i) not in by_id]
+    if missing:
+        raise ModelError(f"vLLM returned no output for {len(missing)} of {len(reqs)} requests")
+    cands = candidates(reqs, [by_id[str(i)] for i in range(len(reqs))], cfg, backend="vllm", model_name=model_name,
+                       order=examples)
+    gen_s = float(stats.get("generate_s", wall))
+    tokens = int(stats.get("output_tokens", 0))
+    log(f"[generate:vllm] {total} samples, {tokens} tokens in {gen_s:.1f}s ({tokens / max(gen_s, 1e-9):.0f} tokens/s); "
+        f"engine start {float(stats.get('engine_start_s', 0.0)):.1f}s, wall {wall:.1f}s")
+    return Generation(cands, {"backend": "vllm", "engine_start_s": float(stats.get("engine_start_s", 0.0)),
+                              "generate_s": gen_s, "output_tokens": tokens,
+                              "tokens_per_s": tokens / gen_s if gen_s else 0.0, "prompts_cut": cut, "wall_s": wall})
+
+
+def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], total: int, label: str,
+                log: Callable[[str], None]) -> None:
+    """Run the worker in vLLM's environment; its log goes to ours, its progress to the progress bar."""
+    bar = progress.Progress(total, "samples", label)
+    tail: list[str] = []
+    proc = subprocess.Popen([python, str(WORKER), req_path, out_path], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+    assert proc.stdout is not None
+    with open(req_path, encoding="utf-8") as fh:
+        reqs = json.load(fh)["requests"]
+    samples_per_req = [r["params"]["n"] for r in reqs]
+    for line in proc.stdout:
+        line = line.rstrip("\n")
+        if line.startswith("vllm-worker: "):
+            done_reqs = int(line.split(": ", 1)[1].split("/")[0])
+            bar.update(sum(samples_per_req[:done_reqs]))
+        sys.stdout.write(line + "\n")
+        tail = (tail + [line])[-30:]
+    code = proc.wait()
+    if code != 0 or not os.path.exists(out_path):
+        raise ModelError(f"the vLLM worker ({python}) exited with code {code}; last lines:\n" + "\n".join(tail))
+
+
+def _gpu_visible() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def _lora_rank(adapter: Path | None) -> int:
+    if not adapter:
+        return 0
+    try:
+        return int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError):
+        return 16

@@ -1,0 +1,135 @@
+"""The generation seam: the hf backend, the vllm backend against the real vLLM CPU build (its own
+venv, `make vllm`), hf/vllm agreement on greedy outputs, the auto choice and its fallback."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import pytest
+
+from reset.config import DecodingSetting, GenerateConfig, ModelConfig
+from reset.data.demo import build_demo
+from reset.models import chat
+from reset.models.generation import choose_backend, run
+from reset.models.generation import vllm_backend as vllm
+from reset.models.loading import load_tokenizer, resolve_model
+
+from .conftest import REPO
+
+GRID = [DecodingSetting(temperature=0.0), DecodingSetting(temperature=0.7, top_p=0.9),
+        DecodingSetting(temperature=1.0, top_p=0.95)]
+
+
+def _vllm_python() -> str:
+    python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if not os.path.exists(python):
+        pytest.fail(f"no vLLM environment at {python}: run `make vllm` (make test does)")
+    return python
+
+
+@pytest.fixture(scope="module")
+def vllm_tiny_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny random Llama with head_dim 64 (vLLM's CPU attention has no kernel for the builtin's 16)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-vllm")
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = 128, 2, 1, 256
+    cfg.head_dim = 64
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def examples():
+    ifs, cds = build_demo(seed=3, n_instruction=6, n_grounded=6)
+    return ifs + cds
+
+
+def _check_candidates(cands, examples, cfg: GenerateConfig, backend: str) -> None:
+    per_setting = Counter(c.id.split("/")[-1].split("s")[0] for c in cands)
+    assert per_setting == {"g0": len(examples), "g1": len(examples) * cfg.samples_per_setting,
+                           "g2": len(examples) * cfg.samples_per_setting}
+    assert len({c.id for c in cands}) == len(cands)
+    order = [ex.id for ex in examples]
+    assert [c.example_id for c in cands] == sorted((c.example_id for c in cands), key=order.index)
+    for c in cands:
+        si = int(c.id.split("/g")[1].split("s")[0])
+        assert c.decoding["backend"] == backend and c.decoding["max_new_tokens"] == cfg.max_new_tokens
+        assert c.decoding["temperature"] == GRID[si].temperature
+        assert c.decoding["strategy"] == ("greedy" if si == 0 else "sample")
+        assert isinstance(c.decoding["seed"], int) and isinstance(c.text, str)
+        c.validate()
+
+
+def test_hf_backend_writes_the_candidate_schema(tiny_model_dir, examples):
+    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, batch_size=4, backend="hf")
+    result = run(tiny_model_dir, examples, cfg, ModelConfig(max_prompt_length=96), model_name="m", log=lambda s: None)
+    _check_candidates(result.candidates, examples, cfg, "hf")
+    assert result.stats["backend"] == "hf" and result.stats["output_tokens"] > 0
+
+
+def test_prompts_are_cut_before_they_are_tokenized_in_full(tiny_model_dir, examples):
+    """A 5 MB context is cut by characters first: the ids end like the uncut prompt's and fit."""
+    tok = load_tokenizer(tiny_model_dir)
+    huge = examples[-1].__class__(**{**examples[-1].__dict__, "context": "word " * 1_000_000 + examples[-1].context})
+    ids, cut = chat.prompt_ids(tok, huge, 64)
+    normal, _ = chat.prompt_ids(tok, examples[-1], 64)
+    assert cut and len(ids) == 64 and ids[-20:] == normal[-20:]
+
+
+def test_auto_falls_back_to_hf_with_a_note_when_no_vllm(tiny_model_dir, examples, monkeypatch, tmp_path):
+    monkeypatch.setenv("RESET_VLLM_PYTHON", str(tmp_path / "missing-python"))
+    monkeypatch.setattr(vllm, "PROJECT_ROOT", tmp_path)  # no .venv-vllm there either
+    cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=4, backend="auto")
+    assert choose_backend(cfg)[0] == "hf"
+    notes: list[str] = []
+    result = run(tiny_model_dir, examples[:2], cfg, ModelConfig(max_prompt_length=96), log=notes.append)
+    assert result.stats["backend"] == "hf" and any("not vLLM" in n for n in notes)
+    with pytest.raises(vllm.VLLMUnavailable, match="make vllm"):
+        choose_backend(cfg.model_copy(update={"backend": "vllm"}))
+
+
+@pytest.mark.integration
+def test_vllm_backend_schema_counts_and_seeded_reproducibility(vllm_tiny_dir, examples):
+    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
+                         vllm_python=_vllm_python(), vllm_kv_cache_gb=1)
+    mcfg = ModelConfig(max_prompt_length=96)
+    first = run(vllm_tiny_dir, examples, cfg, mcfg, model_name="m", log=lambda s: None)
+    _check_candidates(first.candidates, examples, cfg, "vllm")
+    assert first.stats["backend"] == "vllm" and first.stats["output_tokens"] > 0
+    assert first.stats["engine_start_s"] > 0 and first.stats["generate_s"] > 0
+    again = run(vllm_tiny_dir, examples, cfg, mcfg, model_name="m", log=lambda s: None)
+    assert [(c.id, c.text, c.decoding["seed"]) for c in again.candidates] == \
+           [(c.id, c.text, c.decoding["seed"]) for c in first.candidates]
+    # sampling is really sampling: the two samples of one request differ somewhere
+    by_req: dict[str, list[str]] = {}
+    for c in first.candidates:
+        if c.decoding["strategy"] == "sample":
+            by_req.setdefault(c.id.rsplit("s", 1)[0], []).append(c.text)
+    assert any(len(set(texts)) > 1 for texts in by_req.values())
+
+
+@pytest.mark.integration
+def test_hf_and_vllm_agree_on_greedy_outputs(cache_dir, examples, capsys):
+    """The same model, prompts and greedy decoding in fp32 through both backends: the share of
+    identical outputs is reported; numerics differ (kernels, batching), so not every one matches."""
+    model = resolve_model("builtin:smollm2-135m-instruct", str(cache_dir))
+    mcfg = ModelConfig(max_prompt_length=256)
+    base = GenerateConfig(grid=GRID[:1], max_new_tokens=24, batch_size=12)
+    hf = run(model, examples, base.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)
+    vl = run(model, examples, base.model_copy(update={"backend": "vllm", "vllm_python": _vllm_python(),
+                                                       "vllm_cpu_dtype": "float32", "vllm_kv_cache_gb": 1}),
+             mcfg, log=lambda s: None)
+    pairs = list(zip(hf.candidates, vl.candidates, strict=True))
+    assert all(a.id == b.id for a, b in pairs)
+    exact = sum(a.text == b.text for a, b in pairs) / len(pairs)
+    prefix = sum(a.text[:20] == b.text[:20] for a, b in pairs) / len(pairs)
+    with capsys.disabled():
+        print(f"\n[hf vs vllm, fp32 greedy, {len(pairs)} prompts] identical {exact:.2f}, same first 20 chars {prefix:.2f}")
+    assert prefix >= 0.75 and exact >= 0.5
