@@ -24,21 +24,29 @@ def pip_requirements() -> list[str]:
 
 def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, float], cfg: RegisterConfig,
                      max_new_tokens: int = 64, system_prompt: str = "") -> dict[str, Any]:
-    """Inside an active MLflow run: log the model as a pyfunc, register it, set aliases."""
+    """Inside an active MLflow run: log the model as a pyfunc, register it, set aliases. A LoRA
+    checkpoint (base by reference + adapter) is merged into a plain model first: the registered
+    model must load anywhere, without the base model's cache."""
+    import tempfile
+
     import mlflow
 
     import reset
+    from reset.models import loading
 
     pkg = Path(reset.__file__).parent
-    info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(pkg / "serving" / "pyfunc_entry.py"),  # models-from-code: nothing is pickled
-        model_config={"max_new_tokens": max_new_tokens, "system_prompt": system_prompt},
-        artifacts={"model_dir": str(model_dir)},
-        code_paths=[str(pkg)],
-        pip_requirements=pip_requirements(),
-        registered_model_name=cfg.model_name,
-    )
+    with tempfile.TemporaryDirectory(prefix="reset-export-") as tmp:
+        if loading.is_adapter_dir(model_dir):
+            model_dir = loading.merge_to(model_dir, Path(tmp) / "merged")
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(pkg / "serving" / "pyfunc_entry.py"),  # models-from-code: nothing is pickled
+            model_config={"max_new_tokens": max_new_tokens, "system_prompt": system_prompt},
+            artifacts={"model_dir": str(model_dir)},
+            code_paths=[str(pkg)],
+            pip_requirements=pip_requirements(),
+            registered_model_name=cfg.model_name,
+        )
     version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
     for k, v in metrics.items():

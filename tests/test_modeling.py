@@ -77,24 +77,28 @@ def trained(tiny_model_dir, demo, tmp_path_factory):
     return out, metrics, examples
 
 
-def test_finetune_learns_and_saves_safetensors_with_provenance(trained):
+def test_finetune_learns_and_saves_an_adapter_with_provenance(trained, tiny_model_dir):
     out, metrics, examples = trained
     assert metrics["steps"] == 30 and metrics["examples"] == len(examples)
     # Overfitting 8 examples for 30 steps must cut the response loss substantially.
     assert metrics["final_loss"] < 0.6 * metrics["first_loss"]
-    assert (out / "model.safetensors").exists()
-    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    # The output is the adapter and a reference to its base, not a merged model.
+    assert (out / "adapter_model.safetensors").exists()
+    assert not (out / "model.safetensors").exists()
     prov = json.loads((out / modeling.PROVENANCE_FILE).read_text())
     assert prov["stage"] == "test" and prov["train"]["max_steps"] == 30 and prov["train"]["lora_r"] == 8
+    assert prov["base_model"] == str(tiny_model_dir.resolve())
+    assert modeling.checkpoint_parts(out) == (tiny_model_dir.resolve(), out)
+    assert not (out / "checkpoints").exists()  # removed once the step ends
 
 
 def test_merged_weights_equal_base_plus_adapter(trained, tiny_model_dir):
     from peft import PeftModel
 
     out, _, _ = trained
-    merged, tok = modeling.load(out)
+    merged, tok = modeling.load(out)  # base + adapter, merged in memory
     base, _ = modeling.load(tiny_model_dir)
-    with_adapter = PeftModel.from_pretrained(base, str(out / "adapter"))
+    with_adapter = PeftModel.from_pretrained(base, str(out))
     ids = tok("Describe the benefits of cycling.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         a = merged(ids).logits
@@ -119,7 +123,7 @@ def test_lora_layers_adapts_only_the_top_layers(tiny_model_dir, demo, tmp_path):
              log=lambda _: None)
     from safetensors import safe_open
 
-    with safe_open(out / "adapter" / "adapter_model.safetensors", "pt") as f:
+    with safe_open(out / "adapter_model.safetensors", "pt") as f:
         layers = {k.split("layers.")[1].split(".")[0] for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     assert layers == {"1"}  # 2-layer model: only the top one
 
