@@ -7,7 +7,7 @@ import pytest
 
 from reset.config import EvaluateConfig, JudgeConfig, ModelConfig, RegisterConfig
 from reset.data.records import Candidate, Example
-from reset.evaluation import comparison_table, evaluate, metrics_of
+from reset.evaluation import comparison_table, evaluate, point_metrics, score_example
 from reset.judging import default_judges, judge
 from reset.registry import decide, log_and_register
 
@@ -20,31 +20,38 @@ def _if_example(eid: str) -> Example:
                                 {"id": "change_case:english_lowercase", "kwargs": {}}])
 
 
+def _rows(exs, texts):
+    cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
+    js = judge(exs, cands, WEIGHTS, default_judges())
+    return [score_example(e, t, j) for e, t, j in zip(exs, texts, js, strict=True)]
+
+
 def test_metrics_follow_ifeval_prompt_and_instruction_level():
     exs = [_if_example("a"), _if_example("b")]
-    texts = ["hi there friend", "Hi, there"]  # a: both followed; b: both broken
-    cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
-    m = metrics_of(exs, judge(exs, cands, WEIGHTS, default_judges()), texts)
+    m = point_metrics(_rows(exs, ["hi there friend", "Hi, there"]))  # a: both followed; b: both broken
     assert m["if_prompt_acc"] == pytest.approx(0.5)
     assert m["if_instruction_acc"] == pytest.approx(0.5)
-    texts = ["hi there friend", "hi, there"]  # b: lowercase followed, comma broken
-    cands = [Candidate(id=f"{e.id}/0", example_id=e.id, text=t) for e, t in zip(exs, texts, strict=True)]
-    m = metrics_of(exs, judge(exs, cands, WEIGHTS, default_judges()), texts)
+    m = point_metrics(_rows(exs, ["hi there friend", "hi, there"]))  # b: lowercase followed, comma broken
     assert m["if_prompt_acc"] == pytest.approx(0.5)
     assert m["if_instruction_acc"] == pytest.approx(0.75)
-    assert m["faithfulness"] == 0.0  # no grounded example: nothing to average
+    assert m["if_family.punctuation"] == pytest.approx(0.5) and m["if_family.change_case"] == pytest.approx(1.0)
+    assert "faithfulness" not in m and m["n_if_prompts"] == 2  # no grounded example: no faithfulness figure
 
 
-def test_faithfulness_is_split_by_task_type(demo):
+def test_faithfulness_is_split_by_task_type_and_counts_only_right_extractive_answers(demo):
     grounded = demo[1]
-    ext = next(e for e in grounded if e.task == "extractive")
+    ext = next(e for e in grounded if e.task == "extractive" and not e.meta.get("counterfactual"))
     abs_ = next(e for e in grounded if e.task == "abstractive")
-    cands = [Candidate(id="x/0", example_id=ext.id, text=ext.context),  # copy: fully grounded
-             Candidate(id="y/0", example_id=abs_.id, text="zebra quantum saxophone")]  # not grounded
-    m = metrics_of([ext, abs_], judge([ext, abs_], cands, WEIGHTS, default_judges()), [c.text for c in cands])
-    assert m["faithfulness_extractive"] == pytest.approx(1.0)
+    # the reference answer (right, grounded) and an unrelated text
+    m = point_metrics(_rows([ext, abs_], [ext.response, "zebra quantum saxophone"]))
+    assert m["faithfulness_extractive"] > 0.5 and m["answer_correct"] == 1.0
     assert m["faithfulness_abstractive"] == pytest.approx(0.0)
-    assert m["faithfulness"] == pytest.approx(0.5)
+    assert m["faithfulness"] == pytest.approx(m["faithfulness_extractive"] / 2)
+    # copying the passage: K-Precision 1.0 on both, but the extractive copy is no answer
+    m = point_metrics(_rows([ext, abs_], [ext.context, abs_.context]))
+    assert m["k_precision_extractive"] == m["k_precision_abstractive"] == pytest.approx(1.0)
+    assert m["answer_correct"] == 0.0 and m["faithfulness_extractive"] == 0.0
+    assert m["faithfulness_abstractive"] == pytest.approx(1.0)
 
 
 def test_comparison_table_has_a_row_per_model_and_bolds_the_best():
@@ -53,6 +60,7 @@ def test_comparison_table_has_a_row_per_model_and_bolds_the_best():
     lines = table.splitlines()
     assert lines[0].startswith("| Model |") and len(lines) == 4
     assert "**0.400**" in lines[3] and "**0.500**" in lines[2]
+    assert "n/a" in lines[2]  # a metric the model has no figure for
 
 
 def test_evaluate_runs_a_real_model_on_held_out_prompts(tiny_model_dir, demo):
@@ -64,6 +72,12 @@ def test_evaluate_runs_a_real_model_on_held_out_prompts(tiny_model_dir, demo):
     assert metrics["n_examples"] == 4
     for k in ("if_prompt_acc", "faithfulness", "task", "combined"):
         assert 0.0 <= metrics[k] <= 1.0
+    # one row per example with every per-example value; the judges' own scores among them
+    for r, e in zip(rows, exs, strict=True):
+        assert r["example_id"] == e.id and isinstance(r["response"], str)
+        assert (r["if_pass"] is None) == (not e.constraints)
+        assert (r["k_precision"] is None) == (e.context is None)
+        assert {"judge.rules", "judge.k-precision", "judge.reference"} <= set(r)
 
 
 @pytest.fixture()
