@@ -9,13 +9,13 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_models(
     mtl_model: Input[Model], reset_model: Input[Model], heldout_set: Input[Dataset],
-    evaluate: dict, model: dict, judge: dict, tracking: dict, parent_run_id: str,
+    evaluate: dict, model: dict, judge: dict, tracking: dict,
     scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], samples: Output[Dataset],
 ) -> dict:
     from reset import steps
 
     results = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path},
-                             heldout_set.path, evaluate, model, judge, tracking, parent_run_id,
+                             heldout_set.path, evaluate, model, judge, tracking, "",
                              out_metrics=scores.path, out_report=report.path, out_rows=samples.path)
     for name, values in results.items():
         for key, value in values.items():

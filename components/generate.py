@@ -9,11 +9,11 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def generate_candidates(
     mtl_model: Input[Model], seen_prompts: Input[Dataset], generate: dict, model: dict, tracking: dict,
-    parent_run_id: str, candidates: Output[Dataset],
+    candidates: Output[Dataset],
 ) -> dict:
     from reset import steps
 
-    stats = steps.generate(mtl_model.path, seen_prompts.path, generate, model, tracking, parent_run_id,
+    stats = steps.generate(mtl_model.path, seen_prompts.path, generate, model, tracking, "",
                            out_candidates=candidates.path)
     candidates.metadata["rows"] = stats["candidates"]
     return stats

@@ -8,13 +8,13 @@ from components.image import BASE_IMAGE
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def mix_data(
-    data: dict, tracking: dict, parent_run_id: str,
+    data: dict, tracking: dict,
     train_set: Output[Dataset], heldout_set: Output[Dataset], seen_prompts: Output[Dataset],
     rejected_rows: Output[Dataset],
 ) -> dict:
     from reset import steps
 
-    stats = steps.mix(data, tracking, parent_run_id, out_train=train_set.path, out_eval=heldout_set.path,
+    stats = steps.mix(data, tracking, "", out_train=train_set.path, out_eval=heldout_set.path,
                       out_seen=seen_prompts.path, out_rejected=rejected_rows.path)
     for art, key in ((train_set, "train"), (heldout_set, "eval"), (seen_prompts, "seen_prompts"),
                      (rejected_rows, "rejected")):

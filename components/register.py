@@ -9,8 +9,8 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def register_model(
     reset_model: Input[Model], scores: Input[Artifact], register: dict, evaluate: dict, model: dict,
-    tracking: dict, parent_run_id: str,
+    tracking: dict,
 ) -> dict:
     from reset import steps
 
-    return steps.register(reset_model.path, scores.path, register, evaluate, model, tracking, parent_run_id)
+    return steps.register(reset_model.path, scores.path, register, evaluate, model, tracking, "")

@@ -1,4 +1,7 @@
-"""Open and close the pipeline's parent MLflow run."""
+"""Open and close the pipeline's parent MLflow run; put the run form's typed parameters into the
+config sections the steps read."""
+
+from typing import NamedTuple
 
 from kfp import dsl
 
@@ -8,20 +11,39 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def start_run(
     data: dict, model: dict, train: dict, continued_train: dict, generate: dict, judge: dict,
-    select: dict, evaluate: dict, register: dict, tracking: dict, kfp_job_id: str, kfp_job_name: str,
-) -> str:
-    """Create the parent MLflow run; returns its id. The whole config is logged as params."""
-    from reset import steps
+    select: dict, evaluate: dict, register: dict, tracking: dict,
+    base_model: str, instruction_data: str, grounded_data: str, mode: str, epochs: float, learning_rate: float,
+    samples_per_prompt: int, judge_endpoint: str, judge_model: str, registered_model_name: str,
+    kfp_job_id: str, kfp_job_name: str,
+) -> NamedTuple("Sections", [
+    ("parent_run_id", str), ("data", dict), ("model", dict), ("train", dict), ("continued_train", dict),
+    ("generate", dict), ("judge", dict), ("select", dict), ("evaluate", dict), ("register", dict),
+]):
+    """Validate the whole config (sections + the run form's parameters), create the parent MLflow
+    run tagged with the KFP run id, and hand the effective sections to the steps."""
+    from collections import namedtuple
 
-    config = {"data": data, "model": model, "train": train, "continued_train": continued_train,
-              "generate": generate, "judge": judge, "select": select, "evaluate": evaluate,
-              "register": register, "tracking": tracking}
-    return steps.start_run(tracking, config, kfp_job_id, {"kfp.job_name": kfp_job_name})
+    from reset import steps
+    from reset import tracking as tr
+    from reset.config.run_parameters import apply_run_parameters
+
+    config = apply_run_parameters(
+        {"data": data, "model": model, "train": train, "continued_train": continued_train, "generate": generate,
+         "judge": judge, "select": select, "evaluate": evaluate, "register": register, "tracking": tracking},
+        {"base_model": base_model, "instruction_data": instruction_data, "grounded_data": grounded_data,
+         "mode": mode, "epochs": epochs, "learning_rate": learning_rate, "samples_per_prompt": samples_per_prompt,
+         "judge_endpoint": judge_endpoint, "judge_model": judge_model,
+         "registered_model_name": registered_model_name})
+    run_id = steps.start_run(tracking, config, tr.job_id(kfp_job_id), {"kfp.job_name": kfp_job_name})
+    names = ["data", "model", "train", "continued_train", "generate", "judge", "select", "evaluate", "register"]
+    out = namedtuple("Sections", ["parent_run_id", *names])
+    return out(run_id, *[config[k] for k in names])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def finish_run(tracking: dict, kfp_job_id: str) -> str:
     """Exit handler: mark the parent run of this KFP job FINISHED or FAILED from its children."""
     from reset import steps
+    from reset import tracking as tr
 
-    return steps.finish_run(tracking, kfp_job_id)
+    return steps.finish_run(tracking, tr.job_id(kfp_job_id))

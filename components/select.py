@@ -9,11 +9,11 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def select_samples(
     seen_prompts: Input[Dataset], candidates: Input[Dataset], judgments: Input[Dataset], select: dict,
-    tracking: dict, parent_run_id: str, selected_set: Output[Dataset],
+    tracking: dict, selected_set: Output[Dataset],
 ) -> dict:
     from reset import steps
 
-    report = steps.select(seen_prompts.path, candidates.path, judgments.path, select, tracking, parent_run_id,
+    report = steps.select(seen_prompts.path, candidates.path, judgments.path, select, tracking, "",
                           out_selected=selected_set.path)
     selected_set.metadata["rows"] = report["selected"]
     return {k: v for k, v in report.items() if not isinstance(v, dict)}

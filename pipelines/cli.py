@@ -24,8 +24,12 @@ from reset.errors import DataError
 
 
 def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
-    """The pipeline's parameters: one plain dict per config section."""
-    return {name: to_dict(getattr(cfg, name)) for name in SECTIONS}
+    """The pipeline's parameters: the run form's typed scalars (their keys taken out of the
+    sections) and one plain dict per config section."""
+    from reset.config.run_parameters import split_run_parameters
+
+    sections, scalars = split_run_parameters({name: to_dict(getattr(cfg, name)) for name in SECTIONS})
+    return {**scalars, **sections}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -103,7 +107,9 @@ def compile_pipeline(cfg: PipelineConfig, output: str) -> None:
 
     from pipelines.reset_pipeline import build_pipeline
 
-    compiler.Compiler().compile(build_pipeline(cfg.cluster), output, pipeline_parameters=pipeline_arguments(cfg))
+    llm = any(j.startswith("llm-") for j in cfg.judge.judges)
+    compiler.Compiler().compile(build_pipeline(cfg.cluster, llm_judges=llm), output,
+                                pipeline_parameters=pipeline_arguments(cfg))
     load_component_from_file(output)  # kfp's own loader must read it back
 
 
@@ -146,6 +152,9 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False) -> i
     warnings.filterwarnings("ignore", message=".*non-Python base image")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     os.environ[progress.ENV] = "1"  # the task processes print ##reset events for the console
+    import uuid
+
+    os.environ[tracking.JOB_ENV] = str(uuid.uuid4())  # the steps find the MLflow parent run by it
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(sys.stdout, run_dir / "logs", verbose=verbose)
     console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, run folder {run_dir}")

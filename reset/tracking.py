@@ -22,6 +22,15 @@ from reset.config import TrackingConfig
 
 STEP_TAG = "reset.step"
 JOB_TAG = "reset.kfp_job_id"
+# The KFP run id, in every step's environment: on a cluster from the pod's `pipeline/runid` label
+# (kfp-kubernetes field path), locally set by the CLI. A step finds its parent run by it, so the
+# parent run id is no input and deterministic steps stay cacheable.
+JOB_ENV = "RESET_KFP_RUN_ID"
+
+
+def job_id(default: str = "") -> str:
+    """This pipeline run's KFP run id (JOB_ENV), else `default`."""
+    return os.environ.get(JOB_ENV, "").strip() or default
 
 
 def local_tracking_uri(root: str | os.PathLike[str] = "runs") -> str:
@@ -101,6 +110,11 @@ def step_run(cfg: TrackingConfig, parent_run_id: str, step: str, params: Mapping
     progress.emit("start", step=step)
     try:
         exp = experiment_id(cfg)
+        if not parent_run_id and job_id():
+            parent_run_id = find_parent(cfg, job_id()) or ""
+            if not parent_run_id:
+                raise RuntimeError(f"no MLflow parent run tagged {JOB_TAG}={job_id()} in experiment "
+                                   f"{cfg.experiment!r} at {resolve_uri(cfg)}: did start-run log elsewhere?")
         run = mlflow.start_run(experiment_id=exp, run_name=step, parent_run_id=parent_run_id or None,
                                tags={STEP_TAG: step})
     except BaseException as exc:

@@ -94,7 +94,7 @@ def test_empty_file_gives_defaults(tmp_path: Path) -> None:
         ({"judge": {"weights": {"instruction": 0, "faithfulness": 0, "task": 0}}}, "judge.weights",
          ["at least one weight"]),
         ({"register": {"champion_alias": "challenger"}}, "register.champion_alias", ["differ"]),
-        ({"cluster": {"gpu_steps": ["mix", "train"]}}, "cluster.gpu_steps[1]", ["'train'"]),
+        ({"cluster": {"cache_steps": ["mix", "train"]}}, "cluster.cache_steps[1]", ["'train'"]),
         ({"train": {"learning_rate": "1e-3x"}}, "train.learning_rate", ["valid number"]),
     ],
 )

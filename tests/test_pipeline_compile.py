@@ -53,6 +53,11 @@ def _topological(dag_tasks: dict) -> list[str]:
     return order
 
 
+def _by_step(docs) -> dict[str, str]:
+    inner = docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    return {t["taskInfo"]["name"]: t["componentRef"]["name"].replace("comp-", "exec-") for t in inner.values()}
+
+
 def test_one_task_per_step_in_method_order(compiled):
     _, _, docs = compiled
     spec = docs[0]
@@ -62,20 +67,34 @@ def test_one_task_per_step_in_method_order(compiled):
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     order = _topological(inner)
     names = [inner[n]["taskInfo"]["name"] for n in order]
-    assert names == ["start-run"] + STEP_NAMES
+    # the run's volume is created first and deleted after the last step
+    assert names == ["create-volume", "start-run"] + STEP_NAMES + ["delete-volume"]
     assert STEP_NAMES == ["mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate",
                           "register"]
 
 
 def test_parameters_default_to_the_config(compiled):
+    from reset.config.run_parameters import RUN_PARAMETERS, apply_run_parameters
+
     cfg, _, docs = compiled
     params = docs[0]["root"]["inputDefinitions"]["parameters"]
     args = pipeline_arguments(cfg)
     assert set(params) == set(args)
-    for name, value in args.items():
+    kinds = {str: "STRING", float: "NUMBER_DOUBLE", int: "NUMBER_INTEGER"}
+    for p in RUN_PARAMETERS:  # the run form: typed scalars with defaults and descriptions
+        assert params[p.name]["parameterType"] == kinds[p.type], p.name
+        assert params[p.name]["description"].startswith(p.description[:30]), p.name
+    sections = {k: v for k, v in args.items() if k not in {p.name for p in RUN_PARAMETERS}}
+    for name, value in sections.items():
         assert params[name]["parameterType"] == "STRUCT"
         assert params[name]["defaultValue"] == value
+        assert params[name]["description"]
     assert "cluster" not in params
+    # the defaults put back together are the config, whole
+    defaults = {k: v.get("defaultValue") for k, v in params.items()}
+    merged = apply_run_parameters({k: defaults[k] for k in sections}, defaults)
+    assert merged["train"]["epochs"] == cfg.train.epochs and merged["model"]["base"] == cfg.model.base
+    assert merged["data"]["instruction"] == [s.path for s in cfg.data.instruction]
 
 
 def test_kubernetes_settings_are_in_the_platform_document(compiled):
@@ -83,20 +102,23 @@ def test_kubernetes_settings_are_in_the_platform_document(compiled):
     assert len(docs) == 2
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     spec_exec = docs[0]["deploymentSpec"]["executors"]
-    inner = docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    by_step = {t["taskInfo"]["name"]: t["componentRef"]["name"].replace("comp-", "exec-") for t in inner.values()}
-    for step, exec_name in by_step.items():
+    for step, exec_name in _by_step(docs).items():
+        if step.endswith("-volume"):
+            continue
         k8s = executors[exec_name]
-        secrets = {s["secretName"] for s in k8s["secretAsEnv"]}
-        expected = {cfg.cluster.s3_secret, cfg.cluster.mlflow_secret}
-        if step in ("judge", "evaluate"):  # the LLM judge's API key, only where a judge runs
-            expected.add(cfg.cluster.llm_secret)
-        assert secrets == expected
+        secrets = {s["secretName"]: s["optional"] for s in k8s["secretAsEnv"]}
+        expected = {cfg.cluster.s3_secret: step not in cfg.cluster.s3_steps, cfg.cluster.mlflow_secret: True}
+        if step in ("judge", "evaluate"):  # the LLM judge's key, only where a judge runs; required: one is configured
+            expected[cfg.cluster.llm_secret] = False
+        assert secrets == expected, step
+        # the run id from the pod's label: the steps find their MLflow parent run by it
+        assert k8s["fieldPathAsEnv"] == [{"name": "RESET_KFP_RUN_ID", "fieldPath": "metadata.labels['pipeline/runid']"}]
         container = spec_exec[exec_name]["container"]
         assert container["image"] == "registry.example/reset:1.2.3"
         gpu = container.get("resources", {}).get("accelerator")
-        if step in cfg.cluster.gpu_steps:
-            assert gpu["resourceCount"] == "1" and gpu["resourceType"] == "nvidia.com/gpu"
+        res = cfg.cluster.step_resources(step)
+        if res.gpus:
+            assert gpu["resourceCount"] == str(res.gpus) and gpu["resourceType"] == "nvidia.com/gpu"
             assert k8s["tolerations"][0]["key"] == "nvidia.com/gpu"
         else:
             assert gpu is None and "tolerations" not in k8s
@@ -154,3 +176,63 @@ def test_every_config_section_is_a_pipeline_parameter():
 
     names = list(PipelineConfig.model_fields)
     assert set(names) - set(SECTIONS) == {"cluster"}
+
+
+def test_paper_7b_mounts_the_run_volume_carries_no_weights_and_sizes_each_step(tmp_path):
+    """The compiled paper-scale pipeline: the run's PVC on the model steps (the base-model cache
+    and checkpoints live there), model artifacts are LoRA adapters only, per-step resources, node
+    selectors and timeouts, and the fine-tuning handed to a PyTorchJob."""
+    import json
+
+    from pipelines.reset_pipeline import VOLUME_STEPS
+
+    cfg = load_config(REPO / "configs" / "paper-7b.yaml")
+    out = tmp_path / "p7.yaml"
+    compile_pipeline(cfg, str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    spec_exec = docs[0]["deploymentSpec"]["executors"]
+    by_step = _by_step(docs)
+    assert "create-volume" in by_step and "delete-volume" in by_step
+    inner = docs[0]["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    create = inner["createpvc"]
+    assert create["inputs"]["parameters"]["access_modes"]["runtimeValue"]["constant"] == ["ReadWriteMany"]
+    assert not create.get("cachingOptions", {}).get("enableCache")  # a cached one would name a deleted PVC
+    for step in STEP_NAMES:
+        k8s, container = executors[by_step[step]], spec_exec[by_step[step]]["container"]
+        env = {e["name"]: e["value"] for e in container.get("env", [])}
+        if step in VOLUME_STEPS:
+            assert [m["mountPath"] for m in k8s["pvcMount"]] == ["/mnt/reset"], step
+            assert env["RESET_CACHE_DIR"] == "/mnt/reset/cache", step  # base model cached on the volume
+        else:
+            assert "pvcMount" not in k8s, step
+        assert k8s["emptyDirMounts"][0]["mountPath"] == "/scratch" and env["TMPDIR"] == "/scratch"
+        assert int(k8s["activeDeadlineSeconds"]) > 0, step
+        res = container["resources"]
+        if step.startswith("finetune-"):  # a small launcher pod; the job's pods get the GPUs
+            assert "accelerator" not in res
+            launch = json.loads(env["RESET_TRAINING"])
+            assert launch["engine"] == "pytorchjob" and launch["resources"]["gpus"] == 8
+            assert launch["resources"]["gpu_type"] == "NVIDIA-A100-SXM4-80GB"
+            # the training pods get Secret references (name, key, optional), never values
+            assert launch["secrets"]["AWS_SECRET_ACCESS_KEY"] == ["reset-s3", "AWS_SECRET_ACCESS_KEY", False]
+        else:
+            want = cfg.cluster.step_resources(step)
+            assert res["memoryRequest"] > 0 and res["cpuRequest"] > 0
+            if want.gpus:
+                assert res["accelerator"]["resourceCount"] == str(want.gpus)
+                assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": want.gpu_type}
+    # memory requests differ by step (no longer one size for every pod)
+    mems = {spec_exec[by_step[s]]["container"]["resources"]["memoryRequest"] for s in ("mix", "select", "generate")}
+    assert len(mems) == 3
+    # no model weights travel as KFP artifacts: the fine-tuning steps' outputs are LoRA adapters
+    assert cfg.train.method == "lora" and cfg.continued_train.method == "lora"
+    outputs = {a for c in docs[0]["components"].values()
+               for a, d in c.get("outputDefinitions", {}).get("artifacts", {}).items()
+               if d["artifactType"]["schemaTitle"] == "system.Model"}
+    assert outputs == {"mtl_model", "reset_model"}
+    # caching only where the config allows it; the parent run is no input of any step
+    cached = {t["taskInfo"]["name"] for t in inner.values() if t.get("cachingOptions", {}).get("enableCache")}
+    assert cached == set(cfg.cluster.cache_steps)
+    for t in inner.values():
+        assert "parent_run_id" not in t.get("inputs", {}).get("parameters", {})
