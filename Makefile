@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The vLLM CPU server for the LLM-judge tests and bench, in its own venv (see requirements-vllm.txt).
+# vLLM's CPU build in its own venv (see requirements-vllm.txt): the generation engine of the demo
+# (a worker process, reset/models/generation/vllm_worker.py) and the LLM-judge tests' server.
 $(VLLM_STAMP): requirements-vllm.txt
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/pip install -q --upgrade pip
@@ -35,14 +36,16 @@ $(VLLM_STAMP): requirements-vllm.txt
 
 vllm: $(VLLM_STAMP)
 
-demo: $(STAMP)
-	$(BIN)/python -m pipelines run --config configs/demo.yaml
+demo: $(STAMP) $(VLLM_STAMP)
+	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pipelines run --config configs/demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
 test: lint $(VLLM_STAMP)
+	# headless Chromium (Debian's package) renders the HTML report in tests/test_report_browser.py
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
 
 compile: $(STAMP)

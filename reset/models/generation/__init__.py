@@ -2,6 +2,9 @@
 
     run(model_dir, examples, cfg, model_cfg) -> Generation(candidates, stats)
     generate(...)                            -> list[Candidate]   (the same, candidates only)
+    run_many({name: model_dir}, examples, cfg, model_cfg) -> {name: Generation}
+        several models on the same prompts (evaluation): with vllm, the models that share a base
+        (LoRA adapters) share one engine and one batch
 
 Backends, one module each, chosen by `generate.backend` (`evaluate.backend` for evaluation):
   vllm  vLLM's offline engine: in this process where vllm is importable (the CUDA image), else
@@ -16,7 +19,7 @@ backend (common.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from reset.config import GenerateConfig, ModelConfig
 from reset.data.records import Candidate, Example
@@ -25,7 +28,7 @@ from reset.models.generation import hf
 from reset.models.generation import vllm_backend as vllm
 from reset.models.generation.common import Generation
 
-__all__ = ["Generation", "choose_backend", "generate", "run"]
+__all__ = ["Generation", "choose_backend", "generate", "run", "run_many"]
 
 
 def choose_backend(cfg: GenerateConfig) -> tuple[str, str]:
@@ -63,3 +66,20 @@ def run(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: Gen
 def generate(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig,
              model_cfg: ModelConfig, *, model_name: str = "", log: Callable[[str], None] = print) -> list[Candidate]:
     return run(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log).candidates
+
+
+def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
+             model_cfg: ModelConfig, *, log: Callable[[str], None] = print) -> dict[str, Generation]:
+    """Generate for several models (name -> checkpoint) on the same examples, as `run` would for
+    each; vllm serves the models that share a base model from one engine."""
+    backend, why = choose_backend(cfg)
+    if backend == "vllm":
+        try:
+            return vllm.generate_many(models, examples, cfg, model_cfg, log=log)
+        except (ModelError, vllm.VLLMUnavailable) as exc:
+            if cfg.backend != "auto":
+                raise
+            log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
+    elif cfg.backend == "auto":
+        log(f"[generate] note: using transformers (hf), not vLLM: {why}")
+    return {name: hf.generate(path, examples, cfg, model_cfg, model_name=name, log=log) for name, path in models.items()}

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -105,42 +105,70 @@ def generate(
     log: Callable[[str], None] = print,
 ) -> Generation:
     """Sample candidates for every example over `cfg.grid` with vLLM's offline engine."""
+    return generate_many({model_name: model_dir}, examples, cfg, model_cfg, log=log)[model_name]
+
+
+def generate_many(
+    models: Mapping[str, str | os.PathLike[str]],
+    examples: Sequence[Example],
+    cfg: GenerateConfig,
+    model_cfg: ModelConfig,
+    *,
+    log: Callable[[str], None] = print,
+) -> dict[str, Generation]:
+    """Generate for several models (name -> checkpoint) on the same examples. Models that share a
+    base model (LoRA adapters on it, or the base itself) share one engine and one generate call;
+    each other base gets its own worker."""
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
-    base, adapter = loading.checkpoint_parts(model_dir)
+    groups: dict[Path, dict[str, Path | None]] = {}
+    for name, path in models.items():
+        base, adapter = loading.checkpoint_parts(path)
+        groups.setdefault(Path(base), {})[name] = adapter
+    out: dict[str, Generation] = {}
+    for base, members in groups.items():
+        out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log))
+    return {name: out[name] for name in models}
+
+
+def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Sequence[Example], cfg: GenerateConfig,
+                    model_cfg: ModelConfig, how: str, log: Callable[[str], None]) -> dict[str, Generation]:
     tok = loading.load_tokenizer(base)
     stops = chat.stop_token_ids(tok)
     reqs = plan(examples, cfg)
     cut = attach_prompts(reqs, tok, model_cfg)
-    total = sum(r.n for r in reqs)
+    adapters = {name: str(a) for name, a in members.items() if a is not None}
     gpu = _gpu_visible()
-    request = {
-        "model": str(base),
-        "adapter": str(adapter) if adapter else None,
-        "lora_rank": _lora_rank(adapter),
-        "engine": engine_args(cfg, model_cfg, gpu),
-        "requests": [{"id": str(i), "prompt_token_ids": r.prompt_ids,
-                      "params": {"n": r.n, "temperature": r.setting.temperature,
-                                 "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
-                                 "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
-                                 "skip_special_tokens": True}}
-                     for i, r in enumerate(reqs)],
-    }
-    log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples; engine {how}, "
-        f"{'GPU' if gpu else 'CPU'}, model {base}{' + adapter ' + str(adapter) if adapter else ''}")
+    wire = []
+    for name in members:
+        for i, r in enumerate(reqs):
+            wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids,
+                         "adapter": name if name in adapters else None,
+                         "params": {"n": r.n, "temperature": r.setting.temperature,
+                                    "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
+                                    "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
+                                    "skip_special_tokens": True}})
+    request = {"model": str(base), "adapters": adapters,
+               "lora_rank": max([_lora_rank(Path(a)) for a in adapters.values()] or [0]),
+               "engine": engine_args(cfg, model_cfg, gpu), "requests": wire}
+    total = sum(r.n for r in reqs) * len(members)
+    label = ", ".join(members)
+    log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(members)} model(s) ({label}) -> "
+        f"{total} samples; engine {how}, {'GPU' if gpu else 'CPU'}, base {base}"
+        + (f", adapters {sorted(adapters)}" if adapters else ""))
     with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
         req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
         with open(req_path, "w", encoding="utf-8") as fh:
             json.dump(request, fh)
         t0 = time.monotonic()
         if in_process():
-            stats = vllm_worker.run(request, out_path)
+            vllm_worker.run(request, out_path)
         else:
-            _run_worker(worker_python(cfg) or "", req_path, out_path, _env(cfg), total, model_name, log)
+            _run_worker(worker_python(cfg) or "", req_path, out_path, _env(cfg), total, label, log)
         wall = time.monotonic() - t0
         by_id: dict[str, list[str]] = {}
-        stats = {}
+        stats: dict[str, Any] = {}
         with open(out_path, encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
@@ -148,18 +176,22 @@ def generate(
                     stats = row["_stats"]
                 else:
                     by_id[row["id"]] = row["texts"]
-    missing = [str(i) for i in range(len(reqs)) if str(i) not in by_id]
+    missing = [w["id"] for w in wire if w["id"] not in by_id]
     if missing:
-        raise ModelError(f"vLLM returned no output for {len(missing)} of {len(reqs)} requests")
-    cands = candidates(reqs, [by_id[str(i)] for i in range(len(reqs))], cfg, backend="vllm", model_name=model_name,
-                       order=examples)
+        raise ModelError(f"vLLM returned no output for {len(missing)} of {len(wire)} requests")
     gen_s = float(stats.get("generate_s", wall))
     tokens = int(stats.get("output_tokens", 0))
+    start_s = float(stats.get("engine_start_s", 0.0))
     log(f"[generate:vllm] {total} samples, {tokens} tokens in {gen_s:.1f}s ({tokens / max(gen_s, 1e-9):.0f} tokens/s); "
-        f"engine start {float(stats.get('engine_start_s', 0.0)):.1f}s, wall {wall:.1f}s")
-    return Generation(cands, {"backend": "vllm", "engine_start_s": float(stats.get("engine_start_s", 0.0)),
-                              "generate_s": gen_s, "output_tokens": tokens,
-                              "tokens_per_s": tokens / gen_s if gen_s else 0.0, "prompts_cut": cut, "wall_s": wall})
+        f"engine start {start_s:.1f}s, wall {wall:.1f}s")
+    out = {}
+    for name in members:
+        texts = [by_id[f"{name}\t{i}"] for i in range(len(reqs))]
+        cands = candidates(reqs, texts, cfg, backend="vllm", model_name=name, order=examples)
+        out[name] = Generation(cands, {"backend": "vllm", "engine_start_s": start_s, "generate_s": gen_s,
+                                       "output_tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else 0.0,
+                                       "prompts_cut": cut, "wall_s": wall, "models_in_engine": len(members)})
+    return out
 
 
 def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], total: int, label: str,

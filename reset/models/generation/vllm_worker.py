@@ -7,11 +7,12 @@ installed), so it imports nothing from `reset`: only the standard library and vl
 what the in-process path calls (`run(request)`) where vllm is importable (the CUDA image).
 
 Request:
-    {"model": "<HF model dir>", "adapter": "<peft adapter dir>" | null, "lora_rank": 16,
+    {"model": "<HF model dir>", "adapters": {"<name>": "<peft adapter dir>", ...}, "lora_rank": 16,
      "engine": {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0, ...},  # LLM(...) kwargs
-     "requests": [{"id": "...", "prompt_token_ids": [...],
+     "requests": [{"id": "...", "prompt_token_ids": [...], "adapter": "<name>" | null,
                    "params": {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 64,
                               "seed": 123, "stop_token_ids": [2]}}, ...]}
+One engine serves the base model and every adapter (LoRA), all requests in one generate call.
 Output line per request: {"id": "...", "texts": [...], "token_counts": [...]}; the last line is
 {"_stats": {"engine_start_s": ..., "generate_s": ..., "output_tokens": ...}}.
 Progress goes to stderr as `vllm-worker: <done>/<total>` lines.
@@ -34,28 +35,27 @@ def run(request: dict, out_path: str) -> dict:
         TokensPrompt = dict  # noqa: N806
 
     engine = dict(request.get("engine") or {})
-    adapter = request.get("adapter")
+    adapters = dict(request.get("adapters") or {})
     t0 = time.monotonic()
-    if adapter:
+    if adapters:
         engine.setdefault("enable_lora", True)
-        engine.setdefault("max_lora_rank", int(request.get("lora_rank") or 16))
-        engine.setdefault("max_loras", 1)
+        engine.setdefault("max_lora_rank", _lora_rank_slot(int(request.get("lora_rank") or 16)))
+        engine.setdefault("max_loras", len(adapters))
     llm = LLM(model=request["model"], **engine)
     start_s = time.monotonic() - t0
-    lora = None
-    if adapter:
+    loras = {}
+    if adapters:
         from vllm.lora.request import LoRARequest
 
-        lora = LoRARequest("adapter", 1, adapter)
+        loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(sorted(adapters.items()))}
 
     reqs = request["requests"]
     prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in reqs]
-    params = []
-    for r in reqs:
-        p = dict(r["params"])
-        params.append(SamplingParams(**p))
+    params = [SamplingParams(**dict(r["params"])) for r in reqs]
+    lora_requests = [loras[r["adapter"]] if r.get("adapter") else None for r in reqs]
     t1 = time.monotonic()
-    outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=_progress_bar())
+    outputs = llm.generate(prompts, params, lora_request=lora_requests if loras else None,
+                           use_tqdm=_progress_bar())
     gen_s = time.monotonic() - t1
     tokens = 0
     tmp = out_path + ".part"
@@ -69,6 +69,14 @@ def run(request: dict, out_path: str) -> dict:
         fh.write(json.dumps({"_stats": stats}) + "\n")
     os.replace(tmp, out_path)
     return stats
+
+
+def _lora_rank_slot(rank: int) -> int:
+    """vLLM accepts max_lora_rank from a fixed set of sizes: the smallest that holds `rank`."""
+    for slot in (8, 16, 32, 64, 128, 256, 320, 512):
+        if rank <= slot:
+            return slot
+    return rank
 
 
 def _progress_bar():
