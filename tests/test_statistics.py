@@ -189,6 +189,9 @@ def test_exact_mcnemar_power_matches_simulation_and_the_sample_size():
     # Connor's n is for the normal-approximation test; the exact test is a little conservative
     assert 0.72 <= exact <= 0.82
     assert S.power_paired_proportions(2 * n, delta, psi) > 0.95 > exact
+    n_exact = S.sample_size_paired_proportions(delta, psi, exact=True)
+    assert n_exact > n and S.power_paired_proportions(n_exact, delta, psi) >= 0.8
+    assert S.power_paired_proportions(n_exact - 1, delta, psi) < 0.8
     rng = np.random.default_rng(11)
     p10, p01 = (psi + delta) / 2, (psi - delta) / 2
     reps = 2000
