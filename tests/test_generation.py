@@ -133,3 +133,45 @@ def test_hf_and_vllm_agree_on_greedy_outputs(cache_dir, examples, capsys):
     with capsys.disabled():
         print(f"\n[hf vs vllm, fp32 greedy, {len(pairs)} prompts] identical {exact:.2f}, same first 20 chars {prefix:.2f}")
     assert prefix >= 0.75 and exact >= 0.5
+
+
+def _adapter(base_dir, out, seed: int):
+    """A LoRA adapter with random (non-zero) weights on `base_dir`, saved as fine-tuning saves one."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if "lora_B" in name:
+                p.mul_(20.0)  # big enough to change greedy outputs of a random model
+    peft.save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
+    (out / "reset_provenance.json").write_text(json.dumps({"base_model": str(base_dir)}))
+    return out
+
+
+@pytest.mark.integration
+def test_vllm_serves_the_base_and_its_adapters_from_one_engine(vllm_tiny_dir, examples, tmp_path):
+    """Evaluation's case: base + two LoRA adapters in one engine, one batch; each adapter's greedy
+    outputs match transformers with the adapter merged (fp32)."""
+    from reset.models.generation import run_many
+
+    models = {"base": str(vllm_tiny_dir), "a": str(_adapter(vllm_tiny_dir, tmp_path / "a", 1)),
+              "b": str(_adapter(vllm_tiny_dir, tmp_path / "b", 2))}
+    cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=8, backend="vllm", vllm_python=_vllm_python(),
+                         vllm_cpu_dtype="float32", vllm_kv_cache_gb=1)
+    mcfg = ModelConfig(max_prompt_length=96)
+    out = run_many(models, examples, cfg, mcfg, log=lambda s: None)
+    assert all(g.stats["models_in_engine"] == 3 for g in out.values())
+    texts = {name: [c.text for c in g.candidates] for name, g in out.items()}
+    assert texts["a"] != texts["base"] and texts["b"] != texts["a"]
+    ref = run(models["a"], examples, cfg.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)
+    same = sum(x == y for x, y in zip(texts["a"], [c.text for c in ref.candidates], strict=True)) / len(examples)
+    assert same >= 0.75, same

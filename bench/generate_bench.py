@@ -1,0 +1,102 @@
+"""The generate step's backends against the raw vLLM engine, on the same prompts, in one run.
+
+    make vllm   # once
+    .venv/bin/python bench/generate_bench.py [--config configs/demo.yaml] [--no-hf]
+
+Takes the seen prompts the demo config's mix step produces (60 prompts x the 4-setting grid = 240
+samples, 64 new tokens) and generates them three ways, one after the other:
+  raw    vLLM's offline engine called directly on the prompt texts (bench/vllm_raw.py, vLLM's venv,
+         the same engine arguments as the backend: bf16, eager, whole-prompt scheduling) - the baseline;
+  vllm   the project's generation seam with backend vllm (prompt token ids made here, a worker in
+         vLLM's venv, candidate records written);
+  hf     the seam with backend hf (batched transformers generate, fp32), as the demo used before.
+Prints a Markdown table: output tokens/s of generation (engine start reported apart), the wall
+time of the whole call, and each as a ratio to raw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from reset.config import load_config  # noqa: E402
+from reset.data.mix import load_source, mix  # noqa: E402
+from reset.models import chat  # noqa: E402
+from reset.models.generation import run  # noqa: E402
+from reset.models.generation.common import plan  # noqa: E402
+from reset.models.generation.vllm_backend import engine_args  # noqa: E402
+from reset.models.loading import load_tokenizer, resolve_model  # noqa: E402
+
+
+def seen_prompts(cfg):
+    rows = {}
+    for slot in ("instruction", "grounded"):
+        rows[slot] = [ex for src in getattr(cfg.data, slot) for ex in load_source(src, slot, cfg.data)[0]]
+    return mix(rows["instruction"], rows["grounded"], cfg.data).seen
+
+
+def raw_engine(python: str, model: Path, examples, cfg) -> dict:
+    tok = load_tokenizer(model)
+    stops = chat.stop_token_ids(tok)
+    reqs = plan(examples, cfg.generate)
+    spec = {"model": str(model), "engine": engine_args(cfg.generate, cfg.model, gpu=False),
+            "prompts": [chat.prompt_text(tok, r.example, cfg.model.system_prompt) for r in reqs],
+            "params": [{"n": r.n, "temperature": r.setting.temperature,
+                        "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
+                        "max_tokens": cfg.generate.max_new_tokens, "seed": r.seed, "stop_token_ids": stops}
+                       for r in reqs]}
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, out = Path(tmp) / "in.json", Path(tmp) / "out.json"
+        inp.write_text(json.dumps(spec))
+        env = {**os.environ, "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
+               "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+        t0 = time.monotonic()
+        subprocess.run([python, str(REPO / "bench" / "vllm_raw.py"), str(inp), str(out)], check=True, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        res = json.loads(out.read_text())
+        res["wall_s"] = time.monotonic() - t0
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
+    ap.add_argument("--no-hf", action="store_true", help="skip the (slow) hf backend")
+    args = ap.parse_args()
+    cfg = load_config(args.config)
+    python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
+    if not os.path.exists(python):
+        sys.exit(f"no vLLM environment at {python}: run `make vllm`")
+    model = resolve_model(cfg.model.base, cfg.model.cache_dir)
+    examples = seen_prompts(cfg)
+    rows = {"raw": raw_engine(python, model, examples, cfg)}
+    for backend in ("vllm",) + (() if args.no_hf else ("hf",)):
+        gcfg = cfg.generate.model_copy(update={"backend": backend, "vllm_python": python})
+        t0 = time.monotonic()
+        result = run(model, examples, gcfg, cfg.model, log=lambda s: None)
+        st = result.stats
+        rows[backend] = {"engine_start_s": st["engine_start_s"], "generate_s": st["generate_s"],
+                         "output_tokens": st["output_tokens"], "wall_s": time.monotonic() - t0}
+    samples = sum(r.n for r in plan(examples, cfg.generate))
+    base = rows["raw"]
+    print(f"{len(examples)} prompts, {samples} samples, up to {cfg.generate.max_new_tokens} new tokens\n")
+    print("| path | output tokens | generate (s) | tokens/s | vs raw | engine start (s) | wall (s) | wall vs raw |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    raw_tps = base["output_tokens"] / base["generate_s"]
+    for name, r in rows.items():
+        tps = r["output_tokens"] / r["generate_s"]
+        print(f"| {name} | {r['output_tokens']} | {r['generate_s']:.1f} | {tps:.0f} | {tps / raw_tps:.2f} | "
+              f"{r['engine_start_s']:.1f} | {r['wall_s']:.1f} | {r['wall_s'] / base['wall_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
