@@ -1,0 +1,300 @@
+"""Training engine on the tiny random Llama: precision, batching, adapters between steps, merging,
+disk footprint, resume after SIGKILL, and two processes under torchrun (FSDP2 over gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from reset.config import DecodingSetting, GenerateConfig, ModelConfig, TrainConfig
+from reset.data.records import write_jsonl
+from reset.models import chat
+from reset.models import loading as modeling
+from reset.models.finetune import BatchPlan, cpu_has_bf16, finetune, pack, pad
+from reset.models.generation import hf
+
+REPO = Path(__file__).resolve().parent.parent
+BF16_CPU = cpu_has_bf16()
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(max_steps=12, batch_size=4, learning_rate=1e-2, lora_r=8, lora_alpha=16, lora_dropout=0.0,
+                warmup_ratio=0.0, log_every=100, seed=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _logits(model, tok, text="Describe the benefits of cycling."):
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits.float()
+
+
+@pytest.fixture(scope="module")
+def examples(demo):
+    return demo[0][:4] + demo[1][:4]
+
+
+@pytest.fixture(scope="module")
+def adapter_run(tiny_model_dir, examples, tmp_path_factory):
+    """A LoRA run at the default precision (bf16 on this CPU when it has avx512_bf16)."""
+    out = tmp_path_factory.mktemp("lora") / "mtl"
+    metrics = finetune(tiny_model_dir, examples, out, _cfg(max_steps=20, checkpoint_every=5), ModelConfig(max_length=192),
+                       provenance={"stage": "mtl"}, log=_quiet)
+    return out, metrics
+
+
+# ------------------------------------------------------------------------------------------ precision
+def test_cpu_bf16_detection_reads_the_cpu_flags():
+    assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512bw\n")
+    assert cpu_has_bf16("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16("flags\t\t: fpu sse avx2 avx512f avx512bw\n")  # bf16 only emulated: not counted
+
+
+@pytest.mark.skipif(not BF16_CPU, reason="this CPU has no native bf16 (avx512_bf16 / amx_bf16)")
+def test_bf16_and_fp32_losses_are_close_but_not_equal(tiny_model_dir, examples, tmp_path):
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        runs[precision] = finetune(tiny_model_dir, examples, tmp_path / precision, _cfg(precision=precision),
+                                   ModelConfig(max_length=192), log=_quiet)
+    fp32, bf16 = runs["fp32"]["loss_history"], runs["bf16"]["loss_history"]
+    assert fp32 != bf16  # bf16 really ran in lower precision
+    for a, b in zip(fp32, bf16, strict=True):
+        assert abs(a - b) <= 0.03 * a
+    assert abs(runs["bf16"]["final_loss"] - runs["fp32"]["final_loss"]) <= 0.02 * runs["fp32"]["final_loss"]
+    assert json.loads((tmp_path / "bf16" / modeling.PROVENANCE_FILE).read_text())["precision"] == "bf16"
+
+
+# ------------------------------------------------------------------------------------------- batching
+def test_packed_batch_gives_the_padded_batch_loss(tiny_model_dir, examples):
+    model, tok = modeling.load(tiny_model_dir)
+    batch = [chat.encode_sft(tok, ex, ex.response, 192) for ex in examples[2:6]]
+    assert len({len(ids) for ids, _ in batch}) > 1  # different lengths: the padded batch has pads
+    with torch.no_grad():
+        padded = model(**pad(batch, tok.pad_token_id), use_cache=False).loss
+        packed = model(**pack(batch), use_cache=False).loss
+    torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_length_grouped_plan_pads_less_and_sees_every_example_once_per_pass():
+    import random
+
+    rnd = random.Random(1)
+    lengths = [rnd.randint(20, 300) for _ in range(256)]  # a pass is a whole number of windows
+    waste = {}
+    for mode in ("random", "length-grouped"):
+        plan = BatchPlan(lengths, 8, mode, seed=0)
+        batches = [plan.next() for _ in range(len(lengths) // 8 * 3)]  # three passes
+        assert all(len(set(b)) == len(b) == 8 for b in batches)
+        for k in range(3):
+            one_pass = [i for b in batches[k * 32 : (k + 1) * 32] for i in b]
+            assert sorted(one_pass) == list(range(256))
+        waste[mode] = sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+    assert waste["length-grouped"] < 0.3 * waste["random"]
+
+
+def test_batch_plan_state_round_trips():
+    a = BatchPlan([5, 9, 2, 7, 3, 8, 1, 4, 6, 10], 2, "length-grouped", seed=3)
+    for _ in range(3):
+        a.next()
+    b = BatchPlan([5, 9, 2, 7, 3, 8, 1, 4, 6, 10], 2, "length-grouped", seed=99)
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))  # JSON-safe, like a checkpoint
+    assert [a.next() for _ in range(12)] == [b.next() for _ in range(12)]
+
+
+# ------------------------------------------------------------------------------ adapters between steps
+def test_a_lora_run_writes_the_adapter_and_a_base_reference(adapter_run, tiny_model_dir):
+    out, metrics = adapter_run
+    assert metrics["final_loss"] < metrics["first_loss"]
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", modeling.PROVENANCE_FILE} <= names
+    assert "model.safetensors" not in names and "checkpoints" not in names
+    prov = modeling.read_provenance(out)
+    assert prov["base_model"] == str(tiny_model_dir.resolve()) and prov["method"] == "lora"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == prov["base_model"]
+    base, adapter = modeling.checkpoint_parts(out)
+    assert (base, adapter) == (tiny_model_dir.resolve(), out)
+    assert modeling.checkpoint_parts(tiny_model_dir) == (tiny_model_dir, None)
+
+
+def test_adapter_checkpoint_loads_and_generates(adapter_run, tiny_model_dir, examples):
+    out, _ = adapter_run
+    model, tok = modeling.load(out)
+    base, _ = modeling.load(tiny_model_dir)
+    assert not any("lora" in n for n, _ in model.named_parameters())  # merged in memory
+    assert not torch.allclose(_logits(model, tok), _logits(base, tok))  # the adapter changed the model
+    cfg = GenerateConfig(grid=[DecodingSetting(temperature=0.0)], max_new_tokens=6, batch_size=4, backend="hf")
+    result = hf.generate(out, examples[:3], cfg, ModelConfig(), model_name="mtl", log=_quiet)
+    assert len(result.candidates) == 3 and all(c.model == "mtl" for c in result.candidates)
+
+
+def test_merge_to_writes_a_plain_model_with_the_adapters_outputs(adapter_run, tmp_path):
+    out, _ = adapter_run
+    merged = modeling.merge_to(out, tmp_path / "merged", dtype=torch.float32)
+    assert not modeling.is_adapter_dir(merged) and (merged / "model.safetensors").exists()
+    assert modeling.checkpoint_parts(merged) == (merged, None)
+    a, tok = modeling.load(out)
+    b, _ = modeling.load(merged)
+    torch.testing.assert_close(_logits(b, tok), _logits(a, tok), rtol=1e-4, atol=1e-4)
+    # By default the export takes the training precision: bf16 for a bf16 run (half the bytes).
+    if modeling.read_provenance(out)["precision"] == "bf16":
+        default = modeling.merge_to(out, tmp_path / "default")
+        assert json.loads((default / "config.json").read_text())["dtype"] == "bfloat16"
+        assert (default / "model.safetensors").stat().st_size < 0.6 * (merged / "model.safetensors").stat().st_size
+
+
+def test_continued_finetuning_trains_the_same_adapter(adapter_run, tiny_model_dir, examples, tmp_path):
+    from safetensors.torch import load_file
+
+    mtl, mtl_metrics = adapter_run
+    out = tmp_path / "reset"
+    metrics = finetune(mtl, examples, out, _cfg(max_steps=4, lora_r=4, learning_rate=5e-3), ModelConfig(max_length=192),
+                       log=_quiet)
+    # It starts where the MTL run ended (its adapter is loaded), not from the base model's loss.
+    assert metrics["first_loss"] < 0.8 * mtl_metrics["first_loss"]
+    before, after = load_file(mtl / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys()  # the same adapter (r=8 from the MTL run, not the r=4 asked)
+    assert all(before[k].shape == after[k].shape for k in before)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert modeling.checkpoint_parts(out) == (tiny_model_dir.resolve(), out)  # base + one adapter
+
+
+def test_full_finetuning_saves_a_whole_model(tiny_model_dir, examples, tmp_path):
+    out = tmp_path / "full"
+    metrics = finetune(tiny_model_dir, examples, out, _cfg(method="full", learning_rate=1e-3, max_steps=6),
+                       ModelConfig(max_length=192), log=_quiet)
+    assert metrics["trainable_params"] == sum(p.numel() for p in modeling.load(tiny_model_dir)[0].parameters())
+    assert not modeling.is_adapter_dir(out) and modeling.checkpoint_parts(out) == (out, None)
+    model, tok = modeling.load(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+    stored = json.loads((out / "config.json").read_text())["dtype"]
+    assert stored == ("bfloat16" if modeling.read_provenance(out)["precision"] == "bf16" else "float32")
+
+
+def test_disk_footprint_of_a_tiny_run(adapter_run, tmp_path):
+    """What a fine-tuning step writes: the adapter, the tokenizer and small JSON files; a merged
+    model (what every step wrote before) is several times larger even on this 2-layer model."""
+    out, _ = adapter_run
+    written = _dir_bytes(out)
+    merged = _dir_bytes(modeling.merge_to(out, tmp_path / "merged", dtype=torch.float32))
+    print(f"tiny LoRA run writes {written:,} bytes; a merged fp32 copy is {merged:,} bytes")
+    assert written < 0.4 * merged
+    assert not any(p.name.startswith(".tmp") for p in out.rglob("*"))
+
+
+# --------------------------------------------------------------------------------- resume and torchrun
+def _cli_setup(tmp_path: Path, tiny_model_dir: Path, examples, train: dict) -> tuple[Path, Path]:
+    data = tmp_path / "train.jsonl"
+    write_jsonl(data, examples)
+    cfg = tmp_path / "cfg.json"  # JSON is YAML
+    cfg.write_text(json.dumps({"model": {"base": str(tiny_model_dir), "max_length": 192}, "train": train}))
+    return cfg, data
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "RESET_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("RESET_PROGRESS", None)
+    return env
+
+
+def _cli(cfg: Path, data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "reset.models.finetune", "--config", str(cfg), "--data", str(data), "--out", str(out)]
+
+
+def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on timeout the whole group (torchrun's workers
+    too) is killed, so nothing is left running."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{cmd[:4]} did not finish in {timeout}s:\n{(out + err)[-3000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _metrics_line(stdout: str) -> dict:
+    return json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+
+
+def test_sigkill_then_run_again_resumes_and_ends_like_an_uninterrupted_run(tiny_model_dir, examples, tmp_path):
+    train = {"max_steps": 60, "batch_size": 4, "learning_rate": 0.005, "lora_r": 8, "lora_alpha": 16,
+             "lora_dropout": 0.1, "warmup_ratio": 0.1, "log_every": 100, "checkpoint_every": 5}
+    cfg, data = _cli_setup(tmp_path, tiny_model_dir, examples, train)
+    ref = _run(_cli(cfg, data, tmp_path / "ref"))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    uninterrupted = _metrics_line(ref.stdout)
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(cfg, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(),
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not list((out / "checkpoints").glob("step-*/state.pt")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint before the run ended (exit {proc.returncode})")
+            time.sleep(0.01)  # polling a condition with a deadline
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / modeling.PROVENANCE_FILE).exists()  # nothing looks complete
+
+    again = _run(_cli(cfg, data, out))
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = _metrics_line(again.stdout)
+    assert resumed["resumed_from_step"] >= 5 and resumed["steps"] == 60
+    assert "resuming from" in again.stdout
+    assert abs(resumed["final_loss"] - uninterrupted["final_loss"]) <= 0.01 * uninterrupted["final_loss"]
+    assert not (out / "checkpoints").exists()
+
+
+def test_checkpoint_of_another_configuration_is_not_resumed(tiny_model_dir, examples, tmp_path):
+    out = tmp_path / "m"
+    root = tmp_path / "ckpt"
+    # A run that stops before its end leaves its checkpoint (here: kept by a separate directory).
+    finetune(tiny_model_dir, examples, tmp_path / "first", _cfg(max_steps=6, checkpoint_every=3, checkpoint_dir=str(root)),
+             ModelConfig(max_length=192), log=_quiet)
+    assert not root.exists()  # removed when the step ended
+    logs: list[str] = []
+    finetune(tiny_model_dir, examples, out, _cfg(max_steps=4, checkpoint_every=2, checkpoint_dir=str(root)),
+             ModelConfig(max_length=192), log=logs.append)
+    assert not any("resuming" in line for line in logs)
+
+
+def test_torchrun_two_processes_train_with_fsdp_and_save_a_loadable_adapter(tiny_model_dir, examples, tmp_path):
+    train = {"max_steps": 8, "batch_size": 2, "learning_rate": 0.01, "lora_r": 8, "lora_alpha": 16,
+             "lora_dropout": 0.0, "warmup_ratio": 0.0, "log_every": 4, "checkpoint_every": 4}
+    cfg, data = _cli_setup(tmp_path, tiny_model_dir, examples, train)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           *_cli(cfg, data, out)[1:]]
+    run = _run(cmd)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    metrics = _metrics_line(run.stdout)
+    assert metrics["final_loss"] < metrics["first_loss"]
+    assert "x 2 processes" in run.stdout
+    prov = modeling.read_provenance(out)
+    assert prov["world_size"] == 2 and prov["base_model"] == str(tiny_model_dir.resolve())
+    model, tok = modeling.load(out)
+    base, _ = modeling.load(tiny_model_dir)
+    assert not torch.allclose(_logits(model, tok), _logits(base, tok))
+    assert not (out / "checkpoints").exists()
