@@ -1,21 +1,22 @@
-"""Mix IF and CD data; held-out split; seen-prompt pool; quarantine of rejected rows."""
+"""Mix IF and CD data; held-out split; seen-prompt pool; quarantine of rejected rows; data card."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Output
+from kfp.dsl import Dataset, Markdown, Output
 
 from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def mix_data(
-    data: dict, tracking: dict,
+    data: dict, model: dict, tracking: dict,
     train_set: Output[Dataset], heldout_set: Output[Dataset], seen_prompts: Output[Dataset],
-    rejected_rows: Output[Dataset],
+    rejected_rows: Output[Dataset], data_card: Output[Markdown],
 ) -> dict:
     from reset import steps
 
     stats = steps.mix(data, tracking, "", out_train=train_set.path, out_eval=heldout_set.path,
-                      out_seen=seen_prompts.path, out_rejected=rejected_rows.path)
+                      out_seen=seen_prompts.path, out_rejected=rejected_rows.path, model=model,
+                      out_card=data_card.path)
     for art, key in ((train_set, "train"), (heldout_set, "eval"), (seen_prompts, "seen_prompts"),
                      (rejected_rows, "rejected")):
         art.metadata["rows"] = stats[key]

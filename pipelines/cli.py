@@ -4,6 +4,7 @@
     python -m pipelines compile --config configs/demo.yaml --output reset_pipeline.yaml
     python -m pipelines submit  --config configs/paper-7b.yaml --host https://kfp.example.com
     python -m pipelines schema  [--output config.schema.json]
+    python -m pipelines data check PATH... [--format F]   (is this data usable? see pipelines/data_cli.py)
 
 `run` executes the same pipeline definition a cluster runs, through kfp.local's SubprocessRunner
 in this Python environment; MLflow goes to runs/mlflow.db unless tracking.tracking_uri is set.
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--run-name", default="")
     sc = sub.add_parser("schema", help="write the JSON Schema of a config file (for editors and docs)")
     sc.add_argument("--output", default="-", help="where to write it (default: standard output)")
+    from pipelines import data_cli
+
+    data_cli.add_parser(sub)  # data check PATH... [--format F]
     return p
 
 
@@ -64,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "schema":
             return write_schema(args.output)
+        if args.command == "data":
+            from pipelines import data_cli
+
+            return data_cli.main(args)
         cfg = load_config(args.config, args.overrides)
         if args.command == "run":
             return run_local(cfg, Path(args.output_dir), verbose=args.verbose)

@@ -103,7 +103,7 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
             c = cfg.outputs
 
             # 1. mix IF + CD data: train mixture, held-out split, seen-prompt pool, quarantine
-            mixed = mix_data(data=c["data"], tracking=tracking).set_display_name("mix")
+            mixed = mix_data(data=c["data"], model=c["model"], tracking=tracking).set_display_name("mix")
 
             # 2. MTL checkpoint: LoRA SFT of the base model on the mixture (an adapter + its base reference)
             mtl = finetune_mtl(
@@ -140,7 +140,7 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
             ev = evaluate_models(
                 mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
                 heldout_set=mixed.outputs["heldout_set"], evaluate=c["evaluate"], model=c["model"],
-                judge=c["judge"], tracking=tracking,
+                judge=c["judge"], register=c["register"], tracking=tracking,
             ).set_display_name("evaluate")
 
             # 8. register the ReSet model as challenger (and champion when there is none yet)

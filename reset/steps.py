@@ -16,7 +16,7 @@ from typing import Any
 
 from reset import config as C
 from reset import progress, tracking
-from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl, write_quarantine
+from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl
 from reset.models import loading as modeling
 
 Section = Mapping[str, Any] | None
@@ -83,49 +83,136 @@ def finish_run(tracking_cfg: Section, job_id: str) -> str:
 
 
 def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: str, out_eval: str,
-        out_seen: str, out_rejected: str, cache_dir: str = "") -> dict[str, Any]:
+        out_seen: str, out_rejected: str, cache_dir: str = "", model: Section = None,
+        out_card: str = "") -> dict[str, Any]:
+    """Read every data source (any published format; local, s3:// or hf://), mix, write the
+    splits and the quarantine, and the data card (Markdown to `out_card` when given; Markdown,
+    HTML and JSON to MLflow). `model` gives the tokenizer and the limits the card measures against."""
+    from reset.data import card as K
     from reset.data import mix as M
 
     cfg = C.section(C.DataConfig, dict(data or {}), "data")
+    mcfg = C.section(C.ModelConfig, dict(model or {}), "model")
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "mix", cfg.model_dump()):
         import mlflow
 
-        rows: dict[str, list[Example]] = {"instruction": [], "grounded": []}
-        rejected = []
-        origins: M.Origins = {}
-        for slot in rows:
-            for src in getattr(cfg, slot):
-                kept, bad = M.load_source(src, slot, cfg, cache_dir, origins)
-                _log(f"[mix] {src.path}: {len(kept)} {slot} examples, {len(bad)} rejected")
-                rows[slot] += kept
-                rejected += bad
-        result = M.mix(rows["instruction"], rows["grounded"], cfg, origins)
-        rejected += result.rejected
-        write_jsonl(out_train, result.train)
-        write_jsonl(out_eval, result.eval)
-        write_jsonl(out_seen, result.seen)
-        write_quarantine(out_rejected, rejected)
-        stats = {**result.stats, "rejected": len(rejected)}
+        meter = length_meter(mcfg, cache_dir)
+        _log(f"[mix] lengths in {meter.unit}: {meter.note}")
+        report = M.mix_to_files(cfg, out_train=out_train, out_eval=out_eval, out_seen=out_seen,
+                                out_rejected=out_rejected, meter=meter, cache_dir=cache_dir, title="mix")
+        for rep in report.sources:
+            _log(f"[mix] {rep.path}: {rep.format}, {rep.rows} rows, {rep.kept} examples kept, "
+                 f"{sum(rep.rejected.values())} not kept {rep.rejected or ''}")
+        stats = report.stats
         _log(f"[mix] {json.dumps(stats)}")
         _note(f"{stats['train']} train, {stats['eval']} held-out, {stats['seen_prompts']} seen prompts, "
               f"{stats['rejected']} rejected")
-        for r in rejected[:10]:
+        for r in report.quarantine.first[:10]:
             _log(f"[mix] rejected {r}")
+        card = report.card
+        markdown = K.to_markdown(card)
+        if out_card:
+            Path(out_card).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_card).write_text(markdown, encoding="utf-8")
         mlflow.log_metrics(_metrics(stats))
+        mlflow.log_metrics({_metric_name(k): v for k, v in K.flat_metrics(card).items()})
         mlflow.log_artifact(out_rejected, "quarantine")
-        for name, records in (("train", result.train), ("eval", result.eval), ("seen_prompts", result.seen)):
-            mlflow.log_input(_dataset(records, name), context=name)
+        mlflow.log_text(markdown, "data_card/data_card.md")
+        mlflow.log_text(K.to_html(card), "data_card/data_card.html")
+        mlflow.log_dict(card, "data_card/data_card.json")
+        for rep in report.sources:
+            for f in rep.files or [{"file": rep.path, "digest": "", "bytes": 0}]:
+                mlflow.log_input(_meta_dataset(f["file"], rep.name, f["digest"]), context="source",
+                                 tags={"format": rep.format, "slot": rep.slot})
+        for name, out in report.outputs.items():
+            mlflow.log_input(_meta_dataset(out["path"], "seen_prompts" if name == "seen" else name, out["digest"]),
+                             context="seen_prompts" if name == "seen" else name, tags={"rows": str(out["rows"])})
     return stats
 
 
-def _dataset(records: list[Example], name: str):
-    """An MLflow dataset (name, digest, schema, a preview) of a split, for the run's inputs."""
-    import mlflow
-    import pandas as pd
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja", "config.json")
 
-    cols = ("id", "source", "kind", "task", "instruction", "context", "response")
-    df = pd.DataFrame([{c: getattr(r, c) for c in cols} for r in records], columns=list(cols))
-    return mlflow.data.from_pandas(df, name=name)
+
+def _tokenizer(ref: str, cache_dir: str):
+    """The tokenizer of model `ref` alone: an s3:// model's tokenizer files are fetched without its
+    weights; builtin and local models are resolved as the other steps resolve them."""
+    import shutil
+    import tempfile
+
+    from reset.data import storage
+
+    if not storage.is_s3(ref):
+        return modeling.load_tokenizer(modeling.resolve_model(ref, cache_dir))
+    base = Path(cache_dir or storage.default_cache_dir())
+    local = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=base if base.exists() else None))
+    found = []
+    for name in TOKENIZER_FILES:
+        try:
+            path = storage.fetch(f"{ref.rstrip('/')}/{name}", base / "s3")
+        except Exception:  # noqa: BLE001 - a tokenizer has some of these files, never all
+            continue
+        shutil.copy(path, local / name)
+        found.append(name)
+    if not any(n != "config.json" for n in found):
+        raise FileNotFoundError(f"no tokenizer files under {ref}")
+    return modeling.load_tokenizer(local)
+
+
+def length_meter(mcfg: C.ModelConfig, cache_dir: str = ""):
+    """Lengths in tokens of the base model's tokenizer, through the chat template the training
+    and generation steps use; whitespace words, with the reason, where it cannot be loaded."""
+    from reset.data.card import LengthMeter, whitespace_meter
+    from reset.models import chat
+
+    try:
+        tok = _tokenizer(mcfg.base, mcfg.cache_dir or cache_dir)
+    except Exception as exc:  # noqa: BLE001 - any failure means: count words, and say why
+        return whitespace_meter(mcfg.max_length, mcfg.max_prompt_length, f"{type(exc).__name__}: {exc}"[:300])
+    system = mcfg.system_prompt
+    cut = 64 * max(mcfg.max_length, mcfg.max_prompt_length)  # characters; bounds the tokenizer's work
+
+    def render(ex: Example) -> tuple[str, str]:
+        msgs = chat.messages(Example(ex.id, ex.source, ex.kind, ex.instruction[:cut], ex.response[:cut],
+                                ex.context[-cut:] if ex.context else None, ex.task), system)
+        prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": ex.response[:cut]}], tokenize=False)
+        return prompt, full[len(prompt):].rstrip("\n") if full.startswith(prompt) else ex.response[:cut]
+
+    def measure(examples):
+        pairs = [render(ex) for ex in examples]
+        if not pairs:
+            return []
+        p = tok([a for a, _ in pairs], add_special_tokens=False)["input_ids"]
+        c = tok([b for _, b in pairs], add_special_tokens=False)["input_ids"]
+        return [(len(x), len(x) + len(y)) for x, y in zip(p, c, strict=True)]
+
+    probe = Example("x", "x", "grounded", "x", "z", "y", "extractive")
+    prompt, completion = render(probe)
+    overhead = len((prompt + completion).encode("utf-8")) - 3
+    return LengthMeter("tokens", f"the tokenizer of {mcfg.base} (chat template included)", measure,
+                       mcfg.max_length, mcfg.max_prompt_length, overhead)
+
+
+def _digest(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _meta_dataset(uri: str, name: str, digest: str):
+    """An MLflow dataset that records where data came from and its content digest (no copy)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+
+    try:
+        source = resolve_dataset_source(uri if "://" in uri else os.path.abspath(uri))
+    except MlflowException:  # builtin:... and hf://...: no registered source type
+        source = HTTPDatasetSource(f"https://huggingface.co/datasets/{uri.removeprefix('hf://datasets/')}"
+                                   if uri.startswith("hf://") else uri)
+    return MetaDataset(source, name=name, digest=(digest or "")[:16] or None)
 
 
 def finetune(model: str | None, train_path: str, train: Section, model_cfg: Section, tracking_cfg: Section,
@@ -149,9 +236,23 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
         )
         mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "loss_history"}))
         mlflow.log_dict(modeling.read_provenance(out_dir), "provenance.json")
+        mlflow.log_input(_meta_dataset(train_path, "selected" if stage != "mtl" else "train", _digest(train_path)),
+                         context="training")
+        check = loss_check(metrics)
+        mlflow.set_tag("reset.loss_check", check)
+        _log(f"[finetune] loss check: {check}")
         _note(f"{metrics['steps']} steps on {metrics['examples']} examples, loss {metrics['first_loss']:.2f} -> "
               f"{metrics['final_loss']:.2f}, {metrics['tokens'] / max(metrics['seconds'], 1e-9):.0f} tokens/s")
     return metrics
+
+
+def loss_check(metrics: Mapping[str, Any], min_drop: float = 0.1) -> str:
+    """Did the model learn? 'ok' when the final loss (mean of the last fifth of the steps) is at
+    least `min_drop` (relative) below the first step's, else a warning with the figures."""
+    first, final = float(metrics["first_loss"]), float(metrics["final_loss"])
+    drop = (first - final) / first if first > 0 else 0.0
+    verdict = "ok" if drop >= min_drop else "warning: the loss barely moved"
+    return f"{verdict}: {first:.3f} -> {final:.3f} ({-drop:+.0%}) over {metrics['steps']} steps"
 
 
 def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: Section, tracking_cfg: Section,
@@ -281,51 +382,106 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
 
 def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
              judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
-             out_report: str, out_rows: str, include_base: bool = True) -> dict[str, dict[str, float]]:
-    """`models`: name -> model reference or directory (e.g. mtl, reset); with `include_base` the
-    configured base model (model.base) is evaluated first as "base"."""
-    from reset.evaluation import evaluate as run_evaluate
-    from reset.evaluation import markdown_report, summarize, verdicts
+             out_report: str, out_rows: str, out_html: str = "", register_cfg: Section = None,
+             include_base: bool = True, reference: str = "mtl", candidate: str = "reset") -> dict[str, Any]:
+    """Evaluate `models` (name -> checkpoint or reference, e.g. mtl, reset), the configured base
+    model ("base", with `include_base`) and, when `register.compare_champion` and a champion exists,
+    the registry's champion ("champion"), all on the same held-out examples (one vLLM engine for
+    the models that share a base). Writes the point metrics, the gates and the verdicts
+    (`out_metrics`, JSON), the Markdown report (`out_report`), the rows (`out_rows`) and the HTML
+    report (`out_html`); logs one MLflow run per evaluated model (same metric keys, tag reset.model)
+    and the headline figures on the parent run."""
+    import tempfile
+
+    from reset.evaluation import evaluate_models, gate, markdown_report, summarize, verdicts
     from reset.evaluation.html import html_report
     from reset.evaluation.plot import tradeoff_plot
+    from reset.evaluation.summary import flat_metrics
+    from reset.registry import champion_checkpoint
 
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
+    rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register") if register_cfg is not None else None
+    tcfg = _tracking(tracking_cfg)
     examples = _read(eval_path, Example)
-    if include_base:
-        models = {"base": mcfg.base, **models}
-    results: dict[str, dict[str, float]] = {}
-    rows_by_model: dict[str, list[dict[str, Any]]] = {}
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "evaluate", ecfg.model_dump()):
+    models = {"base": mcfg.base, **models} if include_base else dict(models)
+    with tracking.step_run(tcfg, parent_run_id, "evaluate", ecfg.model_dump()) as run, \
+            tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
         import mlflow
 
-        for name, ref in models.items():
-            path = ref if os.path.isdir(ref) else str(modeling.resolve_model(ref, mcfg.cache_dir))
-            _log(f"[evaluate] {name}: {len(examples)} held-out prompts")
-            metrics, rows = run_evaluate(path, examples, ecfg, mcfg, jcfg, model_name=name, log=_log)
-            results[name] = metrics
-            rows_by_model[name] = rows
-            mlflow.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
-        # every figure with its 95% interval; each model paired with MTL on the same examples
-        summary = summarize(rows_by_model, reference="mtl", selection_judges=jcfg.judges)
-        report = markdown_report(summary)
+        parent = run.data.tags.get("mlflow.parentRunId", "")
+        mlflow.log_input(_meta_dataset(eval_path, "heldout", _digest(eval_path)), context="evaluation")
+        champion_version = None
+        if rcfg is not None and rcfg.compare_champion:
+            found = champion_checkpoint(rcfg, tmp)
+            if found:
+                champion_version, path = found
+                models["champion"] = str(path)
+                _log(f"[evaluate] also re-scoring the current champion, {rcfg.model_name} v{champion_version}")
+        _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} held-out prompts")
+        rows_by_model, results, gen_stats = evaluate_models(models, examples, ecfg, mcfg, jcfg, log=_log)
+        # every figure with its 95% interval; each model paired with the reference on the same examples
+        summary = summarize(rows_by_model, reference=reference, selection_judges=jcfg.judges)
         lines = verdicts(summary) if summary.reference else []
+        gates = {}
+        if candidate in summary.comparisons:
+            tol, sig = (rcfg.tolerance, rcfg.require_significant) if rcfg else (0.0, False)
+            gates[reference] = gate(summary, candidate, tolerance=tol, require_significant=sig)
+            if "champion" in rows_by_model:
+                vs_champ = summarize(rows_by_model, reference="champion", selection_judges=jcfg.judges)
+                gates["champion"] = gate(vs_champ, candidate, tolerance=tol, require_significant=sig)
+                lines.append(next(x for x in verdicts(vs_champ) if x.startswith(vs_champ.label(candidate))))
+        report = markdown_report(summary)
+        if lines:
+            report = "\n".join(f"**{x}**  " for x in lines) + "\n\n" + report
         _log("[evaluate] comparison on the held-out split:\n" + report)
-        _note(lines[-1] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
+        _note(lines[0] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
         for out in (out_metrics, out_report):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_metrics).write_text(json.dumps(results, indent=2))
+        payload = {"metrics": results, "verdicts": lines, "gates": {k: g.to_dict() for k, g in gates.items()},
+                   "champion_version": champion_version, "summary": summary.to_dict(), "generation": gen_stats}
+        Path(out_metrics).write_text(json.dumps(payload, indent=2, default=str))
         Path(out_report).write_text(report)
         all_rows = [r for rows in rows_by_model.values() for r in rows]
         write_jsonl(out_rows, all_rows)
         png = tradeoff_plot(summary)
+        html = html_report(summary, rows_by_model, examples=examples, plot_png=png)
+        if out_html:
+            Path(out_html).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_html).write_text(html, encoding="utf-8")
+        mlflow.log_metrics(_metrics({f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}))
         mlflow.log_text(report, "comparison.md")
-        mlflow.log_dict(summary.to_dict(), "summary.json")
+        mlflow.log_dict(payload["summary"], "summary.json")
         mlflow.log_image(_png_image(png), "tradeoff.png")
-        mlflow.log_text(html_report(summary, rows_by_model, examples=examples, plot_png=png), "report.html")
+        mlflow.log_text(html, "report.html")
         mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
-    return results
+        # one run per evaluated model, same metric keys: MLflow's compare view lines them up
+        exp = tracking.experiment_id(tcfg)
+        for name, m in results.items():
+            with mlflow.start_run(experiment_id=exp, run_name=f"eval-{name}", nested=True,
+                                  tags={"reset.model": name, tracking.STEP_TAG: "evaluate/" + name}):
+                mlflow.log_metrics(_metrics(m))
+        # the headline figures on the parent run: each arm on both axes, each arm against MTL
+        if parent:
+            client = mlflow.MlflowClient()
+            head = list(flat_metrics(summary, keys=HEADLINE).items())
+            for i in range(0, len(head), 500):
+                client.log_batch(parent, metrics=[_metric(k, v) for k, v in head[i : i + 500]])
+            client.set_tag(parent, "reset.verdict", lines[0] if lines else "")
+            client.log_text(parent, report, "comparison.md")
+            client.log_text(parent, html, "report.html")
+            client.log_image(parent, _png_image(png), "tradeoff.png")
+    return payload
+
+
+HEADLINE = ("if_prompt_acc", "faithfulness")
+
+
+def _metric(key: str, value: float):
+    from mlflow.entities import Metric
+
+    return Metric(key, value, int(time.time() * 1000), 0)
 
 
 def _png_image(data: bytes):
@@ -339,20 +495,27 @@ def _png_image(data: bytes):
 
 def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_cfg: Section, model_cfg: Section,
              tracking_cfg: Section, parent_run_id: str, *, candidate: str = "reset") -> dict[str, Any]:
+    """Register the candidate as challenger; champion only when the evaluate step's gates passed."""
+    from reset.evaluation import GateDecision
     from reset.registry import log_and_register
 
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
-    results = json.loads(Path(metrics_path).read_text())
+    payload = json.loads(Path(metrics_path).read_text())
+    results = payload.get("metrics", payload)
     if candidate not in results:
         raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
+    gates = ({ref: GateDecision(g["passed"], g["reason"], g.get("deltas", {})) for ref, g in payload["gates"].items()}
+             if "gates" in payload else None)
+    description = "\n".join(payload.get("verdicts", []))
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", rcfg.model_dump()):
         import mlflow
 
-        decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt)
-        mlflow.log_metrics({f"{candidate}.{k}": v for k, v in results[candidate].items()})
-        mlflow.log_metric("promoted", float(decision["promote"]))
+        decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt,
+                                    gates=gates, description=description)
+        mlflow.log_metrics(_metrics({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
+        mlflow.log_metric("promoted", int(decision["promote"]))
         mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
                          "promotion": decision["reason"]})
         verdict = "promoted to" if decision["promote"] else "NOT promoted to"

@@ -190,12 +190,35 @@ def test_directory_is_unreadable(tmp_path: Path) -> None:
     assert str(tmp_path) in str(err.value)
 
 
-def test_invalid_utf8_is_unreadable(tmp_path: Path) -> None:
+def test_invalid_utf8_costs_only_its_line(tmp_path: Path) -> None:
+    # issue 12: one latin-1 byte used to make the whole file unreadable; now that line alone is bad
     path = tmp_path / "latin1.jsonl"
-    path.write_bytes(json.dumps(_if(0)).encode() + b"\n" + '{"id": "caf\xe9"}'.encode("latin-1") + b"\n")
-    with pytest.raises(DataError, match="cannot read") as err:
+    path.write_bytes(json.dumps(_if(0)).encode() + b"\n" + '{"id": "caf\xe9"}'.encode("latin-1") + b"\n"
+                     + json.dumps(_if(1)).encode() + b"\n")
+    with pytest.raises(DataError) as err:
         read_jsonl(path, Example)
-    assert str(path) in str(err.value)
+    assert str(err.value).startswith(str(path)) and "line 2" in str(err.value) and "0xe9" in str(err.value)
+    good, bad = read_jsonl(path, Example, max_bad_fraction=0.5)
+    assert [e.id for e in good] == ["if-0", "if-1"]
+    assert [(r.line, r.category) for r in bad] == [(2, "invalid")] and "UTF-8" in bad[0].reason
+    assert "caf" in bad[0].raw  # the row's text is kept (the bad byte shown as U+FFFD)
+
+
+def test_bom_crlf_nesting_huge_numbers_and_nul_never_crash(tmp_path: Path) -> None:
+    path = tmp_path / "messy.jsonl"
+    rows = [
+        b"\xef\xbb\xbf" + json.dumps(_if(0)).encode() + b"\r\n",  # BOM + CRLF: a good row
+        b"[" * 50_000 + b"]" * 50_000 + b"\n",                      # deeper than the parser's recursion limit
+        b'{"id": ' + b"9" * 5000 + b"}\n",                         # an integer too long to convert
+        b'{"id": "a\x00b"}\n',                                      # a raw NUL byte
+        json.dumps(_if(1)).encode() + b"\r\n",
+    ]
+    path.write_bytes(b"".join(rows))
+    good, bad = read_jsonl(path, Example, max_bad_fraction=1.0)
+    assert [e.id for e in good] == ["if-0", "if-1"]
+    assert [r.line for r in bad] == [2, 3, 4]
+    assert all(r.reason.startswith("invalid JSON") for r in bad)
+    assert "nested too deeply" in bad[0].reason and "digits" in bad[1].reason
 
 
 # ------------------------------------------------------------------------ tolerated bad rows

@@ -126,15 +126,23 @@ def _require_text(obj: Any, names: Sequence[str]) -> None:
 
 @dataclass
 class Rejected:
-    """A row that failed validation, kept with where it came from and why."""
+    """A row that was not kept, with where it came from and why. `category` groups the reasons
+    for counting: invalid (counts towards data.max_bad_fraction), too-large (also counts),
+    excluded (a rule of the recipe: an IF example with a context, a question without an answer),
+    duplicate, near-duplicate. `source` is the data source's name."""
 
     file: str
     line: int
     reason: str
     raw: str
+    category: str = "invalid"
+    source: str = ""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.reason}"
+
+
+BAD_CATEGORIES = ("invalid", "too-large")  # the categories that count towards data.max_bad_fraction
 
 
 def from_dict(cls: type[R], row: Any) -> R:
@@ -176,29 +184,26 @@ def read_jsonl_numbered(
     max_bad_fraction: float = 0.0,
 ) -> tuple[list[tuple[int, R]], list[Rejected]]:
     """As read_jsonl, with each record's 1-based file line: [(line, record)]."""
+    from reset.data.reading import RowReader
+
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read: {exc}") from None
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: cannot read: is a directory")
 
     good: list[tuple[int, R]] = []
     bad: list[Rejected] = []
-    for lineno, raw in enumerate(lines, start=1):
-        if not raw.strip():
+    # Each line is decoded and parsed on its own (a BOM, CRLF, a bad byte, deep nesting or a NUL
+    # cost that line only); a JSON array is read element by element.
+    for raw in RowReader(path, path, "jsonl"):
+        if raw.error:
+            bad.append(Rejected(path, raw.line, raw.error, raw.raw(), raw.category))
             continue
         try:
-            row = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            bad.append(Rejected(path, lineno, f"invalid JSON: {exc.msg} (column {exc.colno})", raw.rstrip("\n")))
-            continue
-        try:
-            good.append((lineno, from_dict(cls, row)))
-        except (TypeError, ValueError) as exc:
-            bad.append(Rejected(path, lineno, f"{cls.__name__}: {exc}", raw.rstrip("\n")))
+            good.append((raw.line, from_dict(cls, raw.value)))
+        except (TypeError, ValueError, RecursionError) as exc:
+            bad.append(Rejected(path, raw.line, f"{cls.__name__}: {exc}", raw.raw()))
 
     total = len(good) + len(bad)
     if total == 0:
@@ -217,7 +222,18 @@ def _first(bad: Sequence[Rejected], n: int = 3) -> str:
     return shown + (f"; and {len(bad) - n} more" if len(bad) > n else "")
 
 
-def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[str, Any]]) -> int:
+def to_row(rec: Record | Rejected | dict[str, Any]) -> dict[str, Any]:
+    """A record as the dict written to JSONL (an Example without the cost of a deep asdict)."""
+    if isinstance(rec, dict):
+        return rec
+    if isinstance(rec, Example):
+        return {"id": rec.id, "source": rec.source, "kind": rec.kind, "instruction": rec.instruction,
+                "response": rec.response, "context": rec.context, "task": rec.task,
+                "constraints": rec.constraints, "meta": rec.meta}
+    return asdict(rec)
+
+
+def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | Rejected | dict[str, Any]]) -> int:
     """Write records as JSONL (atomically: a temp file renamed into place). Returns the row count."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -225,8 +241,7 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[Record | dict[st
     n = 0
     with open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:
-            row = rec if isinstance(rec, dict) else asdict(rec)
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(to_row(rec), ensure_ascii=False) + "\n")
             n += 1
     os.replace(tmp, path)
     return n
@@ -243,6 +258,47 @@ def read_quarantine(path: str | os.PathLike[str]) -> list[Rejected]:
         return []
     with open(path, encoding="utf-8") as fh:
         return [Rejected(**json.loads(line)) for line in fh if line.strip()]
+
+
+class QuarantineWriter:
+    """Rejected rows written as they come (a run over millions of rows never holds them all), with
+    counts per category and per source. Written atomically: the file appears when it is closed.
+    `first` keeps the first `keep` rows in memory (all of them with keep=None)."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, keep: int | None = 200):
+        self.path = os.fspath(path) if path else None
+        self.keep = keep
+        self.total = 0
+        self.by_category: dict[str, int] = {}
+        self.by_source: dict[str, dict[str, int]] = {}
+        self.first: list[Rejected] = []
+        self._fh = None
+        if self.path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            self._tmp = f"{self.path}.tmp-{os.getpid()}"
+            self._fh = open(self._tmp, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def add(self, rej: Rejected) -> None:
+        self.total += 1
+        self.by_category[rej.category] = self.by_category.get(rej.category, 0) + 1
+        per = self.by_source.setdefault(rej.source, {})
+        per[rej.category] = per.get(rej.category, 0) + 1
+        if self.keep is None or len(self.first) < self.keep:
+            self.first.append(rej)
+        if self._fh is not None:
+            self._fh.write(json.dumps(asdict(rej), ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+            os.unlink(self._tmp)
 
 
 Axis = Literal["instruction", "faithfulness", "task"]
