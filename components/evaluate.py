@@ -1,7 +1,7 @@
-"""Evaluate base, MTL and ReSet on the held-out split; comparison table."""
+"""Evaluate base, MTL, ReSet (and the current champion) on the held-out split: the report."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from components.image import BASE_IMAGE
 
@@ -9,15 +9,16 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_models(
     mtl_model: Input[Model], reset_model: Input[Model], heldout_set: Input[Dataset],
-    evaluate: dict, model: dict, judge: dict, tracking: dict,
-    scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], samples: Output[Dataset],
+    evaluate: dict, model: dict, judge: dict, register: dict, tracking: dict,
+    scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML],
+    samples: Output[Dataset],
 ) -> dict:
     from reset import steps
 
-    results = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path},
-                             heldout_set.path, evaluate, model, judge, tracking, "",
-                             out_metrics=scores.path, out_report=report.path, out_rows=samples.path)
-    for name, values in results.items():
+    payload = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path}, heldout_set.path, evaluate, model,
+                             judge, tracking, "", out_metrics=scores.path, out_report=report.path,
+                             out_rows=samples.path, out_html=report_html.path, register_cfg=register)
+    for name, values in payload["metrics"].items():
         for key, value in values.items():
             metrics.log_metric(f"{name}.{key}", value)
-    return results
+    return {"verdicts": payload["verdicts"], "gates": payload["gates"]}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -37,13 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reset-kfp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def common(sp):
-        sp.add_argument("--config", required=True, help="YAML config (see configs/)")
+    def common(sp, config_required=True):
+        sp.add_argument("--config", required=config_required, help="YAML config (see configs/)")
         sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (YAML-parsed); repeatable")
 
     r = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
-    common(r)
+    common(r, config_required=False)  # required unless --resume (pipelines/local_runs.py)
+    r.add_argument("--resume", default="", metavar="RUN", help="resume a stopped or failed run (its folder under "
+                   "--output-dir, e.g. run-20250101-120000): reuse what finished, run the rest (config: the run's own)")
     r.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
     r.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline (it always goes to "
                    "the run's logs/ folder)")
@@ -60,10 +63,15 @@ def _parser() -> argparse.ArgumentParser:
     from pipelines import data_cli
 
     data_cli.add_parser(sub)  # data check PATH... [--format F]
+    from pipelines import local_runs
+
+    local_runs.add_parser(sub)  # runs cleanup
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from reset.preflight import PreflightError
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "schema":
@@ -72,9 +80,20 @@ def main(argv: list[str] | None = None) -> int:
             from pipelines import data_cli
 
             return data_cli.main(args)
-        cfg = load_config(args.config, args.overrides)
+        if args.command == "runs":
+            from pipelines import local_runs
+
+            return local_runs.main(args)
+        if args.command == "run" and args.resume:
+            from pipelines import local_runs
+
+            cfg = local_runs.resume_config(Path(args.output_dir).resolve(), args.resume, args.config, args.overrides)
+        elif args.config is None:
+            raise ConfigError("--config is required (or --resume RUN)")
+        else:
+            cfg = load_config(args.config, args.overrides)
         if args.command == "run":
-            return run_local(cfg, Path(args.output_dir), verbose=args.verbose)
+            return run_local(cfg, Path(args.output_dir), verbose=args.verbose, resume=args.resume)
         if args.command == "compile":
             compile_pipeline(cfg, args.output)
             print(f"compiled {args.output}")
@@ -82,9 +101,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"warning: {problem} (override it when you start the run)", file=sys.stderr)
             return 0
         return submit(cfg, args.host, args.experiment, args.run_name)
+    except PreflightError as exc:
+        from pipelines import local_runs
+
+        local_runs.print_problems(exc.problems)
+        return 2
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before or after the pipeline itself (run_local handles it inside)
+        print("[reset-kfp] interrupted", file=sys.stderr)
+        return 130
 
 
 def write_schema(output: str) -> int:
@@ -139,65 +166,83 @@ def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> in
     return 0
 
 
-def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False) -> int:
+def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "") -> int:
     """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
-    own output goes to <output_dir>/<run>/logs/."""
+    own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
+    nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume
+    (pipelines/local_runs.py)."""
     import warnings
 
     from kfp import local
 
+    from pipelines import local_runs
     from pipelines.console import Console, captured
     from pipelines.reset_pipeline import build_pipeline
-    from reset import progress, tracking
+    from reset import preflight, progress, tracking
     from reset.evaluation import comparison_table
 
     output_dir = output_dir.resolve()
+    preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
     output_dir.mkdir(parents=True, exist_ok=True)
-    run_dir = output_dir / time.strftime("run-%Y%m%d-%H%M%S")
     if not cfg.tracking.tracking_uri:
         cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
+    run = local_runs.open_run(output_dir, cfg, resume)
+    run_dir = run.run_dir
     # Expected locally: the image and Kubernetes settings only matter on a cluster.
     warnings.filterwarnings("ignore", message=".*non-Python base image")
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
     os.environ[progress.ENV] = "1"  # the task processes print ##reset events for the console
-    import uuid
-
-    os.environ[tracking.JOB_ENV] = str(uuid.uuid4())  # the steps find the MLflow parent run by it
+    os.environ.update(local_runs.env_for_tasks(run))  # the job id the steps find the MLflow parent run by
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(sys.stdout, run_dir / "logs", verbose=verbose)
-    console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, run folder {run_dir}")
+    what = f"resuming run folder {run_dir}" if run.resumed else f"run folder {run_dir}"
+    console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
+    if marked := tracking.mark_dead_runs(cfg.tracking.tracking_uri, [cfg.tracking.experiment]):
+        console.say(local_runs.cleanup_line(marked))
     t0 = time.time()
     error = ""
-    with captured(console):
-        try:
-            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"))
-            build_pipeline()(**pipeline_arguments(cfg))
-        except RuntimeError as exc:
-            error = str(exc)
+    try:
+        with local_runs.stop_signals(), captured(console), \
+                local_runs.report_cache_hits(lambda step: console.say(f"  {step:<15} reused (finished before)")):
+            try:
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"),
+                           enable_caching=True, cache_root=str(run_dir / "cache"))
+                build_pipeline()(**pipeline_arguments(cfg))
+            except RuntimeError as exc:
+                error = str(exc)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        local_runs.stop_tasks()
+        marked = tracking.kill_job_runs(cfg.tracking, run.job_id)
+        print(local_runs.stopped_line(run, console.current_step, len(marked), output_dir), file=sys.stderr)
+        return local_runs.exit_code(exc)
     wall = time.time() - t0
     if error:
         for line in console.failure_report(error):
             print(line, file=sys.stderr)
         print(f"[reset-kfp] pipeline failed after {wall:.0f}s", file=sys.stderr)
         return 1
-    summary = {"wall_seconds": round(wall, 1), "run_dir": str(run_dir), **run_summary(cfg)}
-    results = summary.get("results", {})
+    summary = {"wall_seconds": round(wall, 1), "run_dir": str(run_dir),
+               **run_summary(cfg, os.environ[tracking.JOB_ENV])}
     for path in (output_dir / "last_run.json", run_dir / "run.json"):
         path.write_text(json.dumps(summary, indent=2))
 
-    print(f"\nDone in {wall / 60:.1f} min. Held-out comparison (base -> MTL -> ReSet):\n")
-    print(comparison_table(results))
+    print(f"\nDone in {wall / 60:.1f} min. Held-out comparison, 95% intervals:\n")
+    print(summary.get("headline") or comparison_table(summary.get("results", {})))
     if summary.get("registered"):
         print(f"\nregistry: {summary['registered']}")
     uri = cfg.tracking.tracking_uri
-    print(f"\nlogs: {run_dir / 'logs'}   summary: {output_dir / 'last_run.json'}")
+    if summary.get("report"):
+        print(f"\nreport: {summary['report']}")
+    print(f"logs: {run_dir / 'logs'}   summary: {output_dir / 'last_run.json'}")
     print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
     return 0
 
 
-def run_summary(cfg: PipelineConfig) -> dict[str, Any]:
-    """The latest pipeline run as MLflow recorded it: per-step wall time, the evaluation results
-    per model and the registry decision (read back from the child runs)."""
+def run_summary(cfg: PipelineConfig, job_id: str = "") -> dict[str, Any]:
+    """A pipeline run as MLflow recorded it (the one of local job `job_id`, else the latest):
+    per-step wall time, the evaluation results per model, the headline table with intervals and
+    verdicts, where the report is, and the registry decision (read back from the runs)."""
     import mlflow
 
     from reset import tracking
@@ -207,11 +252,12 @@ def run_summary(cfg: PipelineConfig) -> dict[str, Any]:
     exp = client.get_experiment_by_name(cfg.tracking.experiment)
     if exp is None:
         return {}
-    parents = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
+    query = f"tags.`{tracking.JOB_TAG}` = '{job_id}'" if job_id else "tags.`reset.role` = 'pipeline'"
+    parents = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         return {}
     pid = parents[0].info.run_id
+    headline, report = _parent_report(client, parents[0])
     kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'",
                               order_by=["attributes.start_time ASC"])
     steps = {}
@@ -231,7 +277,22 @@ def run_summary(cfg: PipelineConfig) -> dict[str, Any]:
     order = {"base": 0, "mtl": 1, "reset": 2}
     results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], 9)))
     return {"parent_run_id": pid, "status": parents[0].info.status, "step_seconds": steps,
-            "results": results, "registered": registered}
+            "results": results, "registered": registered, "headline": headline, "report": report,
+            "verdict": parents[0].data.tags.get("reset.verdict", "")}
+
+
+def _parent_report(client, parent) -> tuple[str, str]:
+    """(the headline table and verdicts logged on the parent run, the report's location)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        headline = client.download_artifacts(parent.info.run_id, "headline.md")
+        text = Path(headline).read_text(encoding="utf-8")
+    except Exception:  # an older run, or evaluate did not finish
+        text = ""
+    uri = parent.info.artifact_uri.rstrip("/") + "/report.html"
+    where = unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+    return text, where
 
 
 if __name__ == "__main__":

@@ -432,9 +432,11 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
                 vs_champ = summarize(rows_by_model, reference="champion", selection_judges=jcfg.judges)
                 gates["champion"] = gate(vs_champ, candidate, tolerance=tol, require_significant=sig)
                 lines.append(next(x for x in verdicts(vs_champ) if x.startswith(vs_champ.label(candidate))))
-        report = markdown_report(summary)
-        if lines:
-            report = "\n".join(f"**{x}**  " for x in lines) + "\n\n" + report
+        # the candidate's verdict first (the CLI's verdict line), the other arms after it
+        lines.sort(key=lambda x: not x.startswith(summary.label(candidate) + " "))
+        report = markdown_report(summary, extra=[f"Against the current champion: {x}" for x in lines
+                                                 if "vs champion" in x])
+        headline = headline_text(summary, lines)
         _log("[evaluate] comparison on the held-out split:\n" + report)
         _note(lines[0] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
         for out in (out_metrics, out_report):
@@ -469,6 +471,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             for i in range(0, len(head), 500):
                 client.log_batch(parent, metrics=[_metric(k, v) for k, v in head[i : i + 500]])
             client.set_tag(parent, "reset.verdict", lines[0] if lines else "")
+            client.log_text(parent, headline, "headline.md")
             client.log_text(parent, report, "comparison.md")
             client.log_text(parent, html, "report.html")
             client.log_image(parent, _png_image(png), "tradeoff.png")
@@ -476,6 +479,15 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
 
 
 HEADLINE = ("if_prompt_acc", "faithfulness")
+HEADLINE_TABLE = ("if_prompt_acc", "faithfulness", "answer_correct", "counterfactual_rate", "answer_f1",
+                  "rouge_l_abstractive")
+
+
+def headline_text(summary, lines: list[str]) -> str:
+    """What the CLI prints at the end of a run: the main figures with intervals, the verdicts."""
+    from reset.evaluation.report import interval_table
+
+    return interval_table(summary, HEADLINE_TABLE) + "\n\n" + "\n".join(lines)
 
 
 def _metric(key: str, value: float):

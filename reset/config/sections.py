@@ -506,16 +506,25 @@ class EvaluateConfig(Section):
 
 # ------------------------------------------------------------------------------------- register
 class RegisterConfig(Section):
-    """The MLflow model registry: the ReSet model is aliased challenger; champion when no worse."""
+    """The MLflow model registry. The ReSet model is registered and aliased challenger; it becomes
+    champion only when this run's own verdict says it is at least as good as the run's MTL model on
+    both axes, and as the current champion re-scored on the same held-out set."""
 
     model_name: Annotated[str, Field(min_length=1, pattern=r"\S")] = "reset-demo"
     """Registered model name."""
     challenger_alias: Annotated[str, Field(min_length=1)] = "challenger"
     """Alias of every newly registered version."""
     champion_alias: Annotated[str, Field(min_length=1)] = "champion"
-    """Alias moved to a version only when it is no worse than the current champion."""
+    """Alias moved to a version only when it passes the gates."""
     tolerance: Fraction = 0.0
-    """Promote when each primary axis is >= champion - tolerance."""
+    """A gate passes when each primary axis' paired difference is >= -tolerance."""
+    promote: bool = True
+    """Move the champion alias in this run when the gates pass; false: register the challenger
+    only (a separate promotion pipeline decides)."""
+    compare_champion: bool = True
+    """Evaluate the current champion on this run's held-out set and gate against it too."""
+    require_significant: bool = False
+    """Also require a significant gain (paired p < 0.05) on at least one axis against each reference."""
 
     @model_validator(mode="after")
     def _aliases_differ(self) -> RegisterConfig:

@@ -1,0 +1,39 @@
+"""Evaluate several models on the same held-out examples, generating for all of them at once.
+
+    rows, metrics, gen = evaluate_models({"base": ref, "mtl": dir, "reset": dir}, examples, ecfg, mcfg, jcfg)
+
+Generation goes through reset.models.generation.run_many: with vLLM, the models that share a base
+(the base itself and its LoRA adapters) are answered by one engine in one batch. Each model's
+answers are then scored like `evaluate` does (score_candidates), one row per (model, example).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
+from reset.data.records import Example
+from reset.evaluation.metrics import Row, point_metrics, score_candidates
+from reset.models.generation import run_many
+
+
+def greedy_config(cfg: EvaluateConfig, seed: int = 0) -> GenerateConfig:
+    """The generation settings of evaluation: one greedy answer per prompt."""
+    return GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=cfg.max_new_tokens,
+                          batch_size=cfg.batch_size, backend=cfg.backend, seed=seed)
+
+
+def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: EvaluateConfig,
+                    model_cfg: ModelConfig, judge_cfg: JudgeConfig, *, log: Callable[[str], None] = print,
+                    ) -> tuple[dict[str, list[Row]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
+    """(rows per model, point metrics per model, generation stats per model)."""
+    gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log)
+    rows: dict[str, list[Row]] = {}
+    metrics: dict[str, dict[str, float]] = {}
+    for name, g in gens.items():
+        rows[name] = score_candidates(examples, g.candidates, judge_cfg, model_name=name)
+        metrics[name] = point_metrics(rows[name])
+        log(f"[evaluate] {name}: scored {len(rows[name])} answers")
+    return rows, metrics, {name: g.stats for name, g in gens.items()}
