@@ -66,6 +66,12 @@ static: $(STAMP) $(TOOLS_STAMP)
 test: lint static $(VLLM_STAMP)
 	# headless Chromium (Debian's package) renders the HTML report in tests/test_report_browser.py
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	# Debian's PostgreSQL server binaries (initdb, postgres) for tests/test_mlflow_postgres.py and the
+	# promotion race test, which start their own server; the package's default cluster is not created.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		(mkdir -p /etc/postgresql-common/createcluster.d && \
+		 echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.d/reset-kfp.conf && \
+		 apt-get update -qq && apt-get install -y -qq postgresql)
 	PATH="$(abspath $(BIN)):$$PATH" RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
 
 compile: $(STAMP)
