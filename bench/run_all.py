@@ -15,6 +15,7 @@ RUNS = [
     ("LLM judge vs a 50 ms server: concurrency 32 / sequential", ["llm_judge_bench.py"]),
     ("LLM judge vs vLLM (CPU): judge / saturation", ["vllm_bench.py"]),
     ("Fine-tuning: ours vs TRL SFTTrainer (tokens/s, held-out loss, peak memory)", ["train_bench.py"]),
+    ("Mix step: 1M rows streamed vs read + json.loads (wall, CPU, peak RSS)", ["mix_bench.py"]),
 ]
 
 if __name__ == "__main__":

@@ -231,13 +231,17 @@ class Deduper:
     def __len__(self) -> int:
         return self._id.n + len(self._buf)
 
-    def add(self, id_: str, instruction: str, context: str | None) -> None:
+    def add(self, id_: str, instruction: str, context: str | None) -> tuple[bytes, bytes] | None:
+        """Add a row; returns its folded (instruction, context) where they were computed."""
         context = context or ""
         self._buf.append((hash(id_), hash(instruction + "\x1f" + context)))
+        folded = None
         if self.level != "exact":
-            self._pending.append((fold(instruction), fold(context)))
+            folded = (fold(instruction), fold(context))
+            self._pending.append(folded)
         if len(self._buf) >= BATCH:
             self._flush()
+        return folded
 
     def _flush(self) -> None:
         if self._buf:
@@ -289,7 +293,7 @@ class Deduper:
     def candidates(self, alive: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(row, earlier row) pairs among `alive` that share an LSH bucket and whose estimated
         similarity is near the threshold on both fields."""
-        si, sc = self._sig_i.view()[alive], self._sig_c.view()[alive]
+        si, sc = self._sig_i.view(), self._sig_c.view()  # indexed by row; only bands and candidates are copied
         idx = np.arange(len(alive))
         found_r: list[np.ndarray] = []
         found_l: list[np.ndarray] = []
@@ -297,7 +301,7 @@ class Deduper:
         with np.errstate(over="ignore"):
             for sig in (si, sc):
                 for band in range(BANDS):
-                    part = sig[:, band * ROWS_PER_BAND:(band + 1) * ROWS_PER_BAND].astype(np.uint64)
+                    part = sig[alive, band * ROWS_PER_BAND:(band + 1) * ROWS_PER_BAND].astype(np.uint64)
                     key = np.zeros(len(alive), np.uint64)
                     for j in range(ROWS_PER_BAND):
                         key = (key ^ (key >> np.uint64(29))) * _M1 + part[:, j]
@@ -310,7 +314,8 @@ class Deduper:
                     if not len(cand):
                         continue
                     lead = leader[cand]
-                    ok = (similarity(si[cand], si[lead]) >= floor) & (similarity(sc[cand], sc[lead]) >= floor)
+                    a, b = alive[cand], alive[lead]
+                    ok = (similarity(si[a], si[b]) >= floor) & (similarity(sc[a], sc[b]) >= floor)
                     found_r.append(cand[ok])
                     found_l.append(lead[ok])
         if not found_r:
@@ -357,23 +362,28 @@ def jaccard(a: set, b: set) -> float:
 
 # -------------------------------------------------------------------------------- the overlap
 class OverlapCheck:
-    """Share of each held-out prompt's word n-grams found in the training prompts."""
+    """Share of each held-out prompt's word n-grams found in the training prompts. Texts are
+    strings, or `fold`ed bytes (what the mixer keeps on disk for this)."""
 
-    def __init__(self, heldout: Sequence[str], n: int):
+    def __init__(self, heldout: Sequence[str | bytes], n: int):
         self.n = n
         self.size = len(heldout)
-        words, owner, _ = word_hashes([fold(t) for t in heldout])
+        words, owner, _ = word_hashes([t if isinstance(t, bytes) else fold(t) for t in heldout])
         grams, gowner = ngram_hashes(words, owner, n, short_whole=False)
         self.per_example = np.bincount(gowner, minlength=self.size)
         self.keys, inverse = np.unique(grams, return_inverse=True)
         self.gram_key, self.gram_owner = inverse, gowner
         self.found = np.zeros(len(self.keys), bool)
+        # a 2^24-bit filter in front of the sorted keys: most training n-grams stop there
+        self.bits = np.zeros(1 << 24, bool)
+        self.bits[(self.keys & np.uint64((1 << 24) - 1)).astype(np.int64)] = True
 
-    def add_train(self, texts: Sequence[str]) -> None:
+    def add_train(self, texts: Sequence[str | bytes]) -> None:
         if not len(self.keys) or not texts:
             return
-        words, owner, _ = word_hashes([fold(t) for t in texts])
+        words, owner, _ = word_hashes([t if isinstance(t, bytes) else fold(t) for t in texts])
         grams, _ = ngram_hashes(words, owner, self.n, short_whole=False)
+        grams = grams[self.bits[(grams & np.uint64((1 << 24) - 1)).astype(np.int64)]]
         if not len(grams):
             return
         idx = np.searchsorted(self.keys, grams)

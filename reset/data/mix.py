@@ -43,6 +43,7 @@ from reset.data.sources import load as load_rows
 
 __all__ = ["BUILTINS", "MixResult", "Mixer", "MixReport", "Origins", "dedupe", "load_source", "mix", "mix_to_files"]
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 KINDS = ("instruction", "grounded")
 TASKS = ("open", "extractive", "abstractive")
 TRUNC_PROMPT, TRUNC_SEQ = 1, 2
@@ -138,9 +139,10 @@ class _SpoolStore:
         self._pend: list[int] = []
         self._pos = 0
         self._r = None
+        self._f = None
 
     def add(self, ex: Example) -> None:
-        line = (json.dumps(to_row(ex), ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+        line = (_ENCODE(to_row(ex)) + "\n").encode("utf-8", "surrogatepass")
         self._pend.append(self._pos)
         self._pos += len(line)
         self._w.write(line)
@@ -158,6 +160,19 @@ class _SpoolStore:
             self._offsets = np.append(self._off.view(), self._pos)
         return self._r
 
+    def add_folded(self, folded: bytes) -> None:
+        if self._f is None:
+            self._f = open(self.path + ".prompts", "wb", buffering=1 << 20)  # noqa: SIM115 - closed in close()
+        self._f.write(folded + b"\n")
+
+    def folded(self, wanted: np.ndarray) -> Iterator[tuple[int, bytes]]:
+        """(row, folded prompt) of each row where `wanted` is true, in row order (one sequential read)."""
+        self._f.flush()
+        with open(self.path + ".prompts", "rb") as fh:
+            for i, line in enumerate(fh):
+                if wanted[i]:
+                    yield i, line[:-1]
+
     def line(self, i: int) -> bytes:
         r = self._reader()
         r.seek(int(self._offsets[i]))
@@ -168,10 +183,12 @@ class _SpoolStore:
 
     def close(self) -> None:
         self._w.close()
-        if self._r is not None:
-            self._r.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        for fh in (self._r, self._f):
+            if fh is not None:
+                fh.close()
+        for path in (self.path, self.path + ".prompts"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
 
 
 # -------------------------------------------------------------------------------------- the mixer
@@ -195,6 +212,7 @@ class Mixer:
         self.quarantine = quarantine or QuarantineWriter(None)
         self.meter = meter
         self.store: _ListStore | _SpoolStore = _SpoolStore(spool_dir) if spool_dir else _ListStore()
+        self._spooled = isinstance(self.store, _SpoolStore)
         self.dedup = D.Deduper(cfg.dedupe, cfg.near_duplicate_threshold)
         self.sources: list[_Source] = []
         self._by_name: dict[str, int] = {}
@@ -253,7 +271,11 @@ class Mixer:
         if len(c[0]) >= 4096:
             self._flush()
         self.store.add(ex)
-        self.dedup.add(ex.id, ex.instruction, ex.context)
+        folded = self.dedup.add(ex.id, ex.instruction, ex.context)
+        if self._spooled:  # the folded prompt, for the overlap check at the end (no JSON to parse then)
+            if folded is None:
+                folded = (D.fold(ex.instruction), D.fold(ex.context or ""))
+            self.store.add_folded(folded[0] + b" " + folded[1])
         m = self.meter
         if m is not None:
             if m.could_exceed(utf8_len(ex.instruction) + utf8_len(ex.context), utf8_len(ex.response)):
@@ -404,11 +426,27 @@ class Mixer:
         """The n-gram overlap of the held-out prompts with the distinct training prompts."""
         if not self.plan or not len(self.plan["eval"]):
             return None
-        heldout = self.store.get(self.plan["eval"].tolist())
-        check = D.OverlapCheck([_prompt(e) for e in heldout], self.cfg.overlap_ngram)
+        eval_idx = self.plan["eval"]
+        heldout = self.store.get(eval_idx.tolist())
         distinct = np.unique(self.plan["train"])
-        for start in range(0, len(distinct), 4096):
-            check.add_train([_prompt(e) for e in self.store.get(distinct[start:start + 4096].tolist())])
+        if self._spooled:
+            wanted = np.zeros(self.n, bool)
+            wanted[eval_idx] = True
+            folded = dict(self.store.folded(wanted))
+            check = D.OverlapCheck([folded[int(i)] for i in eval_idx], self.cfg.overlap_ngram)
+            wanted[:] = False
+            wanted[distinct] = True
+            batch: list[bytes] = []
+            for _, text in self.store.folded(wanted):
+                batch.append(text)
+                if len(batch) >= D.BATCH:
+                    check.add_train(batch)
+                    batch = []
+            check.add_train(batch)
+        else:
+            check = D.OverlapCheck([_prompt(e) for e in heldout], self.cfg.overlap_ngram)
+            for start in range(0, len(distinct), 4096):
+                check.add_train([_prompt(e) for e in self.store.get(distinct[start:start + 4096].tolist())])
         shares = check.shares()
         ok = ~np.isnan(shares)
         order = np.argsort(-np.where(ok, shares, -1.0), kind="stable")

@@ -197,6 +197,7 @@ class RowReader:
                     self.bytes_read += len(more)
                     size += len(more)
                     if not more or more.endswith(b"\n"):
+                        size -= len(more) - len(more.rstrip(b"\r\n"))
                         break
                 self._oversize_head = head
                 yield lineno, None, size
@@ -382,6 +383,13 @@ class RowReader:
                 st.pos = end
                 yield RawRow(self.name, line, None, preview(oversize_head, self.limits.raw_chars),
                              f"element {elem} of the JSON array: {size:,} characters, larger than "
+                             f"data.max_row_bytes ({limit:,})", "too-large", elem)
+                continue
+            if end - start > limit:  # found whole in the buffer, but larger than the limit all the same
+                st.pos = end
+                yield RawRow(self.name, line, None, preview(st.buf[start:start + self.limits.raw_chars],
+                                                            self.limits.raw_chars),
+                             f"element {elem} of the JSON array: {end - start:,} characters, larger than "
                              f"data.max_row_bytes ({limit:,})", "too-large", elem)
                 continue
             text = st.buf[start:end]

@@ -57,12 +57,13 @@ class Example:
                 raise ValueError(f"field 'constraints[{i}]': must be an object with a string 'id'")
             if not isinstance(c.get("kwargs", {}), dict):
                 raise ValueError(f"field 'constraints[{i}].kwargs': must be an object")
-        from reset.ifeval import validate_constraints
+        if self.constraints:  # (most rows have none: skip the checker's import on the hot path)
+            from reset.ifeval import validate_constraints
 
-        try:
-            validate_constraints(self.constraints)
-        except ValueError as exc:  # unknown instruction id, missing or ill-typed kwarg
-            raise ValueError(f"field 'constraints': {exc}") from None
+            try:
+                validate_constraints(self.constraints)
+            except ValueError as exc:  # unknown instruction id, missing or ill-typed kwarg
+                raise ValueError(f"field 'constraints': {exc}") from None
         if not isinstance(self.meta, dict):
             raise ValueError("field 'meta': must be an object")
 
@@ -120,7 +121,7 @@ R = TypeVar("R", Example, Candidate, Judgment)
 def _require_text(obj: Any, names: Sequence[str]) -> None:
     for name in names:
         value = getattr(obj, name)
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or not value or value.isspace():
             raise ValueError(f"field '{name}': must be a non-empty string")
 
 

@@ -54,11 +54,13 @@ class Ctx:
 
 def text(row: Mapping[str, Any], key: str, *, required: bool = True, default: str = "") -> str:
     """A string field; a missing or non-string value is an error naming the field."""
-    if key not in row or row[key] is None:
+    value = row.get(key)
+    if type(value) is str:
+        return value
+    if value is None:
         if required:
             raise ValueError(f"missing field {key!r}")
         return default
-    value = row[key]
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"field {key!r}: expected text, got {type(value).__name__}")
     return value if isinstance(value, str) else str(value)
@@ -80,11 +82,8 @@ def dig(row: Any, path: str) -> Any:
 
 def stable_id(source: str, *parts: str | None) -> str:
     """An id from the content, the same on every read of the same data: `<source>-<16 hex>`."""
-    h = hashlib.sha256()
-    for p in parts:
-        h.update((p or "").encode("utf-8", "surrogatepass"))
-        h.update(b"\x1f")
-    return f"{source}-{h.hexdigest()[:16]}"
+    data = "\x1f".join(p or "" for p in parts).encode("utf-8", "surrogatepass")
+    return f"{source}-{hashlib.sha256(data).hexdigest()[:16]}"
 
 
 def row_id(row: Mapping[str, Any], key: str, source: str, *parts: str | None) -> str:
