@@ -4,6 +4,12 @@ ReSet:   per prompt, the candidate with the highest combined score, if it reache
 ReSet-S: per prompt, the best candidate if it reaches `strict_threshold`; of those, only the top
          `top_fraction` by score ("less is more": the paper's set was about 3x smaller, and better).
 Ties break towards the earlier candidate id, so a selection is reproducible.
+
+Gates come first: a candidate whose required gate failed (details["gates"], written by the judge
+step from reset.judging.gates: an IF answer that breaks an instruction, an extractive answer that
+is not correct against its passage) cannot be selected, whatever its score. The report gives keep
+rates per source / kind, per task, per constraint family and per gate, and `ranks` (every
+judgment's rank within its prompt and whether it was selected) for the judged-samples table.
 """
 
 from __future__ import annotations
@@ -42,9 +48,19 @@ def select(
         groups[j.example_id].append(j)
 
     threshold = cfg.strict_threshold if cfg.mode == "reset-s" else cfg.threshold
+    required = [g for g, on in (("if_pass", cfg.gate_if_pass), ("answer_correct", cfg.gate_answer_correct)) if on]
+    gated: Counter[str] = Counter()
     best: list[Judgment] = []
     for ex_id in sorted(groups):
-        top = min(groups[ex_id], key=lambda j: (-j.combined, j.candidate_id))
+        eligible = []
+        for j in groups[ex_id]:
+            failed = [g for g in required if j.details.get("gates", {}).get(g) is False]
+            gated.update(failed)
+            if not failed:
+                eligible.append(j)
+        if not eligible:
+            continue
+        top = min(eligible, key=lambda j: (-j.combined, j.candidate_id))
         if top.combined >= threshold:
             best.append(top)
     if cfg.mode == "reset-s" and best:
@@ -74,6 +90,8 @@ def select(
             )
         )
     report = _report(by_ex, groups, best, cfg, threshold)
+    report["gated_out"] = {g: gated[g] for g in required}
+    report["ranks"] = _ranks(groups, best)
     if len(chosen) < cfg.min_selected:
         raise SelectionError(
             f"select: {len(chosen)} examples selected (mode {cfg.mode}, threshold {threshold:g}) but "
@@ -81,6 +99,16 @@ def select(
             "Lower the threshold or generate more samples."
         )
     return Selection(chosen, report)
+
+
+def _ranks(groups: dict[str, list[Judgment]], best: list[Judgment]) -> dict[str, dict[str, Any]]:
+    """candidate id -> {"rank": 1-based rank within its prompt by combined score, "selected": bool}."""
+    chosen = {j.candidate_id for j in best}
+    out = {}
+    for js in groups.values():
+        for r, j in enumerate(sorted(js, key=lambda j: (-j.combined, j.candidate_id)), start=1):
+            out[j.candidate_id] = {"rank": r, "selected": j.candidate_id in chosen}
+    return out
 
 
 def _report(by_ex, groups, best, cfg: SelectConfig, threshold: float) -> dict[str, Any]:
@@ -103,5 +131,18 @@ def _report(by_ex, groups, best, cfg: SelectConfig, threshold: float) -> dict[st
         # keep rate per source and kind (instruction / grounded), and per task (open / extractive / abstractive)
         "per_group": rates(lambda ex: f"{ex.source}/{ex.kind}"),
         "per_task": rates(lambda ex: ex.task),
+        # keep rate per constraint family (the IFEval id before ":"), over prompts carrying it
+        "per_family": _family_rates(by_ex, groups, best),
         "selected_by_strategy": dict(strategies),
     }
+
+
+def _family_rates(by_ex, groups, best) -> dict[str, dict[str, float]]:
+    kept = {j.example_id for j in best}
+    prompts: Counter[str] = Counter()
+    hits: Counter[str] = Counter()
+    for ex_id in groups:
+        for fam in sorted({c["id"].split(":")[0] for c in by_ex[ex_id].constraints}):
+            prompts[fam] += 1
+            hits[fam] += ex_id in kept
+    return {f: {"prompts": n, "kept": hits[f], "keep_rate": hits[f] / n} for f, n in sorted(prompts.items())}

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from reset import config as C
-from reset import progress, tracking
+from reset import preflight, progress, tracking
 from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl
 from reset.models import loading as modeling
 
@@ -56,18 +56,31 @@ def _metric_name(name: str) -> str:
 
 
 def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    """The numeric entries, for mlflow.log_metrics; counts stay integers (MLflow shows 240, not 240.0)."""
+    return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 # --------------------------------------------------------------------------------------------- steps
 def start_run(tracking_cfg: Section, pipeline_config: Mapping[str, Any], job_id: str,
               tags: Mapping[str, str] | None = None) -> str:
-    """Create the parent run of the pipeline job `job_id` (validating the whole config first)."""
-    C.validate(C.PipelineConfig, dict(pipeline_config))  # fail fast, naming the bad key
+    """Create the parent run of the pipeline job `job_id` (validating the whole config first). The
+    first task of a cluster run also runs the preflight checks (the local CLI ran them already)."""
+    whole = C.validate(C.PipelineConfig, dict(pipeline_config))  # fail fast, naming the bad key
+    if os.environ.get(preflight.ENV) != "done":
+        preflight.run(whole, where="cluster")  # PreflightError: one line per problem, nothing started
     cfg = _tracking(tracking_cfg)
+    cfg = cfg.model_copy(update={"run_name": cfg.run_name or run_title(whole)})
     run_id = tracking.start_parent(cfg, pipeline_config, {**(tags or {}), tracking.JOB_TAG: job_id})
     _log(f"[mlflow] parent run {run_id} at {tracking.resolve_uri(cfg)} (experiment {cfg.experiment!r})")
     return run_id
+
+
+def run_title(cfg: C.PipelineConfig, when: float | None = None) -> str:
+    """A parent-run name that says what ran: 'ReSet · smollm2-135m-instruct · 192 train · 11-24 19:40'."""
+    base = cfg.model.base.rstrip("/").split("/")[-1].removeprefix("builtin:")
+    size = f"{cfg.data.train_size} train" if cfg.data.train_size else "all data"
+    mode = "ReSet-S" if cfg.select.mode == "reset-s" else "ReSet"
+    return f"{mode} · {base} · {size} · {time.strftime('%m-%d %H:%M', time.localtime(when))}"
 
 
 def finish_run(tracking_cfg: Section, job_id: str) -> str:
@@ -202,16 +215,21 @@ def _digest(path: str) -> str:
 
 def _meta_dataset(uri: str, name: str, digest: str):
     """An MLflow dataset that records where data came from and its content digest (no copy)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.http_dataset_source import HTTPDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
     from mlflow.exceptions import MlflowException
 
-    try:
-        source = resolve_dataset_source(uri if "://" in uri else os.path.abspath(uri))
-    except MlflowException:  # builtin:... and hf://...: no registered source type
-        source = HTTPDatasetSource(f"https://huggingface.co/datasets/{uri.removeprefix('hf://datasets/')}"
-                                   if uri.startswith("hf://") else uri)
+    if uri.startswith("builtin:"):
+        source = CodeDatasetSource({"reset.builtin": uri})
+    elif uri.startswith("hf://datasets/"):
+        source = HTTPDatasetSource(f"https://huggingface.co/datasets/{uri.removeprefix('hf://datasets/')}")
+    else:
+        try:
+            source = resolve_dataset_source(uri if "://" in uri else os.path.abspath(uri))
+        except MlflowException:  # a scheme MLflow has no source type for
+            source = HTTPDatasetSource(uri)
     return MetaDataset(source, name=name, digest=(digest or "")[:16] or None)
 
 
@@ -293,6 +311,7 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
           *, out_judgments: str, cache_dir: str = "") -> dict[str, Any]:
     from reset.judging import build_judges, close_judges
     from reset.judging import judge as run_judge
+    from reset.judging.gates import gate_flags
 
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
     examples = _read(seen_path, Example)
@@ -304,6 +323,9 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
         _log(f"[judge] {len(cands)} candidates, judges: {', '.join(f'{j.name} ({j.axis})' for j in judges)}")
         try:
             judgments = run_judge(examples, cands, jcfg.weights, judges, jcfg.judge_weights)
+            by_ex, by_c = {e.id: e for e in examples}, {c.id: c for c in cands}
+            for j in judgments:  # the facts selection gates on (reset.judging.gates)
+                j.details["gates"] = gate_flags(by_ex[j.example_id], by_c[j.candidate_id].text)
         finally:  # LLM judges: requests, retries, cache hits, tokens, cost (once per shared ledger)
             close_judges(judges)
             logged: set[int] = set()
@@ -373,11 +395,41 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
         for task, g in rep["per_task"].items():
             _log(f"[select]   task {task}: {g['kept']}/{g['prompts']} kept")
             mlflow.log_metric(_metric_name(f"keep_rate.task.{task}"), g["keep_rate"])
+        for fam, g in rep.get("per_family", {}).items():
+            _log(f"[select]   constraint family {fam}: {g['kept']}/{g['prompts']} kept")
+            mlflow.log_metric(_metric_name(f"keep_rate.family.{fam}"), g["keep_rate"])
+        for gate_name, n in rep.get("gated_out", {}).items():
+            _log(f"[select]   gate {gate_name}: {n} candidates failed it")
+            mlflow.log_metric(_metric_name(f"gated_out.{gate_name}"), n)
         mlflow.log_metrics(_metrics(rep))
+        ranks = rep.pop("ranks", {})
         mlflow.log_dict(rep, "selection_report.json")
+        rep["ranks"] = ranks
+        mlflow.log_table(_judged_table(examples, cands, judgments, ranks), artifact_file="judged_samples.json")
         kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in _by_kind(rep).items())
         _note(f"kept {rep['selected']}/{rep['prompts']} prompts ({kinds}), mean score {rep['mean_selected_score']:.3f}")
     return rep
+
+
+def _judged_table(examples, cands, judgments, ranks: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Every judged candidate with its scores, gates, rank within its prompt and whether it was selected."""
+    by_ex, by_c = {e.id: e for e in examples}, {c.id: c for c in cands}
+    rows = sorted(judgments, key=lambda j: (j.example_id, ranks.get(j.candidate_id, {}).get("rank", 0)))
+    gates = sorted({g for j in rows for g in j.details.get("gates", {})})
+    return {
+        "example_id": [j.example_id for j in rows],
+        "candidate_id": [j.candidate_id for j in rows],
+        "kind": [by_ex[j.example_id].kind for j in rows],
+        "task": [by_ex[j.example_id].task for j in rows],
+        "instruction": [by_ex[j.example_id].instruction for j in rows],
+        "response": [by_c[j.candidate_id].text for j in rows],
+        "temperature": [by_c[j.candidate_id].decoding.get("temperature") for j in rows],
+        **{f"score_{a}": [j.scores.get(a) for j in rows] for a in ("instruction", "faithfulness", "task")},
+        **{f"gate_{g}": [j.details.get("gates", {}).get(g) for j in rows] for g in gates},
+        "combined": [j.combined for j in rows],
+        "rank": [ranks.get(j.candidate_id, {}).get("rank") for j in rows],
+        "selected": [bool(ranks.get(j.candidate_id, {}).get("selected")) for j in rows],
+    }
 
 
 def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,

@@ -17,15 +17,29 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from reset import progress
+from reset import procs, progress
 from reset.config import TrackingConfig
 
 STEP_TAG = "reset.step"
+# MLflow's UI opens an experiment of this kind in its model-training view (not the GenAI traces page).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 JOB_TAG = "reset.kfp_job_id"
 # The KFP run id, in every step's environment: on a cluster from the pod's `pipeline/runid` label
 # (kfp-kubernetes field path), locally set by the CLI. A step finds its parent run by it, so the
 # parent run id is no input and deterministic steps stay cacheable.
 JOB_ENV = "RESET_KFP_RUN_ID"
+
+
+# A local run's parent and step runs carry the identity of the process that runs them (host, pid,
+# start time, boot id; reset.procs): a RUNNING run whose process is gone is marked KILLED by
+# `mark_dead_runs` (the next local run, or `python -m pipelines runs cleanup`).
+LOCAL_TAG = "reset.local."
+ATTEMPTS_TAG = "reset.attempts"
+# How long MLflow's HTTP client keeps retrying a tracking server that does not answer, unless the
+# user set these: about 15 s (MLflow's own default is about 4 minutes), so a step whose server
+# died fails with the reason instead of hanging.
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
 
 def job_id(default: str = "") -> str:
@@ -52,16 +66,21 @@ def experiment_id(cfg: TrackingConfig) -> str:
     import mlflow
 
     uri = resolve_uri(cfg)
+    for key, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment)
     if exp is not None:
+        if "mlflow.experimentKind" not in exp.tags:  # made before this tag existed, or by hand
+            for k, v in EXPERIMENT_TAGS.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         location = (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").resolve().as_uri()
     try:
-        return client.create_experiment(cfg.experiment, artifact_location=location)
+        return client.create_experiment(cfg.experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
     except Exception:  # created concurrently by another step
         exp = client.get_experiment_by_name(cfg.experiment)
         if exp is None:
@@ -81,13 +100,38 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def local_tags(ident: Mapping[str, str] | None) -> dict[str, str]:
+    """The tags that name the local process running a run (none outside a local run)."""
+    return {f"{LOCAL_TAG}{k}": str(v) for k, v in (ident or {}).items()}
+
+
 def start_parent(cfg: TrackingConfig, config: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> str:
-    """Create the pipeline's parent run (left RUNNING), log the whole config as params."""
+    """Create the pipeline's parent run (left RUNNING), log the whole config as params. When a
+    parent tagged with the same KFP job id exists (a resumed local run, a retried start task) it is
+    reopened instead: RUNNING again, its attempt counted, the config of this attempt logged as
+    `config-attempt-<n>.json` (params are write-once in MLflow: keys that changed stay as first
+    logged; the artifact holds the new values)."""
     import mlflow
 
     exp = experiment_id(cfg)
     client = mlflow.MlflowClient()
-    all_tags = {"reset.role": "pipeline", **(tags or {})}
+    driver = local_tags(procs.driver())
+    job = (tags or {}).get(JOB_TAG, "")
+    existing = find_parent(cfg, job) if job else None
+    if existing:
+        run = client.get_run(existing)
+        attempt = int(run.data.tags.get(ATTEMPTS_TAG, "1")) + 1
+        client.update_run(existing, "RUNNING")
+        for key, value in {ATTEMPTS_TAG: str(attempt), **driver}.items():
+            client.set_tag(existing, key, value)
+        from mlflow.entities import Param
+
+        new = [Param(k, v) for k, v in flatten(config).items() if k not in run.data.params]
+        for i in range(0, len(new), 100):
+            client.log_batch(existing, params=new[i : i + 100])
+        client.log_text(existing, json.dumps(config, indent=2, sort_keys=True), f"config-attempt-{attempt}.json")
+        return existing
+    all_tags = {"reset.role": "pipeline", **(tags or {}), **driver}
     if cfg.run_name:
         all_tags["mlflow.runName"] = cfg.run_name
     run = client.create_run(exp, tags=all_tags, run_name=cfg.run_name or None)
@@ -108,33 +152,45 @@ def step_run(cfg: TrackingConfig, parent_run_id: str, step: str, params: Mapping
 
     t0 = time.monotonic()
     progress.emit("start", step=step)
+    procs.watch_driver()  # a local run: stop (KILLED) when the driver dies
+    uri = resolve_uri(cfg)
     try:
         exp = experiment_id(cfg)
         if not parent_run_id and job_id():
             parent_run_id = find_parent(cfg, job_id()) or ""
             if not parent_run_id:
                 raise RuntimeError(f"no MLflow parent run tagged {JOB_TAG}={job_id()} in experiment "
-                                   f"{cfg.experiment!r} at {resolve_uri(cfg)}: did start-run log elsewhere?")
+                                   f"{cfg.experiment!r} at {uri}: did start-run log elsewhere?")
         run = mlflow.start_run(experiment_id=exp, run_name=step, parent_run_id=parent_run_id or None,
-                               tags={STEP_TAG: step})
+                               tags={STEP_TAG: step, **local_tags(procs.identity() if procs.driver() else None)})
     except BaseException as exc:
-        progress.emit("fail", step=step, seconds=time.monotonic() - t0, error=_describe(exc))
+        progress.emit("fail", step=step, seconds=time.monotonic() - t0, error=_describe(exc, uri))
         raise
     try:
         if params:
             mlflow.log_params(flatten(params))
         yield run
     except BaseException as exc:
-        progress.emit("fail", step=step, seconds=time.monotonic() - t0, error=_describe(exc))
-        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        # Close the run first: the event below may fail (a driver that is gone took the pipe).
+        killed = isinstance(exc, KeyboardInterrupt | SystemExit)
+        with contextlib.suppress(Exception):  # the server may be what failed; keep the step's error
+            mlflow.end_run("KILLED" if killed else "FAILED")
+        progress.emit("fail", step=step, seconds=time.monotonic() - t0,
+                      error="stopped (interrupted)" if killed else _describe(exc, uri))
         raise
     mlflow.end_run("FINISHED")
     progress.emit("end", step=step, seconds=time.monotonic() - t0)
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, uri: str = "") -> str:
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    first = text[0] if text else ""
+    if type(exc).__name__ == "MlflowException" and "API request to" in first:
+        # "API request to http://.../api/2.0/mlflow/runs/log-metric failed with exception
+        # HTTPConnectionPool(...): Max retries exceeded ... (Caused by NewConnectionError(...))"
+        cause = first.rsplit("Caused by ", 1)[-1].rstrip(")") if "Caused by " in first else first[-200:]
+        return f"the MLflow tracking server at {uri} did not answer: {cause[:200]}"
+    return f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 def find_parent(cfg: TrackingConfig, job_id: str) -> str | None:
@@ -164,3 +220,58 @@ def finish_parent(cfg: TrackingConfig, parent_run_id: str, expected_last_step: s
     status = "FINISHED" if ok else "FAILED"
     client.set_terminated(parent_run_id, status)
     return status
+
+
+def kill_job_runs(cfg: TrackingConfig, job: str, status: str = "KILLED") -> list[str]:
+    """Mark the parent run of pipeline job `job` and its children still RUNNING as `status`
+    (a local run stopped by Ctrl-C). Returns the run ids marked."""
+    import mlflow
+
+    parent = find_parent(cfg, job)
+    if parent is None:
+        return []
+    client = mlflow.MlflowClient()
+    run = client.get_run(parent)
+    kids = client.search_runs([run.info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent}' AND attributes.status = 'RUNNING'")
+    marked = []
+    for r in [*kids, run]:
+        if r.info.status == "RUNNING":
+            client.set_terminated(r.info.run_id, status)
+            marked.append(r.info.run_id)
+    return marked
+
+
+def mark_dead_runs(uri: str, experiments: list[str] | None = None) -> list[dict[str, str]]:
+    """Mark KILLED every RUNNING run (parent or step) of the store at `uri` whose local process is
+    gone (its reset.local.* tags name this host and a process that is no longer running). Runs
+    of live processes, of other hosts and without those tags are left alone. `experiments`:
+    names to look in (default: every active experiment). Returns what was marked (run id, name,
+    experiment, pid)."""
+    import mlflow
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return []  # no store yet: nothing ran there
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    exps = client.search_experiments()
+    if experiments is not None:
+        exps = [e for e in exps if e.name in experiments]
+    if not exps:
+        return []
+    marked: list[dict[str, str]] = []
+    query = f"attributes.status = 'RUNNING' AND tags.`{LOCAL_TAG}host` = '{procs.identity()['host']}'"
+    ids = [e.experiment_id for e in exps]
+    names = {e.experiment_id: e.name for e in exps}
+    token = None
+    while True:
+        page = client.search_runs(ids, query, max_results=500, page_token=token)
+        for r in page:
+            ident = {k[len(LOCAL_TAG):]: v for k, v in r.data.tags.items() if k.startswith(LOCAL_TAG)}
+            if procs.alive(ident) is False:
+                client.set_terminated(r.info.run_id, "KILLED")
+                marked.append({"run_id": r.info.run_id, "name": r.info.run_name or "",
+                               "experiment": names.get(r.info.experiment_id, ""), "pid": ident.get("pid", "")})
+        token = page.token
+        if not token:
+            return marked

@@ -5,16 +5,13 @@ from __future__ import annotations
 import pytest
 
 from reset.evaluation.metrics import (
-    COPY_LIMIT,
     METRICS,
-    contains_span,
     family_metrics,
     metrics_for,
-    passage_copy,
     point_metrics,
     score_example,
 )
-from reset.judging.lexical import normalize_tokens
+from reset.judging.lexical import COPY_LIMIT, contains_span, normalize_tokens, passage_copy
 
 
 def _extractive(demo, counterfactual: bool):

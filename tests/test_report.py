@@ -210,19 +210,33 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
     try:
         parent = tracking.start_parent(tcfg, {})
         out = {k: str(tmp_path / f"{k}.out") for k in ("out_metrics", "out_report", "out_rows")}
-        results = steps.evaluate({"mtl": str(tiny_model_dir), "reset": str(tiny_model_dir)}, str(tmp_path / "eval.jsonl"),
-                                 {"max_new_tokens": 4, "batch_size": 6}, {}, {}, tcfg.model_dump(), parent,
-                                 include_base=False, **out)
+        payload = steps.evaluate({"mtl": str(tiny_model_dir), "reset": str(tiny_model_dir)}, str(tmp_path / "eval.jsonl"),
+                                 {"max_new_tokens": 4, "batch_size": 6, "backend": "hf"}, {}, {}, tcfg.model_dump(),
+                                 parent, include_base=False, **out)
+        results = payload["metrics"]
         assert set(results) == {"mtl", "reset"} and results["mtl"]["n_examples"] == 6
         report = (tmp_path / "out_report.out").read_text()
         # the same model twice: no difference, and the report says so with p = 1
         assert "- ReSet vs MTL: IF +0.00 [" in report and "(p=1.00)" in report
-        assert json.loads((tmp_path / "out_metrics.out").read_text())["reset"]["n_examples"] == 6
+        assert payload["verdicts"][0].startswith("ReSet vs MTL: IF +0.00")
+        assert payload["gates"]["mtl"]["passed"]  # a tie is "at least as good"
+        assert json.loads((tmp_path / "out_metrics.out").read_text())["metrics"]["reset"]["n_examples"] == 6
         assert len((tmp_path / "out_rows.out").read_text().splitlines()) == 12
         client = mlflow.MlflowClient()
-        run = client.search_runs([mlflow.get_experiment_by_name("ev").experiment_id], "tags.`reset.step` = 'evaluate'")[0]
+        exp = mlflow.get_experiment_by_name("ev").experiment_id
+        run = client.search_runs([exp], "tags.`reset.step` = 'evaluate'")[0]
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"comparison.md", "summary.json", "tradeoff.png", "report.html", "eval_samples.json"} <= names
         assert run.data.metrics["reset.if_prompt_acc"] == results["reset"]["if_prompt_acc"]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["heldout"]
+        # one run per evaluated model with the same keys (MLflow's compare view lines them up)
+        per_model = client.search_runs([exp], "tags.`reset.model` != ''")
+        assert sorted(r.data.tags["reset.model"] for r in per_model) == ["mtl", "reset"]
+        assert all("if_prompt_acc" in r.data.metrics for r in per_model)
+        # the parent carries the headline figures, the verdict and the report
+        top = client.get_run(parent)
+        assert "reset.vs_mtl.if_prompt_acc.diff" in top.data.metrics and "mtl.faithfulness.low" in top.data.metrics
+        assert top.data.tags["reset.verdict"].startswith("ReSet vs MTL")
+        assert {"headline.md", "report.html", "tradeoff.png"} <= {a.path for a in client.list_artifacts(parent)}
     finally:
         mlflow.set_tracking_uri(None)

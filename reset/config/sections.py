@@ -490,6 +490,12 @@ class SelectConfig(Section):
     """reset-s keeps this share of the prompts above strict_threshold (paper: about a third of ReSet's set)."""
     min_selected: PositiveInt = 1
     """Fewer selected examples than this fails the step."""
+    gate_if_pass: bool = True
+    """Keep an IF candidate only when every verifiable instruction is followed (IFEval strict)."""
+    gate_answer_correct: bool = True
+    """Keep an extractive candidate only when its answer is correct against the passage (the gold
+    answer, no passage copy, not the memory answer on a counterfactual passage), so faithfulness
+    cannot be won by copying."""
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -525,6 +531,34 @@ class RegisterConfig(Section):
     """Evaluate the current champion on this run's held-out set and gate against it too."""
     require_significant: bool = False
     """Also require a significant gain (paired p < 0.05) on at least one axis against each reference."""
+    export_uri: str = ""
+    """Where the final model is exported, once: an s3:// prefix (e.g. s3://reset-models/exports); each
+    version goes to <export_uri>/<model_name>/<MLflow run id>/ (the MLflow model, its plain merged
+    weights under artifacts/, which KServe serves) and is registered by that location. Empty = the
+    register step's MLflow run artifacts (local runs)."""
+    promotion_data: str = ""
+    """The frozen evaluation set of the promotion pipeline (pipelines/promotion_pipeline.py): a JSONL
+    of examples in the record schema (e.g. a run's held-out split, copied once), local or s3://.
+    Champion and challenger are both re-scored on it."""
+    promotion_data_sha256: str = ""
+    """The SHA-256 of promotion_data's content: the promotion fails when the file differs (empty = not
+    checked; the digest is recorded either way)."""
+
+    @field_validator("export_uri")
+    @classmethod
+    def _export_uri(cls, v: str) -> str:
+        if v and not v.startswith("s3://"):
+            raise ValueError("must be an s3:// prefix (or empty: the MLflow run's artifacts)")
+        if what := url_secret(v):
+            raise ValueError(f"holds credentials ({what}); S3 keys come from the environment")
+        return v.rstrip("/")
+
+    @field_validator("promotion_data_sha256")
+    @classmethod
+    def _sha256(cls, v: str) -> str:
+        if v and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("must be 64 lowercase hex digits (sha256sum's output) or empty")
+        return v
 
     @model_validator(mode="after")
     def _aliases_differ(self) -> RegisterConfig:

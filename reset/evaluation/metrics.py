@@ -66,14 +66,19 @@ from reset import ifeval
 from reset.config import JUDGE_AXES, DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
 from reset.data.records import Example, Judgment
 from reset.judging import build_judges, close_judges, judge
-from reset.judging.lexical import k_precision, normalize_tokens, rouge_l_f1, token_f1
+from reset.judging.lexical import (
+    check_answer,
+    contains_span,
+    k_precision,
+    normalize_tokens,
+    rouge_l_f1,
+    token_f1,
+)
 from reset.models.generation import generate
 
 # The two axes of the paper (instruction following, faithfulness), as metric keys: the trade-off
 # plot's axes, the verdict's, and the registry's promotion gate.
 PRIMARY = ("if_prompt_acc", "faithfulness")
-# A response that reproduces this share of its passage (or more) is a copy, not an answer.
-COPY_LIMIT = 0.5
 
 Row = dict[str, Any]
 Value = bool | float
@@ -116,34 +121,6 @@ def score_candidates(examples: Sequence[Example], candidates: Sequence[Any], jud
 
 
 # ------------------------------------------------------------------------------- one example
-def _answers(value: Any) -> list[list[str]]:
-    """meta["answer"] / meta["memory_answer"]: a string or a list of accepted strings, normalised."""
-    items = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
-    return [toks for v in items if isinstance(v, str) and (toks := normalize_tokens(v))]
-
-
-def contains_span(tokens: Sequence[str], span: Sequence[str]) -> bool:
-    """Whether `span` occurs as a contiguous run of `tokens`."""
-    k = len(span)
-    return k > 0 and any(list(tokens[i:i + k]) == list(span) for i in range(len(tokens) - k + 1))
-
-
-def _lcs(a: Sequence[str], b: Sequence[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, start=1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def passage_copy(response: str, context: str) -> float:
-    """Share of the passage's normalised tokens that the response reproduces in order (LCS)."""
-    ctx = normalize_tokens(context)
-    return _lcs(normalize_tokens(response), ctx) / len(ctx) if ctx else 0.0
-
-
 def _key_facts(value: Any) -> list[list[str]]:
     facts = value.values() if isinstance(value, Mapping) else value if isinstance(value, list | tuple) else []
     return [toks for f in facts if isinstance(f, str | int | float) and (toks := normalize_tokens(str(f)))]
@@ -163,19 +140,10 @@ def score_example(ex: Example, response: str, judgment: Judgment | None = None, 
     # grounded: correctness against the passage, copying, overlap with the reference
     grounded = ex.has_context
     tokens = normalize_tokens(response)
-    copy = passage_copy(response, ex.context or "") if grounded else None
-    in_resp = correct = cf = outcome = key = None
-    if grounded and ex.task == "extractive":
-        cf = bool(ex.meta.get("counterfactual", False))
-        answers = _answers(ex.meta.get("answer"))
-        if answers:
-            in_resp = any(contains_span(tokens, a) for a in answers)
-            memory = any(contains_span(tokens, m) for m in _answers(ex.meta.get("memory_answer"))) if cf else False
-            is_copy = copy is not None and copy >= COPY_LIMIT
-            correct = in_resp and not memory and not is_copy
-            if cf:
-                outcome = ("copy" if is_copy else "both" if in_resp and memory else "passage" if in_resp
-                           else "memory" if memory else "neither")
+    check = check_answer(ex, response)
+    copy, in_resp, correct, outcome = check.copy, check.in_response, check.correct, check.outcome
+    cf = bool(ex.meta.get("counterfactual", False)) if grounded and ex.task == "extractive" else None
+    key = None
     if grounded and ex.task == "abstractive" and (facts := _key_facts(ex.meta.get("key_facts"))):
         key = sum(contains_span(tokens, f) for f in facts) / len(facts)
     kp = k_precision(response, ex.context or "") if grounded else None

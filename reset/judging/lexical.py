@@ -19,6 +19,8 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from reset.judging.base import AxisScore, FaithfulnessJudge, Pair, check_lengths
 
@@ -72,7 +74,8 @@ def token_f1(prediction: str, reference: str) -> float:
     return _f1(overlap, len(pred), len(ref))
 
 
-def _lcs_length(a: list[str], b: list[str]) -> int:
+def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
     if len(a) < len(b):
         a, b = b, a
     prev = [0] * (len(b) + 1)
@@ -89,7 +92,7 @@ def rouge_l_f1(prediction: str, reference: str) -> float:
     pred, ref = normalize_tokens(prediction), normalize_tokens(reference)
     if not pred or not ref:
         return float(pred == ref)
-    return _f1(_lcs_length(pred, ref), len(pred), len(ref))
+    return _f1(lcs_length(pred, ref), len(pred), len(ref))
 
 
 def task_score(prediction: str, reference: str, task: str) -> float:
@@ -109,6 +112,64 @@ def answer_recall(prediction: str, answer: str) -> float:
         return 0.0
     pred = set(normalize_tokens(prediction))
     return sum(1 for t in gold if t in pred) / len(gold)
+
+
+# ----------------------------------------------------------------------- answers against the passage
+# A response that reproduces this share of its passage (or more) is a copy, not an answer.
+COPY_LIMIT = 0.5
+
+
+def answers(value: Any) -> list[list[str]]:
+    """meta["answer"] / meta["memory_answer"]: a string or a list of accepted strings, normalised."""
+    items = [value] if isinstance(value, str) else list(value) if isinstance(value, list | tuple) else []
+    return [toks for v in items if isinstance(v, str) and (toks := normalize_tokens(v))]
+
+
+def contains_span(tokens: Sequence[str], span: Sequence[str]) -> bool:
+    """Whether `span` occurs as a contiguous run of `tokens`."""
+    k = len(span)
+    return k > 0 and any(list(tokens[i:i + k]) == list(span) for i in range(len(tokens) - k + 1))
+
+
+def passage_copy(response: str, context: str) -> float:
+    """Share of the passage's normalised tokens that the response reproduces in order (LCS)."""
+    ctx = normalize_tokens(context)
+    return lcs_length(normalize_tokens(response), ctx) / len(ctx) if ctx else 0.0
+
+
+@dataclass(frozen=True)
+class AnswerCheck:
+    """An extractive answer against its passage (None where the example names no gold answer).
+
+    in_response: the gold answer occurs as a contiguous span; correct: it does, the response is
+    not a copy of the passage, and on a counterfactual passage the memory answer is not in it
+    either; outcome (counterfactual passages): passage / memory / both / neither / copy."""
+
+    in_response: bool | None
+    correct: bool | None
+    outcome: str | None
+    copy: float | None
+
+
+def check_answer(example: Any, response: str) -> AnswerCheck:
+    """The answer of an extractive example's response, against the passage (see AnswerCheck)."""
+    grounded = bool(getattr(example, "has_context", False))
+    copy = passage_copy(response, example.context or "") if grounded else None
+    if not grounded or example.task != "extractive":
+        return AnswerCheck(None, None, None, copy)
+    gold = answers(example.meta.get("answer"))
+    if not gold:
+        return AnswerCheck(None, None, None, copy)
+    tokens = normalize_tokens(response)
+    cf = bool(example.meta.get("counterfactual", False))
+    in_resp = any(contains_span(tokens, a) for a in gold)
+    memory = any(contains_span(tokens, m) for m in answers(example.meta.get("memory_answer"))) if cf else False
+    is_copy = copy is not None and copy >= COPY_LIMIT
+    outcome = None
+    if cf:
+        outcome = ("copy" if is_copy else "both" if in_resp and memory else "passage" if in_resp
+                   else "memory" if memory else "neither")
+    return AnswerCheck(in_resp, in_resp and not memory and not is_copy, outcome, copy)
 
 
 # ------------------------------------------------------------------------------------------ judges

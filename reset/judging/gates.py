@@ -1,0 +1,28 @@
+"""Selection gates: pass / fail facts about a candidate that must hold before its scores count.
+
+    gate_flags(example, text) -> {"if_pass": bool | None, "answer_correct": bool | None}
+
+if_pass        every verifiable instruction of the example followed (IFEval's strict checkers);
+               None where the example has none.
+answer_correct an extractive answer correct against its passage (the gold answer in it, not a
+               copy of the passage, not the memory answer on a counterfactual passage:
+               reset.judging.lexical.check_answer); None where the example names no gold answer.
+
+The judge step records them on each judgment (details["gates"]); selection drops a candidate
+whose required gate is False, so a copied sentence or a memory answer can never win a prompt on
+faithfulness alone (K-Precision gives both 1.0).
+"""
+
+from __future__ import annotations
+
+from reset import ifeval
+from reset.data.records import Example
+from reset.judging.lexical import check_answer
+
+GATES = ("if_pass", "answer_correct")
+
+
+def gate_flags(example: Example, text: str) -> dict[str, bool | None]:
+    if_pass = all(ifeval.check(c, text, prompt=example.instruction) for c in example.constraints) \
+        if example.constraints else None
+    return {"if_pass": if_pass, "answer_correct": check_answer(example, text).correct}
