@@ -3,6 +3,7 @@ disk footprint, resume after SIGKILL, and two processes under torchrun (FSDP2 ov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -217,15 +218,30 @@ def _cli(cfg: Path, data: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "reset.models.finetune", "--config", str(cfg), "--data", str(data), "--out", str(out)]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its workers in sessions of
+    their own, so killing its process group would leave them running)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)
+
+
 def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a command in its own process group; on timeout the whole group (torchrun's workers
-    too) is killed, so nothing is left running."""
+    """Run a command; on timeout it and everything it started are killed, so nothing is left running."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_tree(proc.pid)
         out, err = proc.communicate()
         pytest.fail(f"{cmd[:4]} did not finish in {timeout}s:\n{(out + err)[-3000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -254,6 +270,8 @@ def test_sigkill_then_run_again_resumes_and_ends_like_an_uninterrupted_run(tiny_
             time.sleep(0.01)  # polling a condition with a deadline
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:
+            _kill_tree(proc.pid)
         proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / modeling.PROVENANCE_FILE).exists()  # nothing looks complete

@@ -215,7 +215,7 @@ def finetune(
             log(f"[finetune] {last} belongs to another configuration or data: starting afresh")
 
     # --- train
-    bar = progress.Progress(total_steps, "steps")
+    bar = progress.Progress(total_steps, "steps") if dist.main else None
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     t0 = time.time() - state.seconds
     session_t0, session_tokens = time.time(), 0
@@ -251,7 +251,8 @@ def finetune(
         session_tokens += step_tokens
         if on_step:
             on_step(step, loss_value)
-        bar.update(step + 1)
+        if bar:
+            bar.update(step + 1)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total_steps:
             el = time.time() - session_t0
             eta = el / (step + 1 - resumed_from) * (total_steps - step - 1)
@@ -587,7 +588,7 @@ def _save_output(net, tok, out: Path, cfg: TrainConfig, prov: dict[str, Any], me
         plain.generation_config = net.generation_config
         plain.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    (out / METRICS_FILE).write_text(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}, indent=2))
+    (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))  # with the loss history (a launcher logs it)
     loading._write_json(out / loading.PROVENANCE_FILE, prov)
 
 
