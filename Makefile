@@ -7,7 +7,8 @@ STAMP   = $(VENV)/.installed
 VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP  = $(VLLM_VENV)/.installed
 
-.PHONY: demo test install vllm tools static lint compile bench clean
+
+.PHONY: demo experiment test install vllm tools static lint compile bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,10 @@ vllm: $(VLLM_STAMP)
 
 demo: $(STAMP) $(VLLM_STAMP)
 	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pipelines run --config configs/demo.yaml
+
+# The paper's seven arms and a control at demo scale, with the report across seeds (about 40 minutes).
+experiment: $(STAMP) $(VLLM_STAMP)
+	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pipelines experiment --config configs/experiment.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

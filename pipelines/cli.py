@@ -2,7 +2,9 @@
 
     python -m pipelines run     --config configs/demo.yaml [--set train.epochs=2 ...] [--output-dir runs]
     python -m pipelines compile --config configs/demo.yaml --output reset_pipeline.yaml
-    python -m pipelines submit  --config configs/paper-7b.yaml --host https://kfp.example.com
+    python -m pipelines upload  --config configs/paper-7b.yaml --host https://kfp.example.com --namespace NS
+    python -m pipelines submit  --config configs/paper-7b.yaml --host https://kfp.example.com --namespace NS --wait
+    python -m pipelines schedule / promote / champion   (the cluster commands: see pipelines/kfp_api.py)
     python -m pipelines schema  [--output config.schema.json]
     python -m pipelines data check PATH... [--format F]   (is this data usable? see pipelines/data_cli.py)
 
@@ -50,14 +52,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
     r.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline (it always goes to "
                    "the run's logs/ folder)")
+    e = sub.add_parser("experiment", help="run the paper's arms and a control locally (experiment.arms / .seeds)")
+    common(e)
+    e.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
+    e.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline")
     c = sub.add_parser("compile", help="compile to a KFP pipeline YAML (parameters default to the config)")
     common(c)
     c.add_argument("--output", required=True, help="where to write the pipeline YAML")
-    s = sub.add_parser("submit", help="compile and submit a run to a Kubeflow Pipelines host")
-    common(s)
-    s.add_argument("--host", required=True, help="KFP API endpoint; a bearer token may come from KFP_TOKEN")
-    s.add_argument("--experiment", default="reset")
-    s.add_argument("--run-name", default="")
+    from pipelines import kfp_api
+
+    kfp_api.add_parsers(sub, common)  # upload, submit, schedule, promote, champion (pipelines/kfp_api.py)
     sc = sub.add_parser("schema", help="write the JSON Schema of a config file (for editors and docs)")
     sc.add_argument("--output", default="-", help="where to write it (default: standard output)")
     from pipelines import data_cli
@@ -94,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
         if args.command == "run":
             return run_local(cfg, Path(args.output_dir), verbose=args.verbose, resume=args.resume)
+        if args.command == "experiment":
+            return run_local(cfg, Path(args.output_dir), verbose=args.verbose, experiment=True)
         if args.command == "compile":
             compile_pipeline(cfg, args.output)
             print(f"compiled {args.output}")
             if problem := cluster_tracking_problem(cfg):
                 print(f"warning: {problem} (override it when you start the run)", file=sys.stderr)
             return 0
-        return submit(cfg, args.host, args.experiment, args.run_name)
+        from pipelines import kfp_api
+
+        return kfp_api.main(args, cfg)
     except PreflightError as exc:
         from pipelines import local_runs
 
@@ -153,8 +161,11 @@ def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> in
 
     import kfp
 
+    from reset import preflight
+
     if problem := cluster_tracking_problem(cfg):
         raise ConfigError(problem)
+    preflight.run(cfg, where="submit")  # what can be checked from here; the first task checks the rest
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "reset_pipeline.yaml")
         compile_pipeline(cfg, path)
@@ -166,7 +177,8 @@ def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> in
     return 0
 
 
-def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "") -> int:
+def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
+              experiment: bool = False) -> int:
     """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
     own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
     nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume
@@ -196,7 +208,11 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     console = Console(sys.stdout, run_dir / "logs", verbose=verbose)
     what = f"resuming run folder {run_dir}" if run.resumed else f"run folder {run_dir}"
-    console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
+    if experiment:
+        console.say(f"The paper's experiment, locally (kfp.local): arms {', '.join(cfg.experiment.arms)}, "
+                    f"seeds {cfg.experiment.seeds}, {what}")
+    else:
+        console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
     if marked := tracking.mark_dead_runs(cfg.tracking.tracking_uri, [cfg.tracking.experiment]):
         console.say(local_runs.cleanup_line(marked))
     t0 = time.time()
@@ -207,13 +223,21 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
             try:
                 local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"),
                            enable_caching=True, cache_root=str(run_dir / "cache"))
-                build_pipeline()(**pipeline_arguments(cfg))
+                if experiment:
+                    from pipelines.experiment_pipeline import build_experiment
+
+                    build_experiment(cfg)(tracking=to_dict(cfg.tracking))
+                else:
+                    build_pipeline()(**pipeline_arguments(cfg))
             except RuntimeError as exc:
                 error = str(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        local_runs.stop_tasks()
-        marked = tracking.kill_job_runs(cfg.tracking, run.job_id)
+        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        try:
+            local_runs.stop_tasks()
+            marked = tracking.kill_job_runs(cfg.tracking, run.job_id)
+        finally:
+            signal.signal(signal.SIGINT, old)
         print(local_runs.stopped_line(run, console.current_step, len(marked), output_dir), file=sys.stderr)
         return local_runs.exit_code(exc)
     wall = time.time() - t0
@@ -228,7 +252,10 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
         path.write_text(json.dumps(summary, indent=2))
 
     print(f"\nDone in {wall / 60:.1f} min. Held-out comparison, 95% intervals:\n")
-    print(summary.get("headline") or comparison_table(summary.get("results", {})))
+    if experiment and summary.get("experiment"):
+        print(summary["experiment"])
+    else:
+        print(summary.get("headline") or comparison_table(summary.get("results", {})))
     if summary.get("registered"):
         print(f"\nregistry: {summary['registered']}")
     uri = cfg.tracking.tracking_uri
@@ -258,6 +285,10 @@ def run_summary(cfg: PipelineConfig, job_id: str = "") -> dict[str, Any]:
         return {}
     pid = parents[0].info.run_id
     headline, report = _parent_report(client, parents[0])
+    try:
+        experiment = Path(client.download_artifacts(pid, "experiment.md")).read_text(encoding="utf-8")
+    except Exception:  # not an experiment run
+        experiment = ""
     kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'",
                               order_by=["attributes.start_time ASC"])
     steps = {}
@@ -278,6 +309,7 @@ def run_summary(cfg: PipelineConfig, job_id: str = "") -> dict[str, Any]:
     results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], 9)))
     return {"parent_run_id": pid, "status": parents[0].info.status, "step_seconds": steps,
             "results": results, "registered": registered, "headline": headline, "report": report,
+            "experiment": experiment,
             "verdict": parents[0].data.tags.get("reset.verdict", "")}
 
 

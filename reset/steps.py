@@ -10,7 +10,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,14 +234,23 @@ def _meta_dataset(uri: str, name: str, digest: str):
 
 
 def finetune(model: str | None, train_path: str, train: Section, model_cfg: Section, tracking_cfg: Section,
-             parent_run_id: str, *, stage: str, out_dir: str) -> dict[str, Any]:
-    """stage "mtl": `model` is None (the configured base model, model.base) or a model reference;
-    stage "reset": the MTL checkpoint directory."""
+             parent_run_id: str, *, stage: str, out_dir: str, kinds: Sequence[str] = (),
+             section: str = "") -> dict[str, Any]:
+    """stage "mtl" (or another arm trained from the base model): `model` is None (the configured
+    base model, model.base) or a model reference; stage "reset" (or another continued arm): the
+    checkpoint it continues. `kinds` keeps only examples of those kinds (an experiment arm on the IF
+    or the CD half); `section` names the config section in errors (default: continued_train for
+    stage reset, else train)."""
     from reset.models.finetune import finetune as run_finetune
 
-    tcfg = C.section(C.TrainConfig, dict(train or {}), "continued_train" if stage == "reset" else "train")
+    section = section or ("continued_train" if stage == "reset" else "train")
+    tcfg = C.section(C.TrainConfig, dict(train or {}), section)
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     examples = _read(train_path, Example)
+    if kinds:
+        examples = [e for e in examples if e.kind in kinds]
+        if not examples:
+            raise ValueError(f"finetune-{stage}: {train_path} holds no {' / '.join(kinds)} examples")
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, f"finetune-{stage}",
                            {"stage": stage, "train": tcfg.model_dump(), "model": mcfg.model_dump()}):
         import mlflow
@@ -254,8 +263,8 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
         )
         mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "loss_history"}))
         mlflow.log_dict(modeling.read_provenance(out_dir), "provenance.json")
-        mlflow.log_input(_meta_dataset(train_path, "selected" if stage != "mtl" else "train", _digest(train_path)),
-                         context="training")
+        mlflow.log_input(_meta_dataset(train_path, "train" if section == "train" else "selected",
+                                       _digest(train_path)), context="training")
         check = loss_check(metrics)
         mlflow.set_tag("reset.loss_check", check)
         _log(f"[finetune] loss check: {check}")
@@ -435,7 +444,8 @@ def _judged_table(examples, cands, judgments, ranks: Mapping[str, Any]) -> dict[
 def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
              judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
              out_report: str, out_rows: str, out_html: str = "", register_cfg: Section = None,
-             include_base: bool = True, reference: str = "mtl", candidate: str = "reset") -> dict[str, Any]:
+             include_base: bool = True, reference: str = "mtl", candidate: str = "reset",
+             seed: int | None = None) -> dict[str, Any]:
     """Evaluate `models` (name -> checkpoint or reference, e.g. mtl, reset), the configured base
     model ("base", with `include_base`) and, when `register.compare_champion` and a champion exists,
     the registry's champion ("champion"), all on the same held-out examples (one vLLM engine for
@@ -493,7 +503,8 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         _note(lines[0] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
         for out in (out_metrics, out_report):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"metrics": results, "verdicts": lines, "gates": {k: g.to_dict() for k, g in gates.items()},
+        payload = {"seed": seed, "metrics": results, "verdicts": lines,
+                   "gates": {k: g.to_dict() for k, g in gates.items()},
                    "champion_version": champion_version, "summary": summary.to_dict(), "generation": gen_stats}
         Path(out_metrics).write_text(json.dumps(payload, indent=2, default=str))
         Path(out_report).write_text(report)
@@ -587,3 +598,41 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
         _log(f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
              f"@{rcfg.champion_alias}: {decision['reason']}")
     return decision
+
+
+def control_set(selected_path: str, seen_path: str, *, out_path: str) -> int:
+    """The experiment's control data: the reference answers of the prompts ReSet kept."""
+    from reset.experiments.arms import control_examples
+
+    rows = control_examples(_read(selected_path, Example), _read(seen_path, Example))
+    write_jsonl(out_path, rows)
+    _log(f"[control] {len(rows)} reference answers of the prompts ReSet kept")
+    return len(rows)
+
+
+def experiment_report(payload_paths: Sequence[str], tracking_cfg: Section, *, out_report: str,
+                      out_json: str = "") -> dict[str, Any]:
+    """Across seeds: each arm's primary figures per seed, their mean and spread, and every arm
+    against the reference per seed; logged on the parent run (found by the KFP run id) as
+    experiment.md / experiment.json."""
+    from reset.experiments.report import seed_report
+
+    payloads = {}
+    for p in payload_paths:  # each evaluate payload names its seed
+        payload = json.loads(Path(p).read_text())
+        payloads[int(payload.get("seed", len(payloads)))] = payload
+    report, data = seed_report(payloads)
+    Path(out_report).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_report).write_text(report, encoding="utf-8")
+    if out_json:
+        Path(out_json).write_text(json.dumps(data, indent=2))
+    cfg = _tracking(tracking_cfg)
+    parent = tracking.find_parent(cfg, tracking.job_id()) if tracking.job_id() else None
+    if parent:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        client.log_text(parent, report, "experiment.md")
+        client.log_dict(parent, data, "experiment.json")
+    _log("[experiment] across seeds:\n" + report)
+    return data

@@ -21,6 +21,7 @@ from reset.config.sections import (
     DataSource,
     DecodingSetting,
     EvaluateConfig,
+    ExperimentConfig,
     GenerateConfig,
     JudgeConfig,
     LLMJudgeConfig,
@@ -36,7 +37,7 @@ from reset.config.sections import (
 
 __all__ = [
     "AXES", "JUDGE_AXES", "LLM_AXES", "SECTIONS", "STEP_NAMES", "ClusterConfig", "ConfigError", "DataConfig",
-    "DataSource", "DecodingSetting", "EvaluateConfig", "GenerateConfig", "JudgeConfig", "LLMJudgeConfig",
+    "DataSource", "DecodingSetting", "EvaluateConfig", "ExperimentConfig", "GenerateConfig", "JudgeConfig", "LLMJudgeConfig",
     "ModelConfig", "PipelineConfig", "RegisterConfig", "SelectConfig", "TrackingConfig", "TrainConfig",
     "apply_override", "has_credentials", "json_schema", "load_config", "section", "to_dict", "url_secret",
     "validate", "write_schema",

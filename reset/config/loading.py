@@ -72,8 +72,31 @@ def section(cls: type[M], data: Any, name: str) -> M:
 
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> PipelineConfig:
-    """Read a YAML config file; `overrides` are `section.key=value` strings (value parsed as YAML)."""
+    """Read a YAML config file; `overrides` are `section.key=value` strings (value parsed as YAML).
+    A file may start from another with `extends: other.yaml` (a path relative to it): the other
+    file's sections are read first and this file's keys replace theirs, section by section and key
+    by key (lists are replaced whole)."""
     path = os.fspath(path)
+    raw = _read_raw(path, [])
+    for item in overrides or []:
+        apply_override(raw, item)
+    try:
+        return validate(PipelineConfig, raw)
+    except ConfigError as exc:
+        raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_raw(path: str, chain: list[str]) -> dict[str, Any]:
+    """The raw mapping of a config file, with its `extends` chain merged in."""
+    if os.path.abspath(path) in chain:
+        raise ConfigError(f"{path}: extends itself ({' -> '.join(chain + [path])})")
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.safe_load(fh)
@@ -88,12 +111,13 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None
     raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (data, model, train, ...), got {type(raw).__name__}")
-    for item in overrides or []:
-        apply_override(raw, item)
-    try:
-        return validate(PipelineConfig, raw)
-    except ConfigError as exc:
-        raise ConfigError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends: expected the path of another config file, got {parent!r}")
+    parent_path = os.path.join(os.path.dirname(os.path.abspath(path)), parent)
+    return _merge(_read_raw(parent_path, chain + [os.path.abspath(path)]), raw)
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -109,12 +133,13 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML: {str(exc).splitlines()[0]}") from None
     node = raw
-    for p in parts[:-1]:
+    for i, p in enumerate(parts[:-1]):
         if node.get(p) is None:  # absent, or present but empty (`train:`)
             node[p] = {}
         node = node[p]
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {p} is not a section")
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"--set {item!r}: {where} is a value, not a section (set {where}=... instead)")
     node[parts[-1]] = parsed
 
 

@@ -738,6 +738,34 @@ class ClusterConfig(Section):
 
 
 # ------------------------------------------------------------------------------------- pipeline
+# ----------------------------------------------------------------------------------- experiment
+ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control")
+Arm = Literal["if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control"]
+
+
+class ExperimentConfig(Section):
+    """The paper's experiment (`python -m pipelines experiment`, reset.experiments): the arms to
+    run, the seeds, and per-arm config overlays. Not used by the ReSet pipeline itself."""
+
+    arms: Annotated[list[Arm], Field(min_length=1)] = Field(default_factory=lambda: list(ARM_NAMES))
+    """Arms to train and evaluate (their prerequisites run too): if-only, cd-only, cd-if, if-cd,
+    mtl, reset, reset-s and control (MTL plus the same steps on the reference answers)."""
+    seeds: Annotated[list[Int], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    """Training and sampling seeds; every arm runs once per seed on the same split and held-out set."""
+    overlays: dict[Arm, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    """arm -> section -> values applied on top of the config for that arm (reset-s has a default:
+    more aggressive sampling and select.mode reset-s)."""
+    reference: Arm = "mtl"
+    """The arm every other arm is paired against."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("a seed is listed twice")
+        return v
+
+
 # The section named "register" shadows ABCMeta.register on the class, harmlessly (instances read the field).
 warnings.filterwarnings("ignore", message='Field name "register" in "PipelineConfig"', category=UserWarning)
 
@@ -767,6 +795,8 @@ class PipelineConfig(Section):
     """MLflow tracking."""
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     """Kubernetes settings applied when compiling (not a pipeline parameter)."""
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
+    """The paper's arms and seeds for `python -m pipelines experiment` (not a pipeline parameter)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -778,4 +808,4 @@ class PipelineConfig(Section):
 
 
 # The sections that become pipeline parameters (cluster is applied when compiling).
-SECTIONS = [name for name in PipelineConfig.model_fields if name != "cluster"]
+SECTIONS = [name for name in PipelineConfig.model_fields if name not in ("cluster", "experiment")]

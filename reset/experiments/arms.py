@@ -1,0 +1,118 @@
+"""The paper's experiment: seven arms and a control, each a config overlay on one pipeline config.
+
+    arm        starts from       trains on                               paper's name
+    if-only    the base model    the IF half of the training mixture     IF-only
+    cd-only    the base model    the CD half                             CD-only
+    cd-if      cd-only           then the IF half                        CD -> IF
+    if-cd      if-only           then the CD half                        IF -> CD
+    mtl        the base model    the whole mixture                       MTL
+    reset      mtl               its reject-sampled set (select.mode reset)             ReSet
+    reset-s    mtl               a stricter set from more aggressive sampling           ReSet-S
+    control    mtl               the reference answers of the prompts ReSet kept, with
+                                 the same continued-training config (so the same steps)   (ours)
+
+The control tells ReSet's data from extra training: the same prompts, the same number of steps,
+the original references instead of the model's own best answers. Shared work runs once: the
+mixture, the MTL checkpoint (it feeds reset, reset-s and control), the base model's evaluation.
+Seeds are a list: every trained arm runs once per seed (train, continued_train and generate
+seeds), on the same data split and held-out set, so arms pair across seeds too.
+
+Overlays (`experiment.overlays`, arm -> section -> values) change any section for one arm; the
+default gives ReSet-S the paper's description: more aggressive sampling (more samples, hotter
+settings) and stricter filtering (strict threshold, then a third of those), about three times
+fewer examples than ReSet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from reset.config import PipelineConfig, validate
+from reset.data.records import Example
+
+# arm -> (start: "base" or another arm, data: "instruction" | "grounded" | "all" | "selected" | "control")
+ARMS: dict[str, tuple[str, str]] = {
+    "if-only": ("base", "instruction"),
+    "cd-only": ("base", "grounded"),
+    "cd-if": ("cd-only", "instruction"),
+    "if-cd": ("if-only", "grounded"),
+    "mtl": ("base", "all"),
+    "reset": ("mtl", "selected"),
+    "reset-s": ("mtl", "selected"),
+    "control": ("mtl", "control"),
+}
+ALL_ARMS = tuple(ARMS)
+
+RESET_S_DEFAULT: dict[str, dict[str, Any]] = {
+    "generate": {"samples_per_setting": 3,
+                 "grid": [{"temperature": 0.0}, {"temperature": 0.7, "top_p": 0.95}, {"temperature": 1.0, "top_p": 0.95},
+                          {"temperature": 1.2, "top_p": 0.95}]},
+    "select": {"mode": "reset-s"},
+}
+
+
+def needed(arms: Sequence[str]) -> list[str]:
+    """The arms to train for `arms`, with what they start from, in dependency order."""
+    out: list[str] = []
+
+    def add(arm: str) -> None:
+        if arm in out or arm == "base":
+            return
+        if arm not in ARMS:
+            raise ValueError(f"experiment.arms: unknown arm {arm!r} (expected some of {list(ARMS)})")
+        start = ARMS[arm][0]
+        add(start)
+        if arm == "control":
+            add("reset")  # the control trains on the prompts ReSet kept
+        out.append(arm)
+
+    for a in arms:
+        add(a)
+    return out
+
+
+def overlay(cfg: PipelineConfig, changes: Mapping[str, Mapping[str, Any]], where: str = "experiment.overlays") -> PipelineConfig:
+    """`cfg` with sections updated by `changes` (section -> values), validated (errors name the key)."""
+    data = cfg.model_dump(mode="json")
+    for section, values in changes.items():
+        if section not in data:
+            raise ValueError(f"{where}.{section}: not a config section")
+        data[section] = {**data[section], **dict(values)}
+    return validate(PipelineConfig, data, where)
+
+
+def arm_config(cfg: PipelineConfig, arm: str, overlays: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+               seed: int | None = None) -> PipelineConfig:
+    """The config one arm runs with: the arm's overlay (ReSet-S's default when none is given), then
+    the seed on train, continued_train and generate."""
+    changes = dict((overlays or {}).get(arm) or (RESET_S_DEFAULT if arm == "reset-s" else {}))
+    out = overlay(cfg, changes, f"experiment.overlays.{arm}") if changes else cfg
+    if seed is not None:
+        out = overlay(out, {"train": {"seed": seed}, "continued_train": {"seed": seed}, "generate": {"seed": seed}},
+                      "experiment.seeds")
+    return out
+
+
+def training_examples(arm: str, train: Sequence[Example]) -> list[Example]:
+    """The part of the training mixture an arm trains on (for arms that train on the mixture)."""
+    data = ARMS[arm][1]
+    if data == "all":
+        return list(train)
+    if data in ("instruction", "grounded"):
+        return [e for e in train if e.kind == data]
+    raise ValueError(f"arm {arm!r} trains on {data}, not on the mixture")
+
+
+def control_examples(selected: Sequence[Example], seen: Sequence[Example]) -> list[Example]:
+    """The control's data: the reference answers of exactly the prompts ReSet kept (one each),
+    so it gets the same number of examples and, with the same config, the same steps."""
+    by_id = {e.id: e for e in seen}
+    out = []
+    for s in selected:
+        src = by_id.get(s.id.removesuffix("@reset")) or by_id.get(str(s.meta.get("candidate_id", "")).split("/")[0])
+        if src is None:
+            raise ValueError(f"control: selected example {s.id} has no seen prompt")
+        out.append(Example(**{**src.__dict__, "id": f"{src.id}@control",
+                              "meta": {**src.meta, "origin": "control"}}))
+    return out

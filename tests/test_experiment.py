@@ -1,0 +1,129 @@
+"""The paper's experiment: every arm and the control in the right dependency order in the compiled
+DAG, arms as validated overlays, the control's data, and the report across seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from reset.config import ConfigError, load_config
+from reset.data.demo import build_demo
+from reset.experiments.arms import ARMS, arm_config, control_examples, needed
+from reset.experiments.report import seed_report
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    from kfp import compiler
+
+    from pipelines.experiment_pipeline import build_experiment
+
+    cfg = load_config(REPO / "configs" / "experiment.yaml", ["experiment.seeds=[0, 1]"])
+    out = tmp_path_factory.mktemp("exp") / "experiment.yaml"
+    compiler.Compiler().compile(build_experiment(cfg), str(out), pipeline_parameters={"tracking": {}})
+    return yaml.safe_load(out.read_text())
+
+
+def _loop(doc):
+    loops = [c for name, c in doc["components"].items() if name.startswith("comp-for-loop") and "dag" in c]
+    assert len(loops) == 1
+    return loops[0]["dag"]["tasks"]
+
+
+def _by_display(tasks):
+    return {spec["taskInfo"]["name"]: (key, spec) for key, spec in tasks.items()}
+
+
+def _upstream(tasks, display: str) -> set[str]:
+    """Every task `display` depends on, transitively, by display name."""
+    by_key = {key: spec["taskInfo"]["name"] for key, spec in tasks.items()}
+    key = _by_display(tasks)[display][0]
+    seen, todo = set(), [key]
+    while todo:
+        for dep in tasks[todo.pop()].get("dependentTasks", []):
+            if dep in by_key and by_key[dep] not in seen:
+                seen.add(by_key[dep])
+                todo.append(dep)
+    return seen
+
+
+def test_every_arm_and_the_control_in_dependency_order(compiled):
+    tasks = _loop(compiled)
+    names = set(_by_display(tasks))
+    assert {f"finetune-{a}" for a in ARMS} <= names
+    assert {"generate-reset", "judge-reset", "select-reset", "generate-reset-s", "select-reset-s",
+            "control-data", "evaluate"} <= names
+    up = {n: _upstream(tasks, n) for n in names}
+    assert up["finetune-cd-if"] == {"finetune-cd-only"} and up["finetune-if-cd"] == {"finetune-if-only"}
+    assert up["finetune-mtl"] == set() and up["finetune-if-only"] == set()
+    assert {"finetune-mtl", "generate-reset", "judge-reset", "select-reset"} <= up["finetune-reset"]
+    assert {"finetune-mtl", "select-reset-s"} <= up["finetune-reset-s"] and "select-reset" not in up["finetune-reset-s"]
+    # the control: MTL plus the references of the prompts ReSet kept
+    assert {"finetune-mtl", "control-data", "select-reset"} <= up["finetune-control"]
+    assert {f"finetune-{a}" for a in ARMS} <= up["evaluate"]
+    # the MTL checkpoint is trained once per seed and feeds reset, reset-s and control
+    assert sum(1 for n in names if n == "finetune-mtl") == 1
+    # seeds run as a ParallelFor and the report collects every seed's scores
+    root = compiled["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    loop = next(spec for spec in root.values() if "parameterIterator" in spec)
+    assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1]
+    assert "experiment-report" in root
+
+
+def test_reset_s_is_sampled_harder_and_filtered_stricter(compiled):
+    tasks = _loop(compiled)
+    gen = _by_display(tasks)["generate-reset-s"][1]["inputs"]["parameters"]["generate"]["runtimeValue"]["constant"]
+    sel = _by_display(tasks)["select-reset-s"][1]["inputs"]["parameters"]["select"]["runtimeValue"]["constant"]
+    plain = _by_display(tasks)["select-reset"][1]["inputs"]["parameters"]["select"]["runtimeValue"]["constant"]
+    assert gen["samples_per_setting"] == 3 and max(g["temperature"] for g in gen["grid"]) > 1.0
+    assert sel["mode"] == "reset-s" and plain["mode"] == "reset"
+
+
+def test_needed_arms_bring_their_prerequisites():
+    assert needed(["cd-if"]) == ["cd-only", "cd-if"]
+    assert needed(["control"]) == ["mtl", "reset", "control"]
+    assert needed(["reset-s", "if-only"]) == ["mtl", "reset-s", "if-only"]
+
+
+def test_overlays_are_validated_and_seeds_applied():
+    cfg = load_config(REPO / "configs" / "experiment.yaml")
+    a = arm_config(cfg, "reset-s", cfg.experiment.overlays, seed=7)
+    assert a.select.mode == "reset-s" and a.train.seed == 7 and a.generate.seed == 7
+    assert arm_config(cfg, "mtl", cfg.experiment.overlays).select.mode == "reset"
+    with pytest.raises(ConfigError, match=r"experiment.overlays.reset.select.threshold"):
+        arm_config(cfg, "reset", {"reset": {"select": {"threshold": 2}}})
+
+
+def test_control_gets_the_references_of_the_prompts_reset_kept():
+    ifs, cds = build_demo(seed=0, n_instruction=6, n_grounded=6)
+    seen = ifs + cds
+    selected = [s.__class__(**{**s.__dict__, "id": f"{s.id}@reset", "response": "model's own answer"})
+                for s in seen[::2]]
+    ctl = control_examples(selected, seen)
+    assert len(ctl) == len(selected)
+    assert [c.response for c in ctl] == [s.response for s in seen[::2]]
+    assert all(c.id.endswith("@control") for c in ctl)
+
+
+def test_the_report_shows_per_seed_spread():
+    def payload(seed, reset_if):
+        est = {"if_prompt_acc": {"value": reset_if, "low": reset_if - 0.1, "high": reset_if + 0.1, "n": 100},
+               "faithfulness": {"value": 0.6, "low": 0.5, "high": 0.7, "n": 50}}
+        mtl = {"if_prompt_acc": {"value": 0.4, "low": 0.3, "high": 0.5, "n": 100},
+               "faithfulness": {"value": 0.5, "low": 0.4, "high": 0.6, "n": 50}}
+        comp = {"if_prompt_acc": {"diff": reset_if - 0.4, "low": 0.0, "high": 0.2, "p_value": 0.04, "n": 100},
+                "faithfulness": {"diff": 0.1, "low": 0.05, "high": 0.15, "p_value": 0.001, "n": 50}}
+        return {"seed": seed, "verdicts": [f"ReSet vs MTL (seed {seed})"],
+                "summary": {"arms": ["mtl", "reset"], "reference": "mtl", "estimates": {"mtl": mtl, "reset": est},
+                            "comparisons": {"reset": comp}}}
+
+    text, data = seed_report({0: payload(0, 0.5), 1: payload(1, 0.44)})
+    assert data["arms"]["reset"]["if_prompt_acc"]["per_seed"] == [0.5, 0.44]
+    assert "seeds 0.44-0.50" in text and "sd 0.04" in text
+    assert "seed 0: ReSet vs MTL: IF +0.10" in text and "seed 1: ReSet vs MTL: IF +0.04" in text
+    one, _ = seed_report({0: payload(0, 0.5)})
+    assert "0.50 [0.40, 0.60]" in one  # one seed: the interval
