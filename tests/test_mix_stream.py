@@ -276,3 +276,39 @@ def test_the_step_counts_words_when_the_tokenizer_cannot_load(fx, tmp_path) -> N
 
     meter = steps.length_meter(ModelConfig(base=str(tmp_path / "no-such-model")))
     assert meter.unit == "words" and "could not be loaded" in meter.note and "no-such-model" in meter.note
+
+
+def test_an_s3_model_lends_only_its_tokenizer(s3, tiny_model_dir, tmp_path) -> None:
+    import uuid
+
+    from reset import steps
+    from reset.config import ModelConfig
+    from reset.data import storage
+
+    bucket = f"tok-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    storage.upload(tiny_model_dir, f"s3://{bucket}/tiny")
+    cache = tmp_path / "cache"
+    meter = steps.length_meter(ModelConfig(base=f"s3://{bucket}/tiny", cache_dir=str(cache)))
+    assert meter.unit == "tokens"
+    fetched = {p.name for p in cache.rglob("*") if p.is_file()}
+    assert "tokenizer.json" in fetched and not any(n.endswith(".safetensors") for n in fetched)  # no weights
+    local = steps.length_meter(ModelConfig(base=str(tiny_model_dir)))
+    examples = [_ex("a", "Say something short."), _ex("b", "Who is named?", "Ann met Bob in Oslo.", "grounded")]
+    assert meter.measure(examples) == local.measure(examples)
+    p, t = local.measure(examples)[1]
+    assert 0 < p < t and meter.overhead_bytes > 0
+
+
+def test_builtin_sources_have_a_digest_and_a_code_source(tmp_path) -> None:
+    from reset import steps
+
+    cfg = DataConfig(demo_size=40, eval_per_kind=4, seen_prompts_per_kind=4)
+    rep, _, _ = _run(tmp_path, cfg)
+    a = [s["files"] for s in rep.card["sources"]]
+    rep2, _, _ = _run(tmp_path / "again", cfg)
+    assert a == [s["files"] for s in rep2.card["sources"]] and all(len(f[0]["digest"]) == 64 for f in a)
+    rep3, _, _ = _run(tmp_path / "other", DataConfig(demo_size=40, eval_per_kind=4, seen_prompts_per_kind=4, seed=1))
+    assert a != [s["files"] for s in rep3.card["sources"]]  # another seed, other demo rows
+    ds = steps._meta_dataset("builtin:demo-instruction", "demo-instruction", a[0][0]["digest"])
+    assert ds.source._get_source_type() == "code" and ds.digest == a[0][0]["digest"][:16]

@@ -11,7 +11,7 @@ fingerprints (never the text) and decides at the end, first occurrence kept:
   or above the threshold on the instruction and on the context both, against an earlier row.
   Requiring both keeps different questions about one passage (Natural Questions) and one
   instruction over different articles (CNN/DailyMail) apart. Candidates come from MinHash
-  (one-permutation hashing: 32 bins per field, 16-bit values) banded for LSH (8 bands of 4 bins
+  (one-permutation hashing: 32 bins per field, 16-bit values) banded for LSH (16 bands of 2 bins
   per field; a row is compared with the earliest row of each of its buckets), and each candidate
   pair is confirmed on the exact shingle sets, so a decision never rests on an estimate. Finding
   the pairs is approximate: a pair well above the threshold is found almost surely, one just at
@@ -34,8 +34,8 @@ import numpy as np
 
 LEVELS = ("exact", "normalized", "near")
 BINS = 32
-BANDS = 16
-ROWS_PER_BAND = BINS // BANDS
+BANDS = 16         # LSH bands per field, of ROWS_PER_BAND bins each (16 x 2: every bin in one band)
+ROWS_PER_BAND = 2
 EMPTY = np.uint16(0xFFFF)
 SHINGLE = 3
 MAX_WORDS = 256
@@ -115,19 +115,6 @@ def word_hashes(folded: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray, np.nda
     first = np.searchsorted(owner, np.arange(len(folded)))
     pos = np.arange(len(starts)) - first[owner] if len(starts) else np.zeros(0, np.int64)
     return words, owner, pos
-
-
-def sequence_hash(words: np.ndarray, owner: np.ndarray, pos: np.ndarray, rows: int) -> np.ndarray:
-    """One 64-bit hash per text of its whole word sequence (order matters)."""
-    out = np.zeros(rows, np.uint64)
-    if len(words):
-        pw, _ = _POWERS.get(int(pos.max()) + 1)
-        with np.errstate(over="ignore"):
-            np.add.at(out, owner, (words * _M1 + np.uint64(1)) * pw[pos])
-    counts = np.bincount(owner, minlength=rows).astype(np.uint64)
-    with np.errstate(over="ignore"):
-        out = (out ^ (counts * _M2)) * _M3
-        return out ^ (out >> np.uint64(31))
 
 
 def ngram_hashes(words: np.ndarray, owner: np.ndarray, n: int, *, short_whole: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -234,31 +221,34 @@ class Deduper:
     def add(self, id_: str, instruction: str, context: str | None) -> tuple[bytes, bytes] | None:
         """Add a row; returns its folded (instruction, context) where they were computed."""
         context = context or ""
-        self._buf.append((hash(id_), hash(instruction + "\x1f" + context)))
         folded = None
-        if self.level != "exact":
+        if self.level == "exact":
+            self._buf.append((hash(id_), hash(instruction + "\x1f" + context), 0))
+        else:
             folded = (fold(instruction), fold(context))
-            self._pending.append(folded)
+            # (Python's hash: equality within this process is all that is asked of these three)
+            self._buf.append((hash(id_), hash(instruction + "\x1f" + context),
+                              hash(b" ".join(folded[0].split()) + b"\x1f" + b" ".join(folded[1].split()))))
+            if self.level == "near":
+                self._pending.append(folded)
         if len(self._buf) >= BATCH:
             self._flush()
         return folded
 
     def _flush(self) -> None:
         if self._buf:
-            ids, exact = zip(*self._buf, strict=True)
+            ids, exact, norm = zip(*self._buf, strict=True)
             self._id.extend(ids)
             self._exact.extend(exact)
+            self._norm.extend(norm)
             self._buf = []
         if self._pending:
             rows = len(self._pending)
-            wi = word_hashes([p[0] for p in self._pending])
-            wc = word_hashes([p[1] for p in self._pending])
-            with np.errstate(over="ignore"):
-                norm = sequence_hash(*wi, rows) * _M2 + sequence_hash(*wc, rows)
-            self._norm.extend(norm.view(np.int64))
-            if self.level == "near":
-                self._sig_i.extend(minhash(*wi, rows))
-                self._sig_c.extend(minhash(*wc, rows))
+            # one pass over instruction, context, instruction, context, ...: text 2i is row i's instruction
+            words, owner, pos = word_hashes([t for pair in self._pending for t in pair])
+            sig = minhash(words, owner, pos, 2 * rows)
+            self._sig_i.extend(sig[0::2])
+            self._sig_c.extend(sig[1::2])
             self._pending = []
 
     def finish(self, texts: TextsOf | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -12,6 +12,7 @@ generated from a seed, nothing downloaded.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from reset.data.records import Example
@@ -695,10 +696,10 @@ def _content_words(text: str) -> list[str]:
     return sorted({w for w in words if len(w) >= 5 and w.isalpha() and w not in STOPWORDS})
 
 
-def _pick_if_constraints(rng: random.Random) -> list[str]:
-    n = 1 if rng.random() < 0.5 else 2
+def _pick_if_constraints(rng: random.Random, families: Sequence[str] = IF_CONSTRAINTS) -> list[str]:
+    n = 1 if rng.random() < 0.5 or len(families) < 2 else 2
     while True:
-        kinds = rng.sample(IF_CONSTRAINTS, n)
+        kinds = rng.sample(list(families), n)
         if n == 1 or frozenset(kinds) not in _CLASHES:
             return kinds
 
@@ -709,9 +710,9 @@ _LANGDETECT_IDS = ("change_case:english_capital", "change_case:english_lowercase
 _MAX_DRAWS = 50
 
 
-def _build_if(rng: random.Random, index: int) -> Example:
+def _build_if(rng: random.Random, index: int, families: Sequence[str] = IF_CONSTRAINTS) -> Example:
     topic, sentences = rng.choice(TOPICS)
-    kinds = _pick_if_constraints(rng)
+    kinds = _pick_if_constraints(rng, families)
     for _ in range(_MAX_DRAWS):
         ex = _draw_if(rng, index, kinds, topic, sentences)
         if all(check(c, ex.response) for c in ex.constraints if c["id"] in _LANGDETECT_IDS):
@@ -915,17 +916,22 @@ def _spread(rng: random.Random, n: int, share: float) -> set[int]:
 
 
 def build_demo(
-    seed: int = 0, n_instruction: int = 300, n_grounded: int = 300
+    seed: int = 0, n_instruction: int = 300, n_grounded: int = 300, families: Sequence[str] | None = None,
 ) -> tuple[list[Example], list[Example]]:
-    """(instruction examples, grounded examples), deterministic for a seed."""
+    """(instruction examples, grounded examples), deterministic for a seed. `families`: the
+    constraint kinds IF examples draw from (default: all of IF_CONSTRAINTS)."""
     if n_instruction < 0 or n_grounded < 0:
         raise ValueError("n_instruction and n_grounded must be >= 0")
+    families = list(families) if families else list(IF_CONSTRAINTS)
+    unknown = sorted(set(families) - set(IF_CONSTRAINTS))
+    if unknown:
+        raise ValueError(f"unknown constraint kinds {unknown}; known: {IF_CONSTRAINTS}")
     rng = random.Random(seed)
     instruction: list[Example] = []
     seen: set[str] = set()
     for i in range(n_instruction):
         for _ in range(100):  # redraw a prompt that repeats an earlier one (the mixer would drop it)
-            ex = _build_if(rng, i)
+            ex = _build_if(rng, i, families)
             if ex.instruction not in seen:
                 break
         seen.add(ex.instruction)

@@ -350,13 +350,15 @@ class Mixer:
             valid[k] = len(rows)
             if not len(rows):
                 continue
-            if len(rows) <= cfg.eval_per_kind:
+            want = cfg.eval_count(KINDS[k])
+            if len(rows) <= want:
+                key = f"eval_{KINDS[k]}" if want != cfg.eval_per_kind else "eval_per_kind"
                 raise DataError(
-                    f"data.eval_per_kind: {cfg.eval_per_kind} held-out {KINDS[k]} examples requested but only "
+                    f"data.{key}: {want} held-out {KINDS[k]} examples requested but only "
                     f"{len(rows)} valid {KINDS[k]} examples exist (training needs at least one more)")
             strata = self.src[rows].astype(np.int64) * 8 + self.task[rows]
             keys, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
-            alloc = _allocate(sizes, cfg.eval_per_kind)
+            alloc = _allocate(sizes, want)
             for j in range(len(keys)):
                 members = rng.permutation(rows[inverse == j])
                 evals.append(members[: alloc[j]])
@@ -497,10 +499,9 @@ class Mixer:
             srcs.append(entry)
         splits = {}
         for w, idx in self.plan.items():
-            kt: dict[str, int] = {}
-            for k, t in zip(self.kind[idx].tolist(), self.task[idx].tolist(), strict=True):
-                key = f"{KINDS[k]}/{TASKS[t]}"
-                kt[key] = kt.get(key, 0) + 1
+            codes, counts = np.unique(self.kind[idx].astype(np.int64) * 8 + self.task[idx], return_counts=True)
+            kt = {f"{KINDS[c // 8]}/{TASKS[c % 8]}": int(n) for c, n in zip(codes.tolist(), counts.tolist(),
+                                                                             strict=True)}
             by_src = {self.sources[s].name: int(c) for s, c in zip(*np.unique(self.src[idx], return_counts=True),
                                                                     strict=True)}
             splits[w] = {"rows": int(len(idx)), "unique": int(len(np.unique(idx))), "by_kind_task": kt,

@@ -23,6 +23,8 @@ order detection tries them. Per source the reader:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -159,8 +161,6 @@ class SourceReader:
         return Rejected(file, line, reason, raw, category, self.name)
 
     def _reject_example(self, file: str, line: int, ex: Example, reason: str, category: str) -> Rejected:
-        import json
-
         raw = json.dumps(to_row(ex), ensure_ascii=False)
         return self._reject(file, line, reason, raw if len(raw) <= self._raw_chars else
                             f"{raw[: self._raw_chars]} ...[cut: {len(raw):,} characters in all]", category)
@@ -179,7 +179,7 @@ class SourceReader:
                 buffered.append(raw)
                 if isinstance(raw.value, dict) and not raw.error:
                     sample.append(raw.value)
-                if len(sample) >= DETECT_ROWS or len(buffered) >= 10 * DETECT_ROWS:
+                if len(sample) >= DETECT_ROWS or len(buffered) >= 100 * DETECT_ROWS:
                     break
             fmt_name = detect(sample) or ""
             if not fmt_name and sample:
@@ -302,9 +302,16 @@ class SourceReader:
         path = self.src.path
         if path not in BUILTINS:
             raise DataError(f"data.{self.slot}: unknown builtin dataset {path!r}; known: {list(BUILTINS)}")
-        ifs, cds = build_demo(seed=self.cfg.seed, n_instruction=self.cfg.demo_size, n_grounded=self.cfg.demo_size)
+        ifs, cds = build_demo(seed=self.cfg.seed, n_instruction=self.cfg.demo_size,
+                              n_grounded=self.cfg.demo_grounded_size or self.cfg.demo_size,
+                              families=self.cfg.demo_constraints)
+        rows = ifs if path.endswith("instruction") else cds
         self.report.format = "builtin"
-        for i, ex in enumerate(ifs if path.endswith("instruction") else cds, start=1):
+        digest = hashlib.sha256()
+        for ex in rows:  # the content's digest, as for a file (it depends on data.seed and demo_size)
+            digest.update(json.dumps(to_row(ex), ensure_ascii=False, sort_keys=True).encode() + b"\n")
+        self.report.files.append({"file": path, "layout": "builtin", "bytes": 0, "digest": digest.hexdigest()})
+        for i, ex in enumerate(rows, start=1):
             self.report.rows += 1
             self.report.examples += 1
             self.report.kept += 1
