@@ -159,16 +159,17 @@ def _tokenizer(ref: str, cache_dir: str):
         return modeling.load_tokenizer(modeling.resolve_model(ref, cache_dir))
     base = Path(cache_dir or storage.default_cache_dir())
     local = Path(tempfile.mkdtemp(prefix="tokenizer-", dir=base if base.exists() else None))
-    found = []
+    found, first_error = [], ""
     for name in TOKENIZER_FILES:
         try:
             path = storage.fetch(f"{ref.rstrip('/')}/{name}", base / "s3")
-        except Exception:  # noqa: BLE001 - a tokenizer has some of these files, never all
+        except Exception as exc:  # noqa: BLE001 - a tokenizer has some of these files, never all
+            first_error = first_error or str(exc)
             continue
         shutil.copy(path, local / name)
         found.append(name)
     if not any(n != "config.json" for n in found):
-        raise FileNotFoundError(f"no tokenizer files under {ref}")
+        raise FileNotFoundError(f"no tokenizer files under {ref} ({first_error})")
     return modeling.load_tokenizer(local)
 
 

@@ -362,3 +362,14 @@ def test_source_reader_streams(fx) -> None:
     reader = iter(SourceReader(_src(fx["dolly"]), "instruction", DataConfig()))
     first = next(reader)
     assert isinstance(first, tuple) and first[2] == 1
+
+
+def test_the_paper_config_reads_the_papers_datasets_through_the_loaders() -> None:
+    from reset.config import load_config
+    from reset.data.sources import ALL_FORMATS
+
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "paper-7b.yaml")
+    assert [s.format for s in cfg.data.instruction] == ["dolly", "sharegpt", "self-instruct", "alpaca"]
+    assert [s.format for s in cfg.data.grounded] == ["natural-questions", "cnn-dailymail"]
+    assert all(s.format in ALL_FORMATS for s in cfg.data.instruction + cfg.data.grounded)
+    assert all(s.with_context == "remove" for s in cfg.data.instruction)  # the paper removes them
