@@ -286,6 +286,12 @@ def cnn_parquet(out: Path, rows: list[tuple[dict, Expect]]) -> Fixture:
                    [Expect(i, e.outcome, e.words) for i, (_, e) in enumerate(rows, start=1)])
 
 
+def cnn_jsonl(out: Path, rows: list[tuple[dict, Expect]]) -> Fixture:
+    path = out / "cnn_dailymail.jsonl"
+    expects = _jsonl(path, [(r, Expect(0, e.outcome, e.words)) for r, e in rows])
+    return Fixture(path, "cnn-dailymail", "grounded", expects)
+
+
 def array_in_jsonl(out: Path, rng: random.Random, plain: int) -> Fixture:
     """A JSON array where JSON Lines was expected (one element per line, as some exporters write)."""
     rows = [({"instruction": _sentence(rng, 9), "input": "", "output": _sentence(rng, 10)}, Expect(0, "kept"))
@@ -341,6 +347,7 @@ def write_fixtures(out: Path, *, max_field_chars: int = 100_000, seed: int = 0) 
     cnn = cnn_rows(rng, PLAIN, max_field_chars)
     fx["cnn_csv"] = cnn_csv(out, cnn)
     fx["cnn_parquet"] = cnn_parquet(out, cnn)
+    fx["cnn_jsonl"] = cnn_jsonl(out, cnn)
     return fx
 
 

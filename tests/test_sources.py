@@ -44,7 +44,7 @@ def _outcomes(kept, bad) -> dict[int, list[tuple[str, str]]]:
 
 
 NAMES = ["dolly", "alpaca", "sharegpt", "self_instruct", "nq_simplified", "nq_common", "cnn_csv", "cnn_parquet",
-         "array_named", "mapped"]
+         "cnn_jsonl", "array_named", "mapped"]
 
 
 # ------------------------------------------------------------------------------ every format
@@ -144,10 +144,11 @@ def test_natural_questions_context_and_answer(fx) -> None:
     assert [ex.response for ex, _, _ in kept[:3]] == ["the Mediterranean Sea", "a major river", "Africa"]
 
 
-def test_cnn_rows_are_the_same_from_csv_and_parquet(fx) -> None:
+def test_cnn_rows_are_the_same_from_csv_parquet_and_jsonl(fx) -> None:
     csv_rows = load(_src(fx["cnn_csv"]), "grounded", DataConfig())[0]
     pq_rows = load(_src(fx["cnn_parquet"]), "grounded", DataConfig())[0]
-    assert [ex for ex, _, _ in csv_rows] == [ex for ex, _, _ in pq_rows]
+    jsonl_rows = load(_src(fx["cnn_jsonl"]), "grounded", DataConfig())[0]
+    assert [ex for ex, _, _ in csv_rows] == [ex for ex, _, _ in pq_rows] == [ex for ex, _, _ in jsonl_rows]
     first = csv_rows[0][0]
     assert first.response == "Storm hits coast. Power lost in homes." and first.task == "abstractive"
     assert first.instruction == "Summarize the article in three sentences."
