@@ -374,3 +374,12 @@ def test_the_paper_config_reads_the_papers_datasets_through_the_loaders() -> Non
     assert [s.format for s in cfg.data.grounded] == ["natural-questions", "cnn-dailymail"]
     assert all(s.format in ALL_FORMATS for s in cfg.data.instruction + cfg.data.grounded)
     assert all(s.with_context == "remove" for s in cfg.data.instruction)  # the paper removes them
+
+
+def test_one_pretty_printed_json_document_is_named_as_such(tmp_path) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(json.dumps({"data": [{"instruction": "a", "output": "b"}]}, indent=2))
+    for tolerated in (1.0, 0.05):  # whichever check fails, the message says what the file looks like
+        with pytest.raises(DataError, match="one JSON document spread over many lines") as err:
+            load(DataSource(path=str(path), format="alpaca"), "instruction", DataConfig(max_bad_fraction=tolerated))
+        assert str(err.value).startswith(str(path))

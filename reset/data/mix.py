@@ -220,7 +220,6 @@ class Mixer:
         self._file_ids: dict[str, int] = {}
         self._cols: list[list[int]] = [[], [], [], [], []]  # kind, task, src, file, line
         self._arr = [D._Grow(np.uint8), D._Grow(np.uint8), D._Grow(np.uint16), D._Grow(np.uint32), D._Grow(np.int64)]
-        self.flags = D._Grow(np.uint8)
         self._flag_pending: list[tuple[int, Example]] = []
         self._flag_vals: dict[int, int] = {}
         self._samples: dict[int, Reservoir] = {}

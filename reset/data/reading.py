@@ -149,6 +149,9 @@ class RowReader:
             self.layout = detected
         if self.layout not in LAYOUTS:
             raise DataError(f"{self.name}: unknown layout {self.layout!r}; known: {list(LAYOUTS)}")
+        if self.layout == "jsonl" and head.removeprefix(BOM).lstrip(b" \t").split(b"\n", 1)[0].strip() == b"{":
+            self.notes.append(f"{self.name}: looks like one JSON document spread over many lines; give JSON Lines "
+                              "(one object per line) or a JSON array")
         name = self.path.name.lower().removesuffix(".gz")
         if self.layout == "json" and name.endswith((".jsonl", ".ndjson")):
             self.notes.append(f"{self.name}: a JSON array where JSON Lines was expected; read element by element")

@@ -327,13 +327,14 @@ class SourceReader:
         if rep.stopped_at_limit:
             return
         total = rep.rows
+        hint = "".join(f" ({m.split(': ', 1)[-1]})" for m in rep.messages if "one JSON document" in m)
         if rep.bad and rep.bad / total > cfg.max_bad_fraction:
             raise DataError(f"{path}: {rep.bad} of {total} rows rejected, more than data.max_bad_fraction "
-                            f"{cfg.max_bad_fraction:g}: " + _first(rep.first_bad, rep.bad))
+                            f"{cfg.max_bad_fraction:g}{hint}: " + _first(rep.first_bad, rep.bad))
         if not rep.kept:
             slot = "" if self.slot == "auto" else f" {self.slot}"
             n = sum(rep.rejected.values())
-            raise DataError(f"{path}: no usable{slot} rows ({n} rejected): " + _first(rep.first_any, n))
+            raise DataError(f"{path}: no usable{slot} rows ({n} rejected){hint}: " + _first(rep.first_any, n))
 
 
 def _first(shown: list[str], total: int) -> str:
