@@ -5,12 +5,24 @@ on the same held-out set (`champion_checkpoint` fetches it for the evaluate step
 its reason and the deltas with their intervals are tagged on the version; its description states
 the verdict. Without gates (a caller that has no paired evaluation) the old rule applies: every
 primary axis >= the champion's stored metric - tolerance.
+
+The model is exported once (`export_model`): merged into plain weights when it is a LoRA
+checkpoint, wrapped as an MLflow pyfunc and uploaded to `register.export_uri` (S3), and the version
+is registered by that location (tags reset.export_uri and reset.weights_uri: the plain weights that
+KServe serves). The champion alias only moves through `move_champion`: under the promotion lock
+(`promotion_lock`, a registered model created only if absent) and only if it still points at the
+version the decision compared against (compare-and-set), so two promotions at once cannot both
+move it. The promotion pipeline (reset.promotion) uses the same two.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +30,10 @@ from reset.config import RegisterConfig
 from reset.evaluation import PRIMARY, GateDecision
 
 METRIC_TAG = "metric."
+SOURCE_TAG = "reset.export_uri"  # where the version's MLflow model was exported (its source)
+WEIGHTS_TAG = "reset.weights_uri"  # its plain Hugging Face weights (what KServe's storageUri names)
+PROMOTED_BY_TAG = "reset.promoted_by"
+UNKNOWN = object()  # log_and_register: the evaluated champion is not known
 
 
 def pip_requirements() -> list[str]:
@@ -62,35 +78,20 @@ def gated_decision(cfg: RegisterConfig, gates: Mapping[str, GateDecision], has_c
 
 def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, float], cfg: RegisterConfig,
                      max_new_tokens: int = 64, system_prompt: str = "", *,
-                     gates: Mapping[str, GateDecision] | None = None, description: str = "") -> dict[str, Any]:
-    """Inside an active MLflow run: log the model as a pyfunc, register it, set aliases. A LoRA
-    checkpoint (base by reference + adapter) is merged into a plain model first: the registered
-    model must load anywhere, without the base model's cache."""
-    import tempfile
-
+                     gates: Mapping[str, GateDecision] | None = None, description: str = "",
+                     evaluated_champion: str | None | object = UNKNOWN) -> dict[str, Any]:
+    """Inside an active MLflow run: export the model once (`export_model`: a LoRA checkpoint merged
+    into plain weights, one upload to `cfg.export_uri`), register a version whose source is that
+    location, alias it challenger, and move champion to it when the decision says so, under the
+    promotion lock and only if the champion is still `evaluated_champion` (the version the gates
+    compared against; UNKNOWN: the one read when deciding)."""
     import mlflow
 
-    import reset
-    from reset.models import loading
-
-    pkg = Path(reset.__file__).parent
-    example, signature = _signature()
-    with tempfile.TemporaryDirectory(prefix="reset-export-") as tmp:
-        if loading.is_adapter_dir(model_dir):
-            model_dir = loading.merge_to(model_dir, Path(tmp) / "merged")
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(pkg / "serving" / "pyfunc_entry.py"),  # models-from-code: nothing is pickled
-            model_config={"max_new_tokens": max_new_tokens, "system_prompt": system_prompt},
-            artifacts={"model_dir": str(model_dir)},
-            code_paths=[str(pkg)],
-            pip_requirements=pip_requirements(),
-            registered_model_name=cfg.model_name,
-            signature=signature,
-            input_example=example,
-        )
-    version = str(info.registered_model_version)
+    run_id = mlflow.active_run().info.run_id
+    exported = export_model(model_dir, cfg, run_id=run_id, max_new_tokens=max_new_tokens,
+                            system_prompt=system_prompt)
     client = mlflow.MlflowClient()
+    version = register_version(client, cfg.model_name, exported, run_id)
     for k, v in metrics.items():
         client.set_model_version_tag(cfg.model_name, version, METRIC_TAG + k, str(v))
     client.set_registered_model_alias(cfg.model_name, cfg.challenger_alias, version)
@@ -102,12 +103,17 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
         for ref, g in gates.items():
             for k, v in g.tags(f"gate.vs_{ref}").items():
                 client.set_model_version_tag(cfg.model_name, version, k, v)
+    if decision["promote"]:
+        expected = decision.get("champion_version") if evaluated_champion is UNKNOWN else evaluated_champion
+        moved, why = move_champion(client, cfg, version, expected=expected, holder=f"register run {run_id}",
+                                   reason=decision["reason"])
+        if not moved:
+            decision = {**decision, "promote": False, "reason": why}
     client.set_model_version_tag(cfg.model_name, version, "promotion", decision["reason"])
     if description:
         client.update_model_version(cfg.model_name, version, description=description)
-    if decision["promote"]:
-        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, version)
-    return {"model_name": cfg.model_name, "version": version, "model_uri": info.model_uri, **decision}
+    return {"model_name": cfg.model_name, "version": version, "model_uri": f"models:/{cfg.model_name}/{version}",
+            "source": exported.source, "weights_uri": exported.weights_uri, **decision}
 
 
 def _signature():
@@ -150,3 +156,209 @@ def decide(client, cfg: RegisterConfig, metrics: Mapping[str, float]) -> dict[st
                 "champion_version": str(champ.version)}
     return {"promote": True, "reason": f"no worse than champion v{champ.version} on {', '.join(PRIMARY)}",
             "champion_version": str(champ.version)}
+
+
+# ------------------------------------------------------------------------------------------ export
+@dataclass(frozen=True)
+class Exported:
+    source: str
+    """The MLflow model's location (the registered version's source)."""
+    weights_uri: str
+    """Its plain Hugging Face weights (config.json, safetensors, tokenizer): KServe's storageUri."""
+
+
+def export_model(model_dir: str | os.PathLike[str], cfg: RegisterConfig, *, run_id: str, max_new_tokens: int = 64,
+                 system_prompt: str = "") -> Exported:
+    """Write the final model once: a LoRA checkpoint merged into plain weights (loading.merge_to),
+    wrapped as an MLflow pyfunc (models-from-code, nothing pickled), uploaded once to
+    `<cfg.export_uri>/<model_name>/<run_id>/` (or, without export_uri, logged to the active run's
+    artifacts under `model/`)."""
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    import reset
+    from reset.data import storage
+    from reset.models import loading
+
+    pkg = Path(reset.__file__).parent
+    example, signature = _signature()
+    with tempfile.TemporaryDirectory(prefix="reset-export-") as tmp:
+        weights = Path(model_dir)
+        if loading.is_adapter_dir(weights):
+            weights = loading.merge_to(weights, Path(tmp) / "weights")  # the one merge
+        package = Path(tmp) / "model"
+        mlflow.pyfunc.save_model(
+            path=str(package),
+            python_model=str(pkg / "serving" / "pyfunc_entry.py"),
+            model_config={"max_new_tokens": max_new_tokens, "system_prompt": system_prompt},
+            artifacts={"model_dir": str(weights)},
+            code_paths=[str(pkg)],
+            pip_requirements=pip_requirements(),
+            signature=signature,
+            input_example=example,
+        )
+        mlmodel = yaml.safe_load((package / "MLmodel").read_text())
+        rel = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+        if cfg.export_uri:
+            source = f"{cfg.export_uri}/{cfg.model_name}/{run_id}"
+            storage.upload(package, source)  # the one upload
+        else:
+            mlflow.log_artifacts(str(package), "model")
+            source = mlflow.get_artifact_uri("model")
+    return Exported(source, f"{source}/{rel}")
+
+
+def register_version(client, model_name: str, exported: Exported, run_id: str) -> str:
+    """A new version of `model_name` (created if needed) whose source is the exported location."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    mv = client.create_model_version(model_name, exported.source, run_id=run_id,
+                                     tags={SOURCE_TAG: exported.source, WEIGHTS_TAG: exported.weights_uri})
+    return str(mv.version)
+
+
+def version_checkpoint(client, model_name: str, version: str, dest: str | os.PathLike[str]) -> Path:
+    """A local copy of version `version`'s plain weights: its MLflow model downloaded once under
+    `dest` (into a temporary directory renamed into place, so processes sharing the cache never see
+    a partial copy; a finished download is reused)."""
+    import shutil
+    import tempfile
+
+    import mlflow
+    import yaml
+
+    root = Path(dest) / model_name / str(version)
+    if not (root / ".complete").exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=root.parent))
+        try:
+            mlflow.artifacts.download_artifacts(f"models:/{model_name}/{version}", dst_path=str(tmp),
+                                                tracking_uri=mlflow.get_tracking_uri())
+            (tmp / ".complete").write_text(str(client.get_model_version(model_name, version).source))
+            for _ in range(3):
+                try:
+                    os.rename(tmp, root)
+                    break
+                except OSError:
+                    if (root / ".complete").exists():  # another process finished first: use its copy
+                        break
+                    junk = root.with_name(f"{root.name}.partial-{os.getpid()}-{time.time_ns()}")
+                    with contextlib.suppress(OSError):
+                        os.rename(root, junk)  # an interrupted download: out of the way, then retry
+                    shutil.rmtree(junk, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    mlmodel = yaml.safe_load((root / "MLmodel").read_text())
+    rel = mlmodel["flavors"]["python_function"].get("artifacts", {}).get("model_dir", {}).get("path")
+    path = root / rel if rel else None
+    if path is None or not (path / "config.json").exists():
+        raise RuntimeError(f"models:/{model_name}/{version} holds no model directory (config.json) at "
+                           f"{rel or 'artifacts/model_dir'}")
+    return path
+
+
+# ------------------------------------------------------------------------- the champion, one at a time
+LOCK_SUFFIX = ".promotion-lock"
+LOCK_HOLDER_TAG = "reset.lock.holder"
+LOCK_SINCE_TAG = "reset.lock.since"
+LOCK_WAIT_S = 600.0
+LOCK_STALE_S = 3600.0  # the lock is held for seconds (a re-read and an alias write); older = its holder died
+
+
+class PromotionLocked(RuntimeError):
+    """Another promotion held the lock longer than we would wait."""
+
+
+def lock_name(model_name: str) -> str:
+    return model_name + LOCK_SUFFIX
+
+
+@contextlib.contextmanager
+def promotion_lock(client, model_name: str, holder: str, *, wait_s: float = LOCK_WAIT_S,
+                   stale_s: float = LOCK_STALE_S, poll_s: float = 0.5, log=print) -> Iterator[None]:
+    """Hold the promotion lock of `model_name`: a registered model `<model_name>.promotion-lock`,
+    created only if absent (the store's unique name is the mutual exclusion, on SQLite, PostgreSQL
+    and through the tracking server alike) and deleted on release. A lock older than `stale_s`
+    (its holder died) is broken by renaming it to a name derived from its holder: of two processes
+    breaking the same stale lock only one rename succeeds, and neither can break a fresh lock."""
+    from mlflow.exceptions import MlflowException
+
+    name = lock_name(model_name)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            client.create_registered_model(
+                name, tags={LOCK_HOLDER_TAG: holder, LOCK_SINCE_TAG: f"{time.time():.3f}"},
+                description=f"Promotion lock of {model_name}'s champion alias (reset.registry.promotion_lock); "
+                            f"deleted when released, broken after {stale_s:.0f}s.")
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        held = _lock_holder(client, name)
+        if held is None:  # released in between
+            continue
+        other, since = held
+        age = time.time() - since
+        if age > stale_s:
+            stale = f"{name}.stale.{hashlib.sha256(other.encode()).hexdigest()[:12]}"
+            try:
+                client.rename_registered_model(name, stale)
+                log(f"[registry] broke the stale lock {name} of {other!r} ({age:.0f}s old); kept as {stale}")
+            except MlflowException as exc:
+                if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST"):
+                    raise
+            continue
+        if time.monotonic() >= deadline:
+            raise PromotionLocked(f"{model_name}: the promotion lock {name} is held by {other!r} ({age:.0f}s); "
+                                  f"gave up after {wait_s:.0f}s")
+        time.sleep(poll_s)  # waiting for another promotion's few seconds, bounded by the deadline
+    try:
+        yield
+    finally:
+        held = _lock_holder(client, name)
+        if held is not None and held[0] == holder:
+            client.delete_registered_model(name)
+        else:
+            log(f"[registry] the lock {name} is no longer ours ({held[0] if held else 'gone'!r}): left as it is")
+
+
+def _lock_holder(client, name: str) -> tuple[str, float] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    tags = rm.tags or {}
+    since = float(tags.get(LOCK_SINCE_TAG) or (rm.creation_timestamp or 0) / 1000)
+    return tags.get(LOCK_HOLDER_TAG, "?"), since
+
+
+def move_champion(client, cfg: RegisterConfig, version: str, *, expected: str | None, holder: str, reason: str,
+                  wait_s: float = LOCK_WAIT_S, log=print) -> tuple[bool, str]:
+    """Compare-and-set of the champion alias under the promotion lock: point it at `version` only
+    if it still points at `expected` (None: no champion), the version the decision compared
+    against. Returns (moved, reason)."""
+    with promotion_lock(client, cfg.model_name, holder, wait_s=wait_s, log=log):
+        current = _champion_version(client, cfg)
+        if current == str(version):
+            return True, f"v{version} is already {cfg.champion_alias}"
+        if current != (None if expected is None else str(expected)):
+            was = f"v{expected}" if expected is not None else "absent"
+            return False, (f"{cfg.champion_alias} not moved: it is v{current} now, {was} when this decision was "
+                           f"made (another promotion moved it); promote again against v{current}")
+        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(version))
+        client.set_model_version_tag(cfg.model_name, str(version), PROMOTED_BY_TAG, holder)
+    log(f"[registry] {cfg.model_name} @{cfg.champion_alias}: {f'v{expected}' if expected else 'none'} -> "
+        f"v{version} ({holder})")
+    return True, reason
