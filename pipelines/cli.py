@@ -156,27 +156,6 @@ def compile_pipeline(cfg: PipelineConfig, output: str) -> None:
     load_component_from_file(output)  # kfp's own loader must read it back
 
 
-def submit(cfg: PipelineConfig, host: str, experiment: str, run_name: str) -> int:
-    import tempfile
-
-    import kfp
-
-    from reset import preflight
-
-    if problem := cluster_tracking_problem(cfg):
-        raise ConfigError(problem)
-    preflight.run(cfg, where="submit")  # what can be checked from here; the first task checks the rest
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "reset_pipeline.yaml")
-        compile_pipeline(cfg, path)
-        client = kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
-        run = client.create_run_from_pipeline_package(
-            path, arguments={}, run_name=run_name or None, experiment_name=experiment
-        )
-    print(f"submitted run {run.run_id} to {host}")
-    return 0
-
-
 def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
               experiment: bool = False) -> int:
     """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'

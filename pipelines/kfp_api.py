@@ -141,11 +141,17 @@ def client(args: argparse.Namespace):
     return kfp.Client(host=args.host, existing_token=token, namespace=args.namespace or "kubeflow")
 
 
-def _check_cluster_config(cfg: PipelineConfig) -> None:
+def _check_cluster_config(cfg: PipelineConfig, preflight: bool = False) -> None:
+    """Refuse what cannot work on a cluster before contacting the host; with `preflight`, also check
+    from here what a training run needs (reset/preflight.py; the first task checks the rest)."""
     from pipelines.cli import cluster_tracking_problem
 
     if problem := cluster_tracking_problem(cfg):
         raise ConfigError(problem)
+    if preflight:
+        from reset import preflight as pf
+
+        pf.run(cfg, where="submit")  # PreflightError: one line per problem (the CLI prints them)
 
 
 def _compile(cfg: PipelineConfig, which: str, path: str, challenger: str = "") -> None:
@@ -241,7 +247,7 @@ def _job(kc, cfg: PipelineConfig, args, which: str, tmp: str) -> dict[str, Any]:
 
 
 def submit(cfg: PipelineConfig, args: argparse.Namespace, which: str = TRAINING) -> int:
-    _check_cluster_config(cfg)  # before contacting the host
+    _check_cluster_config(cfg, preflight=which == TRAINING)  # before contacting the host
     kc = client(args)
     exp = kc.create_experiment(args.experiment, namespace=args.namespace or None)
     name = args.run_name or f"{which} {args.pipeline_version[:12] or 'inline'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -305,7 +311,7 @@ def check_cron(cron: str) -> str:
 
 def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     cron = check_cron(args.cron)
-    _check_cluster_config(cfg)
+    _check_cluster_config(cfg, preflight=True)
     kc = client(args)
     exp = kc.create_experiment(args.experiment, namespace=args.namespace or None)
     with tempfile.TemporaryDirectory() as tmp:
