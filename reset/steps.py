@@ -573,7 +573,7 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
              tracking_cfg: Section, parent_run_id: str, *, candidate: str = "reset") -> dict[str, Any]:
     """Register the candidate as challenger; champion only when the evaluate step's gates passed."""
     from reset.evaluation import GateDecision
-    from reset.registry import log_and_register
+    from reset.registry import UNKNOWN, log_and_register
 
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
@@ -585,11 +585,13 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
     gates = ({ref: GateDecision(g["passed"], g["reason"], g.get("deltas", {})) for ref, g in payload["gates"].items()}
              if "gates" in payload else None)
     description = "\n".join(payload.get("verdicts", []))
+    # the champion the gates compared against: the alias moves only if it still points there
+    evaluated = payload.get("champion_version") if gates is not None and rcfg.compare_champion else UNKNOWN
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", rcfg.model_dump()):
         import mlflow
 
         decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt,
-                                    gates=gates, description=description)
+                                    gates=gates, description=description, evaluated_champion=evaluated)
         mlflow.log_metrics(_metrics({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
         mlflow.log_metric("promoted", int(decision["promote"]))
         mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],

@@ -287,3 +287,29 @@ def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_mod
     assert f"it is v{winner} now, v{v1} when this decision was made" in by_challenger[loser]["reset.reason"]
     assert outs[loser].strip().splitlines()[-1].startswith("aborted: ")
     assert not [m for m in client.search_registered_models() if m.name.endswith(registry.LOCK_SUFFIX)]
+
+
+def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_evaluate(store, tiny_model_dir,
+                                                                                     tmp_path, monkeypatch):
+    """The training run's own promotion (register.promote): its gates compared against champion
+    v1 in the evaluate step; a promotion moved the champion before register ran: not moved."""
+    import json
+
+    from reset import steps
+
+    monkeypatch.delenv("RESET_KFP_RUN_ID", raising=False)
+    uri, exp, _ = store
+    cfg = RegisterConfig(model_name="inrun")
+    client = mlflow.MlflowClient()
+    v1 = _register(tiny_model_dir, exp, cfg, champion=True)
+    v2 = _register(tiny_model_dir, exp, cfg)
+    passed = {"passed": True, "reason": "no worse", "deltas": {}}
+    payload = {"metrics": {"reset": {"if_prompt_acc": 0.5, "faithfulness": 0.5}}, "verdicts": [],
+               "gates": {"mtl": passed, "champion": passed}, "champion_version": v1}
+    (tmp_path / "scores.json").write_text(json.dumps(payload))
+    assert registry.move_champion(client, cfg, v2, expected=v1, holder="promotion pipeline", reason="better")[0]
+    decision = steps.register(str(tiny_model_dir), str(tmp_path / "scores.json"), cfg.model_dump(), FAST, {},
+                              {"tracking_uri": uri, "experiment": "promo"}, "")
+    assert not decision["promote"] and f"it is v{v2} now, v{v1} when this decision was made" in decision["reason"]
+    assert str(client.get_model_version_by_alias("inrun", "champion").version) == v2
+    assert client.get_model_version("inrun", decision["version"]).tags["promotion"] == decision["reason"]
