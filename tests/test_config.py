@@ -245,3 +245,18 @@ def test_json_schema_describes_every_field() -> None:
 def test_min_selected_must_leave_something_to_train_on(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"select\.min_selected"):
         load_config(_cfg(tmp_path, "select:\n  min_selected: 0\n"))
+
+
+def test_a_config_can_extend_another(tmp_path: Path) -> None:
+    base = _cfg(tmp_path, {"train": {"epochs": 2, "learning_rate": 0.001}, "select": {"mode": "reset-s"}})
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {base.name}\ntrain:\n  epochs: 3\n")
+    cfg = load_config(child)
+    assert cfg.train.epochs == 3.0 and cfg.train.learning_rate == pytest.approx(0.001)  # key by key
+    assert cfg.select.mode == "reset-s"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    assert "extends itself" in _error(loop)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("extends: nope.yaml\n")
+    assert "nope.yaml: config file not found" in _error(missing)

@@ -143,6 +143,15 @@ class DataSource(Section):
         return self
 
 
+DemoConstraint = Literal["number_words", "number_sentences", "existence", "forbidden_words", "number_bullet_lists",
+                         "english_lowercase", "english_capital", "no_comma", "end_checker", "quotation", "title",
+                         "postscript"]
+# Families SmolLM2-135M sometimes passes and can learn in a few steps; lowercase, capitals and end
+# phrases it (almost) never passes, so they cannot show a change (../shared/EVIDENCE.md).
+DEMO_LEARNABLE = ("existence", "number_bullet_lists", "number_words", "quotation", "postscript", "no_comma",
+                  "forbidden_words", "title")
+
+
 class DataConfig(Section):
     """Data sources, the IF:CD mixture, deduplication, the held-out split, the seen-prompt pool and
     the limits of what a row may be."""
@@ -193,6 +202,23 @@ class DataConfig(Section):
     """Seed of the shuffle, the split, the weighting and the seen-prompt sample."""
     demo_size: PositiveInt = 300
     """Size of the built-in demo set, per kind."""
+    demo_grounded_size: NonNegativeInt = 0
+    """Size of the built-in grounded (CD) demo set (0 = demo_size)."""
+    demo_constraints: Annotated[list[DemoConstraint], Field(min_length=1)] = Field(
+        default_factory=lambda: list(DEMO_LEARNABLE))
+    """Constraint kinds the built-in IF demo set draws from (1-2 per prompt). Default: the families
+    a 135M model sometimes passes and can learn (see ../shared/EVIDENCE.md); all twelve:
+    number_words, number_sentences, existence, forbidden_words, number_bullet_lists,
+    english_lowercase, english_capital, no_comma, end_checker, quotation, title, postscript."""
+    eval_instruction: NonNegativeInt = 0
+    """Held-out IF examples (0 = eval_per_kind): sized for the IF effect to detect (docs/design.md)."""
+    eval_grounded: NonNegativeInt = 0
+    """Held-out grounded examples (0 = eval_per_kind)."""
+
+    def eval_count(self, kind: str) -> int:
+        """Held-out examples of `kind` ("instruction" or "grounded")."""
+        n = self.eval_instruction if kind == "instruction" else self.eval_grounded
+        return n or self.eval_per_kind
 
     @model_validator(mode="after")
     def _some_source(self) -> DataConfig:
