@@ -155,9 +155,14 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
         tasks = {"start-run": cfg, "finish-run": finish, "mix": mixed, "finetune-mtl": mtl, "generate": gen,
                  "judge": judged, "select": chosen, "finetune-reset": rs, "evaluate": ev, "register": reg}
         for name, task in tasks.items():
-            # Cacheable: deterministic steps named in cluster.cache_steps (never locally: kfp.local
-            # does not cache). Their inputs hold no run id: the parent run is found by the run's id.
-            task.set_caching_options(cluster is not None and name in cluster.cache_steps)
+            # Cacheable: deterministic steps named in cluster.cache_steps. Their inputs hold no run
+            # id: the parent run is found by the run's id. Locally every step but the run's own
+            # bookkeeping: the CLI gives each run folder its own kfp.local cache, so only
+            # `run --resume` of that folder reuses what finished (pipelines/local_runs.py).
+            if cluster is not None:
+                task.set_caching_options(name in cluster.cache_steps)
+            else:
+                task.set_caching_options(name not in ("start-run", "finish-run"))
         if cluster is not None:
             _apply_cluster(cluster, tasks, volume, llm_judges=llm_judges)
 

@@ -32,8 +32,11 @@ def emit(event: str, **fields: Any) -> None:
     """Print one event line (only when RESET_PROGRESS=1)."""
     if not enabled():
         return
-    sys.stdout.write(PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(PREFIX + json.dumps({"event": event, **fields}, default=str) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # the reader is gone (a stopped driver): events are best effort
+        pass
 
 
 def parse(line: str) -> dict[str, Any] | None:

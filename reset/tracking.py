@@ -222,9 +222,33 @@ def finish_parent(cfg: TrackingConfig, parent_run_id: str, expected_last_step: s
     return status
 
 
+def _running(client, experiment_ids: list[str]) -> list[Any]:
+    """Every RUNNING run of these experiments."""
+    out, token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, "attributes.status = 'RUNNING'", max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def _descendants(runs: list[Any], roots: set[str]) -> list[Any]:
+    """The runs among `runs` below any of `roots` (children, their nested runs, ...)."""
+    below: list[Any] = []
+    seen = set(roots)
+    frontier = set(roots)
+    while frontier:
+        nxt = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in frontier and r.info.run_id not in seen]
+        below.extend(nxt)
+        frontier = {r.info.run_id for r in nxt}
+        seen |= frontier
+    return below
+
+
 def kill_job_runs(cfg: TrackingConfig, job: str, status: str = "KILLED") -> list[str]:
-    """Mark the parent run of pipeline job `job` and its children still RUNNING as `status`
-    (a local run stopped by Ctrl-C). Returns the run ids marked."""
+    """Mark the parent run of pipeline job `job` and every run below it still RUNNING (its steps,
+    their nested runs) as `status` (a local run stopped by Ctrl-C). Returns the run ids marked."""
     import mlflow
 
     parent = find_parent(cfg, job)
@@ -232,10 +256,9 @@ def kill_job_runs(cfg: TrackingConfig, job: str, status: str = "KILLED") -> list
         return []
     client = mlflow.MlflowClient()
     run = client.get_run(parent)
-    kids = client.search_runs([run.info.experiment_id],
-                              f"tags.mlflow.parentRunId = '{parent}' AND attributes.status = 'RUNNING'")
+    running = _running(client, [run.info.experiment_id])
     marked = []
-    for r in [*kids, run]:
+    for r in [*reversed(_descendants(running, {parent})), run]:
         if r.info.status == "RUNNING":
             client.set_terminated(r.info.run_id, status)
             marked.append(r.info.run_id)
@@ -243,11 +266,11 @@ def kill_job_runs(cfg: TrackingConfig, job: str, status: str = "KILLED") -> list
 
 
 def mark_dead_runs(uri: str, experiments: list[str] | None = None) -> list[dict[str, str]]:
-    """Mark KILLED every RUNNING run (parent or step) of the store at `uri` whose local process is
-    gone (its reset.local.* tags name this host and a process that is no longer running). Runs
-    of live processes, of other hosts and without those tags are left alone. `experiments`:
-    names to look in (default: every active experiment). Returns what was marked (run id, name,
-    experiment, pid)."""
+    """Mark KILLED every RUNNING run of the store at `uri` whose local process is gone: a parent
+    or step run whose reset.local.* tags name this host and a process that no longer runs, and
+    the runs nested below those (which carry no tags of their own). Runs of live processes, of
+    other hosts and of cluster runs are left alone. `experiments`: names to look in (default:
+    every active experiment). Returns what was marked (run id, name, experiment, pid)."""
     import mlflow
 
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
@@ -259,19 +282,33 @@ def mark_dead_runs(uri: str, experiments: list[str] | None = None) -> list[dict[
         exps = [e for e in exps if e.name in experiments]
     if not exps:
         return []
-    marked: list[dict[str, str]] = []
-    query = f"attributes.status = 'RUNNING' AND tags.`{LOCAL_TAG}host` = '{procs.identity()['host']}'"
-    ids = [e.experiment_id for e in exps]
     names = {e.experiment_id: e.name for e in exps}
-    token = None
-    while True:
-        page = client.search_runs(ids, query, max_results=500, page_token=token)
-        for r in page:
-            ident = {k[len(LOCAL_TAG):]: v for k, v in r.data.tags.items() if k.startswith(LOCAL_TAG)}
-            if procs.alive(ident) is False:
-                client.set_terminated(r.info.run_id, "KILLED")
-                marked.append({"run_id": r.info.run_id, "name": r.info.run_name or "",
-                               "experiment": names.get(r.info.experiment_id, ""), "pid": ident.get("pid", "")})
-        token = page.token
-        if not token:
-            return marked
+    running = _running(client, list(names))
+    host = procs.identity()["host"]
+    dead: list[tuple[Any, str]] = []
+    ended_parents: set[str] = set()
+    for r in running:
+        ident = {k[len(LOCAL_TAG):]: v for k, v in r.data.tags.items() if k.startswith(LOCAL_TAG)}
+        if ident and ident.get("host") == host and procs.alive(ident) is False:
+            dead.append((r, ident.get("pid", "")))
+    # A nested run (no tags of its own) whose local step run has already ended is orphaned too.
+    by_id = {r.info.run_id: r for r in running}
+    for r in running:
+        parent = r.data.tags.get("mlflow.parentRunId", "")
+        if parent and parent not in by_id and not any(k.startswith(LOCAL_TAG) for k in r.data.tags):
+            try:
+                p = client.get_run(parent)
+            except Exception:  # noqa: BLE001 - a deleted parent: leave it
+                continue
+            if p.data.tags.get(f"{LOCAL_TAG}host") == host:
+                ended_parents.add(parent)
+    roots = {r.info.run_id for r, _ in dead} | ended_parents
+    nested = [(r, "") for r in _descendants(running, roots) if not any(k.startswith(LOCAL_TAG) for k in r.data.tags)]
+    marked: list[dict[str, str]] = []
+    for r, pid in [*nested, *dead]:
+        if r.info.run_id in {m["run_id"] for m in marked}:
+            continue
+        client.set_terminated(r.info.run_id, "KILLED")
+        marked.append({"run_id": r.info.run_id, "name": r.info.run_name or "",
+                       "experiment": names.get(r.info.experiment_id, ""), "pid": pid})
+    return marked

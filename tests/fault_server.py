@@ -59,6 +59,8 @@ class FaultConfig:
     reject_response_format: bool = False
     # (user text, index of this attempt for this prompt) -> assistant content; None = JSON score.
     reply: Callable[[str, int], str] | None = None
+    models: Sequence[str] = ()  # what GET /v1/models lists (empty: it serves any model name)
+    api_key: str | None = None  # when set, a request without "Authorization: Bearer <api_key>" gets 401
 
 
 class _Server(ThreadingHTTPServer):
@@ -155,9 +157,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         self._send_json(status, {"error": {"message": message, "type": "fault", "code": status}}, headers)
 
+    def _refused(self) -> bool:
+        key = self.owner.config.api_key
+        if key is not None and self.headers.get("Authorization", "") != f"Bearer {key}":
+            self._error(401, "invalid API key")
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self._refused():
+            return
         if self.path.rstrip("/").endswith("/models"):
-            self._send_json(200, {"object": "list", "data": [{"id": "fault-model", "object": "model"}]})
+            data = [{"id": m, "object": "model"} for m in self.owner.config.models]
+            self._send_json(200, {"object": "list", "data": data})
         else:
             self._error(404, f"no route {self.path}")
 
@@ -167,6 +179,8 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length)
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._error(404, f"no route {self.path}")
+            return
+        if self._refused():
             return
         try:
             body = json.loads(raw)

@@ -55,21 +55,33 @@ class Section(BaseModel):
 
 
 # -------------------------------------------------------------------------------------- secrets
-_SECRET_QUERY_KEYS = re.compile(
-    r"(?:^|[?&;])((?:access_?)?token|api_?key|apikey|key|sig|signature|secret|password|passwd|pwd|"
-    r"x-amz-signature|x-amz-credential|x-amz-security-token|credential|auth)=", re.IGNORECASE)
+# A query (or fragment) parameter whose name, once decoded and lower-cased, is or ends with one of
+# these is a credential: token, access_token, client_secret, api_key / api-key / x-api-key, sig
+# (Azure SAS), X-Amz-Signature (S3 presigned URLs), password, ...
+_SECRET_PARAM = re.compile(
+    r"^(?:key|sig|auth|authorization|apikey)$"
+    r"|(?:^|[_.-])(?:token|secret|password|passwd|pwd|signature|credentials?|security-token)$"
+    r"|(?:^|[_.-])(?:api|access|secret|private|subscription|account|client)[_.-]?key$", re.IGNORECASE)
 
 
 def url_secret(url: str) -> str:
     """What in a URL looks like a credential ("" if nothing): user info (`user:pw@host`) or a query
-    parameter such as token, key, api_key, sig. The value itself is never returned."""
+    or fragment parameter such as token, key, api_key, sig, client_secret. The value itself is
+    never returned."""
+    from urllib.parse import parse_qsl
+
     rest = url.split("://", 1)[-1]
-    host = rest.split("/", 1)[0].split("?", 1)[0]
+    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if "@" in host:
         return "user info (user:password@host)"
     query = url.split("?", 1)[1] if "?" in url else ""
-    m = _SECRET_QUERY_KEYS.search(query)
-    return f"query parameter {m.group(1)!r}" if m else ""
+    fragment = url.split("#", 1)[1] if "#" in url else ""
+    for part in (query.split("#", 1)[0], fragment):
+        for name, _ in parse_qsl(part.replace(";", "&"), keep_blank_values=True):
+            if _SECRET_PARAM.search(name.strip()):
+                kind = "fragment" if part is fragment and part else "query"
+                return f"{kind} parameter {name.strip()!r}"
+    return ""
 
 
 def has_credentials(url: str) -> bool:

@@ -1,0 +1,176 @@
+"""Local processes: who runs a local pipeline, whether it is still alive, its descendants, and a
+watchdog that stops a task whose driver died.
+
+A process is identified by host, pid, its start time (clock ticks since boot, /proc/<pid>/stat)
+and the kernel's boot id, so a pid reused after a crash or a reboot is never mistaken for the
+process that wrote the identity. The MLflow runs of a local job carry this identity as tags
+(reset.tracking), which is how `python -m pipelines runs cleanup` and the next local run tell a
+run whose process died (marked KILLED) from one that is still going.
+
+Linux only (/proc); elsewhere `alive` answers None (unknown) and nothing is marked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+# The identity of the local driver (the `python -m pipelines run` process), as JSON, in the
+# environment of its task processes.
+DRIVER_ENV = "RESET_LOCAL_DRIVER"
+PROC = Path("/proc")
+
+
+def _stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after the command name), or None."""
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return text.rsplit(")", 1)[-1].split()
+
+
+def _boot_id() -> str:
+    try:
+        return (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot ("" if unknown)."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else ""
+
+
+def identity(pid: int | None = None) -> dict[str, str]:
+    """{host, pid, start, boot} of process `pid` (default: this one)."""
+    pid = os.getpid() if pid is None else pid
+    return {"host": socket.gethostname(), "pid": str(pid), "start": start_ticks(pid), "boot": _boot_id()}
+
+
+def alive(ident: dict[str, str]) -> bool | None:
+    """Is the process `ident` names still running? None when it cannot be told from here (another
+    host, no /proc, an incomplete identity)."""
+    if not ident.get("pid", "").isdigit() or ident.get("host") != socket.gethostname() or not PROC.is_dir():
+        return None
+    if ident.get("boot") and _boot_id() and ident["boot"] != _boot_id():
+        return False  # the machine rebooted since
+    fields = _stat(int(ident["pid"]))
+    if fields is None or fields[0] in ("Z", "X"):  # gone, or a zombie nobody reaped
+        return False
+    return not ident.get("start") or fields[19] == ident["start"]
+
+
+def driver() -> dict[str, str] | None:
+    """The local driver's identity from DRIVER_ENV (None outside a local run)."""
+    raw = os.environ.get(DRIVER_ENV, "")
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else None
+
+
+def children_map() -> dict[int, list[int]]:
+    """parent pid -> child pids, from /proc."""
+    out: dict[int, list[int]] = {}
+    for p in PROC.glob("[0-9]*"):
+        fields = _stat(int(p.name))
+        if fields and len(fields) > 1 and fields[1].isdigit():
+            out.setdefault(int(fields[1]), []).append(int(p.name))
+    return out
+
+
+def cmdline(pid: int) -> str:
+    """The command line of `pid`, arguments joined by spaces ("" if gone)."""
+    try:
+        return (PROC / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
+    """Every process below `pid` (children first); `tree` from children_map()."""
+    tree = children_map() if tree is None else tree
+    out: list[int] = []
+    todo = list(tree.get(pid, []))
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        todo.extend(tree.get(p, []))
+    return out
+
+
+def running(pids: Iterable[int]) -> list[int]:
+    """The pids that are still running (zombies count as gone)."""
+    out = []
+    for p in pids:
+        fields = _stat(p)
+        if fields is not None and fields[0] not in ("Z", "X"):
+            out.append(p)
+    return out
+
+
+def stop(pids: Iterable[int], grace_s: float = 10.0, sig: int = signal.SIGINT) -> list[int]:
+    """Send `sig` to `pids`, wait up to `grace_s` for them to end, then SIGKILL what is left.
+    Returns the pids that needed SIGKILL."""
+    pids = list(pids)
+    for p in pids:
+        with contextlib.suppress(OSError):
+            os.kill(p, sig)
+    deadline = time.monotonic() + grace_s
+    while running(pids) and time.monotonic() < deadline:
+        _reap(pids)
+        time.sleep(0.1)  # polling process exit with a deadline
+    left = running(pids)
+    for p in left:
+        with contextlib.suppress(OSError):
+            os.kill(p, signal.SIGKILL)
+    _reap(pids)
+    return left
+
+
+def _reap(pids: Iterable[int]) -> None:
+    """Collect those of `pids` that are exited children of this process (no zombies left)."""
+    for p in pids:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(p, os.WNOHANG)
+
+
+_watchdog: threading.Thread | None = None
+
+
+def watch_driver(ident: dict[str, str] | None = None, interval_s: float = 1.0, grace_s: float = 30.0,
+                 on_death: Callable[[], None] | None = None) -> bool:
+    """In a task process of a local run: when the driver (`ident`, default DRIVER_ENV) dies, stop
+    this process as Ctrl-C would (SIGINT: the step's MLflow run is marked KILLED), and end it
+    after `grace_s` if it does not stop. Started once per process; False when there is no driver
+    to watch."""
+    global _watchdog
+    ident = ident or driver()
+    if not ident or alive(ident) is not True or _watchdog is not None:
+        return False
+
+    def interrupt() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(grace_s)
+        os._exit(137)
+
+    def loop() -> None:
+        while alive(ident) is True:
+            time.sleep(interval_s)  # polling the driver's liveness
+        with contextlib.suppress(OSError, ValueError):  # its end of our output pipe is gone with it
+            print(f"[reset] the local driver (pid {ident.get('pid')}) is gone: stopping this task", flush=True)
+        (on_death or interrupt)()
+
+    _watchdog = threading.Thread(target=loop, name="reset-driver-watchdog", daemon=True)
+    _watchdog.start()
+    return True
