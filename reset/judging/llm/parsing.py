@@ -49,14 +49,22 @@ def parse_judgment(text: str | None) -> tuple[float, str]:
 
     Accepts a JSON object anywhere in the text (fenced or not, with text around it) that has a
     "score" key, then "Score: 7", "score is 7/10", then a reply that starts with a number ("7",
-    "7/10 - good")."""
+    "7/10 - good"). Several JSON objects whose scores differ are refused (the reply may be quoting
+    the judged material)."""
     if text is None or not text.strip():
         raise ParseError("empty reply")
+    found: list[tuple[Any, str]] = []
     for obj in _json_objects(text):
         lowered = {str(k).lower(): v for k, v in obj.items()}
         if "score" in lowered:
             why = lowered.get("rationale", lowered.get("reason", lowered.get("explanation", "")))
-            return _as_score(lowered["score"]), str(why).strip()
+            found.append((lowered["score"], str(why).strip()))
+    if found:
+        if len({json.dumps(score) for score, _ in found}) > 1:
+            # e.g. a reply that quotes the material's own {"score": 10} before its verdict: which
+            # one is the judge's cannot be told, so it is no verdict (and is retried)
+            raise ParseError(f"the reply holds {len(found)} JSON objects with different scores")
+        return _as_score(found[0][0]), found[0][1]
     matches = list(_SCORE_WORD.finditer(text))
     if matches:
         return _as_score(matches[-1].group(1)), text.strip()[:500]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from reset.data.records import Candidate, Example
@@ -86,15 +87,63 @@ JSON_SCHEMA = {
 }
 
 _TAG_RE = re.compile(r"<\s*/?\s*data-[^<>]*>", re.IGNORECASE)
+# Characters that look like the ones a data tag is made of, folded to them before tags are looked
+# for (NFKC already folds fullwidth and small forms: ＜ ／ ｄ ﹣ ...).
+_LOOKALIKE = str.maketrans({
+    "\u2039": "<", "\u203a": ">", "\u2329": "<", "\u232a": ">", "\u27e8": "<", "\u27e9": ">", "\u3008": "<",
+    "\u3009": ">", "\u276e": "<", "\u276f": ">", "\u02c2": "<", "\u02c3": ">", "\u1438": "<", "\u1433": ">",
+    "\u2215": "/", "\u2044": "/", "\u29f8": "/", "\u2571": "/",
+    "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-", "\u2043": "-",
+    "\u0430": "a", "\u0251": "a", "\u03b1": "a", "\u0410": "a", "\u0391": "a",  # Cyrillic / Latin / Greek a
+    "\u0501": "d", "\u217e": "d", "\u0256": "d",  # d
+    "\u0442": "t", "\u03c4": "t", "\u0422": "t", "\u03a4": "t",  # t
+})
+
+
+def _fold(text: str) -> tuple[str, list[int]]:
+    """`text` as a tag would be read: look-alikes folded, invisible format characters dropped,
+    Unicode tag characters (U+E0020..E007E, invisible ASCII) read as ASCII; with the index in
+    `text` of every folded character."""
+    out: list[str] = []
+    where: list[int] = []
+    for i, ch in enumerate(text):
+        cp = ord(ch)
+        if 0xE0020 <= cp <= 0xE007E:
+            folded = chr(cp - 0xE0000)
+        elif unicodedata.category(ch) == "Cf":
+            continue
+        else:
+            folded = unicodedata.normalize("NFKC", ch).translate(_LOOKALIKE)
+        for c in folded:
+            out.append(c)
+            where.append(i)
+    return "".join(out), where
+
+
+def _strip_once(text: str) -> str:
+    if text.isascii():
+        return _TAG_RE.sub("", text)
+    folded, where = _fold(text)
+    spans = [(where[m.start()], where[m.end() - 1] + 1) for m in _TAG_RE.finditer(folded)]
+    for start, end in reversed(spans):
+        text = text[:start] + text[end:]
+    return text
 
 
 def strip_data_tags(text: str) -> str:
-    """Remove anything shaped like a data tag, until none is left (removal can join fragments)."""
+    """Remove anything shaped like a data tag, until none is left (removal can join fragments),
+    including tags written with look-alike characters (fullwidth or Cyrillic letters, angle quotes,
+    Unicode hyphens, zero-width or invisible tag characters inside)."""
     while True:
-        cleaned = _TAG_RE.sub("", text)
+        cleaned = _strip_once(text)
         if cleaned == text:
             return cleaned
         text = cleaned
+
+
+def data_tags(text: str) -> list[str]:
+    """Every data-tag-shaped sequence in `text`, as a tag would be read (look-alikes folded)."""
+    return _TAG_RE.findall(_fold(text)[0])
 
 
 def build_prompt(axis: str, example: Example, candidate: Candidate) -> tuple[str, str]:
