@@ -19,7 +19,15 @@ from reset.config import DecodingSetting, GenerateConfig, ModelConfig, TrainConf
 from reset.data.records import write_jsonl
 from reset.models import chat
 from reset.models import loading as modeling
-from reset.models.finetune import BatchPlan, cpu_has_bf16, finetune, pack, pad
+from reset.models.finetune import (
+    BatchPlan,
+    cpu_has_bf16,
+    finetune,
+    pack,
+    pad,
+    response_loss,
+    supports_response_loss,
+)
 from reset.models.generation import hf
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,6 +99,19 @@ def test_packed_batch_gives_the_padded_batch_loss(tiny_model_dir, examples):
         padded = model(**pad(batch, tok.pad_token_id), use_cache=False).loss
         packed = model(**pack(batch), use_cache=False).loss
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+def test_response_only_logits_give_the_models_own_loss(tiny_model_dir, examples):
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = modeling.load(tiny_model_dir)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    assert supports_response_loss(model)
+    batch = [chat.encode_sft(tok, ex, ex.response, 192) for ex in examples[:5]]
+    for inputs in (pad(batch, tok.pad_token_id), pack(batch)):
+        with torch.no_grad():
+            torch.testing.assert_close(response_loss(model, inputs), model(**inputs, use_cache=False).loss,
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_length_grouped_plan_pads_less_and_sees_every_example_once_per_pass():

@@ -13,6 +13,8 @@ What it supports:
 - `train.precision`: bf16 autocast on GPUs and on CPUs with bf16 arithmetic (avx512_bf16 / AMX),
   fp32 selectable. Under bf16 a LoRA run holds the frozen base in bf16 and the adapter in fp32.
 - `train.gradient_checkpointing`, `train.batching` (length-grouped, random, packed).
+- The loss takes logits only at the response positions (the output projection and the softmax
+  over the vocabulary skip the prompt tokens); under FSDP the model's own loss is used.
 - Checkpoints every `train.checkpoint_every` steps (weights being trained, optimizer, schedule,
   RNG states, data position), written atomically; a run started again with the same output
   directory continues from the last one and ends where an uninterrupted run ends.
@@ -215,6 +217,7 @@ def finetune(
             log(f"[finetune] {last} belongs to another configuration or data: starting afresh")
 
     # --- train
+    fast_loss = not dist.on and supports_response_loss(net)
     bar = progress.Progress(total_steps, "steps") if dist.main else None
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     t0 = time.time() - state.seconds
@@ -230,7 +233,7 @@ def finetune(
             inputs = pack(batch) if cfg.batching == "packed" else pad(batch, tok.pad_token_id)
             inputs = {k: v.to(device) for k, v in inputs.items()}
             with autocast():
-                loss = net(**inputs, use_cache=False).loss
+                loss = response_loss(net, inputs) if fast_loss else net(**inputs, use_cache=False).loss
             (loss / cfg.grad_accum).backward()
             step_loss += loss.detach().float() / cfg.grad_accum
             step_tokens += sum(len(ids) for ids, _ in batch)
@@ -442,6 +445,33 @@ def pad(batch, pad_id: int) -> dict[str, Any]:
         labels[i, : len(y)] = torch.tensor(y)
         mask[i, : len(x)] = 1
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def supports_response_loss(net) -> bool:
+    """Whether `response_loss` computes exactly what the model's own loss does: a decoder body and
+    an output projection, and no logit scaling or soft-capping after it."""
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    cfg = base.config
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return False
+    return callable(getattr(base, "get_decoder", None)) and base.get_output_embeddings() is not None
+
+
+def response_loss(net, inputs: dict[str, Any]):
+    """The causal-LM loss (mean cross-entropy over the label tokens), with the output projection
+    and the softmax over the vocabulary computed only where a label is: the prompt positions cost
+    no logits (on the demo data about half of the tokens, and a batch x length x vocab fp32 tensor
+    the model's own loss would materialise)."""
+    import torch
+
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    labels = inputs["labels"]
+    body_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+    hidden = base.get_decoder()(**body_inputs, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
 
 
 def pack(batch) -> dict[str, Any]:
