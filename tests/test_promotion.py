@@ -313,3 +313,43 @@ def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_eva
     assert not decision["promote"] and f"it is v{v2} now, v{v1} when this decision was made" in decision["reason"]
     assert str(client.get_model_version_by_alias("inrun", "champion").version) == v2
     assert client.get_model_version("inrun", decision["version"]).tags["promotion"] == decision["reason"]
+
+
+def test_the_promotion_pipeline_compiles_with_the_cluster_settings(tmp_path, monkeypatch):
+    """paper-7b's promotion pipeline: one uncached task on the config's image, the promote step's
+    resources (a GPU, its node selector, a timeout, scratch for the two models), the S3 Secret
+    required and the LLM judge's optional, the config's sections as parameters, no secret value."""
+    import yaml
+
+    from pipelines.promotion_pipeline import compile_promotion, promotion_arguments
+    from reset.config import load_config
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "promo-5ecret-value")
+    cfg = load_config(REPO / "configs" / "paper-7b.yaml")
+    out = tmp_path / "promotion.yaml"
+    compile_promotion(cfg, str(out), challenger="12")
+    text = out.read_text()
+    assert "promo-5ecret-value" not in text
+    spec, platform = yaml.safe_load_all(text)
+    assert spec["pipelineInfo"]["name"] == "reset-promotion"
+    (task,) = spec["root"]["dag"]["tasks"].values()
+    assert task["taskInfo"]["name"] == "promote" and not task.get("cachingOptions", {}).get("enableCache")
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {k: v.get("defaultValue") for k, v in params.items()} == json_roundtrip(promotion_arguments(cfg, "12"))
+    container = spec["deploymentSpec"]["executors"]["exec-promote-challenger"]["container"]
+    assert container["image"] == cfg.cluster.image
+    assert container["resources"]["accelerator"]["resourceCount"] == "1"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RESET_CACHE_DIR"] == "/scratch/cache" and env["TMPDIR"] == "/scratch"
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-promote-challenger"]
+    assert {s["secretName"]: s["optional"] for s in k8s["secretAsEnv"]} == {"reset-s3": False, "reset-mlflow": True,
+                                                                           "reset-llm": True}
+    assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert int(k8s["activeDeadlineSeconds"]) == cfg.cluster.step_resources("promote").timeout_s
+    assert k8s["emptyDirMounts"][0]["sizeLimit"] == cfg.cluster.step_resources("promote").ephemeral_storage
+
+
+def json_roundtrip(value):
+    import json
+
+    return json.loads(json.dumps(value))
