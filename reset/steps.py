@@ -186,20 +186,46 @@ def length_meter(mcfg: C.ModelConfig, cache_dir: str = ""):
     system = mcfg.system_prompt
     cut = 64 * max(mcfg.max_length, mcfg.max_prompt_length)  # characters; bounds the tokenizer's work
 
-    def render(ex: Example) -> tuple[str, str]:
-        msgs = chat.messages(Example(ex.id, ex.source, ex.kind, ex.instruction[:cut], ex.response[:cut],
-                                ex.context[-cut:] if ex.context else None, ex.task), system)
+    def bounded(ex: Example) -> Example:
+        return Example(ex.id, ex.source, ex.kind, ex.instruction[:cut], ex.response[:cut],
+                       ex.context[-cut:] if ex.context else None, ex.task)
+
+    def render_each(ex: Example) -> tuple[str, str]:
+        msgs = chat.messages(bounded(ex), system)
         prompt = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         full = tok.apply_chat_template(msgs + [{"role": "assistant", "content": ex.response[:cut]}], tokenize=False)
         return prompt, full[len(prompt):].rstrip("\n") if full.startswith(prompt) else ex.response[:cut]
 
+    # Templates put the user's text and the response in as they are: render once around markers and
+    # fill them in (about 100x faster than a Jinja rendering per example); probes check that this
+    # gives the same text as rendering each, else each is rendered.
+    user_mark, reply_mark = "\x00USER\x00", "\x00REPLY\x00"
+    head = [{"role": "system", "content": system}] if system else []
+    p_tpl = tok.apply_chat_template(head + [{"role": "user", "content": user_mark}], add_generation_prompt=True,
+                                    tokenize=False)
+    f_tpl = tok.apply_chat_template(head + [{"role": "user", "content": user_mark},
+                                            {"role": "assistant", "content": reply_mark}], tokenize=False)
+    parts = None
+    if p_tpl.count(user_mark) == 1 and f_tpl.startswith(p_tpl) and f_tpl[len(p_tpl):].count(reply_mark) == 1:
+        parts = (*p_tpl.split(user_mark), *f_tpl[len(p_tpl):].split(reply_mark))
+
+    def render_fast(ex: Example) -> tuple[str, str]:
+        b = bounded(ex)
+        user = chat.messages(b, "")[-1]["content"]
+        return parts[0] + user + parts[1], (parts[2] + b.response + parts[3]).rstrip("\n")
+
+    probes = [Example("p", "p", "grounded", "Name the city.  ", " It is Oslo. ", "Ann lives in Oslo.\n", "extractive"),
+              Example("q", "q", "instruction", "Write one line.", "A line.", None)]
+    render = render_fast if parts and all(render_fast(e) == render_each(e) for e in probes) else render_each
+
     def measure(examples):
-        pairs = [render(ex) for ex in examples]
-        if not pairs:
-            return []
-        p = tok([a for a, _ in pairs], add_special_tokens=False)["input_ids"]
-        c = tok([b for _, b in pairs], add_special_tokens=False)["input_ids"]
-        return [(len(x), len(x) + len(y)) for x, y in zip(p, c, strict=True)]
+        out = []
+        for start in range(0, len(examples), 256):  # bounded batches: the tokenizer's buffers stay small
+            pairs = [render(ex) for ex in examples[start:start + 256]]
+            p = tok([a for a, _ in pairs], add_special_tokens=False)["input_ids"]
+            c = tok([b for _, b in pairs], add_special_tokens=False)["input_ids"]
+            out += [(len(x), len(x) + len(y)) for x, y in zip(p, c, strict=True)]
+        return out
 
     probe = Example("x", "x", "grounded", "x", "z", "y", "extractive")
     prompt, completion = render(probe)

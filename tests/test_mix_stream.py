@@ -312,3 +312,21 @@ def test_builtin_sources_have_a_digest_and_a_code_source(tmp_path) -> None:
     assert a != [s["files"] for s in rep3.card["sources"]]  # another seed, other demo rows
     ds = steps._meta_dataset("builtin:demo-instruction", "demo-instruction", a[0][0]["digest"])
     assert ds.source._get_source_type() == "code" and ds.digest == a[0][0]["digest"][:16]
+
+
+@pytest.mark.parametrize("system", ["", "You are terse."])
+def test_token_lengths_are_what_training_and_generation_see(tiny_model_dir, demo, system: str) -> None:
+    """The card's lengths equal the prompt ids generation builds and the SFT ids training builds."""
+    from reset import steps
+    from reset.config import ModelConfig
+    from reset.models import chat
+    from reset.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    meter = steps.length_meter(ModelConfig(base=str(tiny_model_dir), system_prompt=system))
+    examples = demo[0][:20] + demo[1][:20]
+    for ex, (p, t) in zip(examples, meter.measure(examples), strict=True):
+        ids, cut = chat.prompt_ids(tok, ex, 10_000, system)
+        assert not cut and p == len(ids), ex.id
+        sft, _ = chat.encode_sft(tok, ex, ex.response, 10_000, system)
+        assert t == len(sft), ex.id
