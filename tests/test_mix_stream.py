@@ -330,3 +330,20 @@ def test_token_lengths_are_what_training_and_generation_see(tiny_model_dir, demo
         assert not cut and p == len(ids), ex.id
         sft, _ = chat.encode_sft(tok, ex, ex.response, 10_000, system)
         assert t == len(sft), ex.id
+
+
+def test_near_dedupe_leaves_no_near_pair_behind_in_the_demo_set() -> None:
+    """Recall on templated prompts: after near-dedupe, no two kept demo prompts are at or above
+    the threshold (checked by brute force on the exact shingle sets), and each dropped one is."""
+    from reset.data.demo import build_demo
+
+    ifs, cds = build_demo(seed=0, n_instruction=300, n_grounded=300)
+    kept, bad = dedupe(ifs + cds, level="near", threshold=0.8)
+    assert bad and all(r.category == "near-duplicate" for r in bad)
+    sets = [(D.shingle_set(e.instruction), D.shingle_set(e.context or "")) for e in kept]
+    kinds = [e.kind for e in kept]
+    for i in range(len(kept)):
+        for j in range(i):
+            if kinds[i] == kinds[j]:
+                j_i, j_c = D.jaccard(sets[i][0], sets[j][0]), D.jaccard(sets[i][1], sets[j][1])
+                assert min(j_i, j_c) < 0.8, (kept[i].id, kept[j].id)
