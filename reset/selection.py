@@ -48,7 +48,8 @@ def select(
         groups[j.example_id].append(j)
 
     threshold = cfg.strict_threshold if cfg.mode == "reset-s" else cfg.threshold
-    required = [g for g, on in (("if_pass", cfg.gate_if_pass), ("answer_correct", cfg.gate_answer_correct)) if on]
+    required = [g for g, on in (("if_pass", cfg.gate_if_pass), ("answer_correct", cfg.gate_answer_correct),
+                                ("no_copy", cfg.gate_no_copy)) if on]
     gated: Counter[str] = Counter()
     best: list[Judgment] = []
     for ex_id in sorted(groups):

@@ -266,3 +266,46 @@ def test_judgment_example_mismatch_is_refused() -> None:
     wrong = [Judgment("e1-a", "e2", {"task": 0.9}, 0.9)]  # the candidate answers e1, not e2
     with pytest.raises(ValueError):
         select(_examples(), cands, wrong, SelectConfig())
+
+
+def _judged(examples, cands):
+    """Judge as the judge step does: the default judges, then the gate facts on each judgment."""
+    from reset.judging.gates import gate_flags
+
+    by_ex = {e.id: e for e in examples}
+    js = judge(examples, cands, EQUAL, default_judges())
+    for j, c in zip(js, cands, strict=True):
+        j.details["gates"] = gate_flags(by_ex[j.example_id], c.text)
+    return js
+
+
+def test_gates_keep_copies_and_memory_answers_out_of_the_selection() -> None:
+    from reset.data.demo import build_demo
+
+    _, cds = build_demo(seed=0, n_instruction=0, n_grounded=60)
+    ex = next(e for e in cds if e.task == "extractive" and e.meta.get("counterfactual"))
+    answer, memory = ex.meta["answer"], ex.meta["memory_answer"]
+    cands = [Candidate(f"{ex.id}/copy", ex.id, ex.context),                      # the whole passage
+             Candidate(f"{ex.id}/memory", ex.id, f"{memory}."),                    # the model's memory
+             Candidate(f"{ex.id}/right", ex.id, f"It is {answer}.")]               # the passage's answer
+    js = _judged([ex], cands)
+    gates = {j.candidate_id.split("/")[1]: j.details["gates"] for j in js}
+    assert gates["copy"]["no_copy"] is False and gates["memory"]["answer_correct"] is False
+    assert gates["right"] == {"if_pass": None, "answer_correct": True, "no_copy": True}
+    sel = select([ex], cands, js, SelectConfig(threshold=0.0))
+    assert [s.response for s in sel.examples] == [f"It is {answer}."]
+    assert sel.report["gated_out"]["answer_correct"] >= 1 and sel.report["gated_out"]["no_copy"] == 1
+    assert sel.report["ranks"][f"{ex.id}/right"]["selected"] is True
+    # the copy is perfectly "faithful" by K-Precision: faithfulness alone would have picked it
+    faith = {j.candidate_id.split("/")[1]: j.scores["faithfulness"] for j in js}
+    assert faith["copy"] == 1.0 and faith["copy"] >= faith["right"]
+
+
+def test_an_if_candidate_that_breaks_an_instruction_is_never_kept() -> None:
+    ex = Example(id="q", source="s", kind="instruction", instruction="Describe tea. Do not use any commas.",
+                 response="Tea is calm.", constraints=[{"id": "punctuation:no_comma", "kwargs": {}}])
+    cands = [Candidate("q/bad", "q", "Tea is calm, warm, and kind."), Candidate("q/ok", "q", "Tea is a warm drink.")]
+    sel = select([ex], cands, _judged([ex], cands), SelectConfig(threshold=0.0))
+    assert [s.response for s in sel.examples] == ["Tea is a warm drink."]
+    assert sel.report["per_family"]["punctuation"] == {"prompts": 1, "kept": 1, "keep_rate": 1.0}
+    assert sel.report["gated_out"]["if_pass"] == 1

@@ -534,6 +534,8 @@ class SelectConfig(Section):
     """Keep an extractive candidate only when its answer is correct against the passage (the gold
     answer, no passage copy, not the memory answer on a counterfactual passage), so faithfulness
     cannot be won by copying."""
+    gate_no_copy: bool = True
+    """Keep a grounded candidate only when it does not reproduce half (or more) of its passage."""
 
 
 # ------------------------------------------------------------------------------------- evaluate
