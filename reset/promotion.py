@@ -174,8 +174,7 @@ def champion_location(register_cfg: Section, tracking_cfg: Section) -> dict[str,
 
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
     tcfg = C.section(C.TrackingConfig, dict(tracking_cfg or {}), "tracking")
-    tracking.experiment_id(tcfg)
-    client = mlflow.MlflowClient()
+    client = mlflow.MlflowClient(tracking_uri=tracking.resolve_uri(tcfg))  # a read: no experiment created
     version = _version(client, rcfg, rcfg.champion_alias)
     if version is None:
         raise ValueError(f"{rcfg.model_name} has no @{rcfg.champion_alias} in {tracking.resolve_uri(tcfg)}")
