@@ -175,7 +175,7 @@ def test_every_config_section_is_a_pipeline_parameter():
     from reset.config import SECTIONS, PipelineConfig
 
     names = list(PipelineConfig.model_fields)
-    assert set(names) - set(SECTIONS) == {"cluster"}
+    assert set(names) - set(SECTIONS) == {"cluster", "experiment"}  # compile-time settings, not parameters
 
 
 def test_paper_7b_mounts_the_run_volume_carries_no_weights_and_sizes_each_step(tmp_path):
