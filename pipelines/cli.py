@@ -177,6 +177,7 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.tracking.tracking_uri:
         cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
+    tracking.prepare_store(cfg.tracking.tracking_uri)  # runs starting at once on a new store
     run = local_runs.open_run(output_dir, cfg, resume)
     run_dir = run.run_dir
     # Expected locally: the image and Kubernetes settings only matter on a cluster.

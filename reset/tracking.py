@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,32 @@ def local_tracking_uri(root: str | os.PathLike[str] = "runs") -> str:
     root = Path(root).resolve()
     root.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def prepare_store(uri: str) -> None:
+    """Create a local SQLite store's tables once, under a lock beside it: MLflow creates them on
+    first use, and several local runs (or their first tasks) starting on a new store at the same
+    moment race ("table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    import mlflow
+
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    quiet = [logging.getLogger(n) for n in ("mlflow.store.db.utils", "alembic.runtime.migration")]
+    levels = [q.level for q in quiet]
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            for q in quiet:  # "Creating initial MLflow database tables..." is not news for the console
+                q.setLevel(logging.WARNING)
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def resolve_uri(cfg: TrackingConfig) -> str:
