@@ -224,7 +224,8 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     if error:
         for line in console.failure_report(error):
             print(line, file=sys.stderr)
-        print(f"[reset-kfp] pipeline failed after {wall:.0f}s", file=sys.stderr)
+        where, why = console.failure
+        print(f"[reset-kfp] pipeline failed after {wall:.0f}s in {where}: {why}", file=sys.stderr)
         return 1
     summary = {"wall_seconds": round(wall, 1), "run_dir": str(run_dir),
                **run_summary(cfg, os.environ[tracking.JOB_ENV])}

@@ -46,6 +46,7 @@ class Console(io.TextIOBase):
         self.steps: dict[str, dict[str, Any]] = {}  # step -> start, seconds, status, summary, error, log
         self.current_step = ""
         self.task_logs: dict[str, Path] = {}
+        self.failure: tuple[str, str] = ("", "")  # (step or task, reason), set by failure_report
 
     # -------------------------------------------------------------------------------- stream API
     def writable(self) -> bool:
@@ -176,20 +177,45 @@ class Console(io.TextIOBase):
         return running[-1] if running else ""
 
     def failure_report(self, error: str) -> list[str]:
-        """The failing step, its last TAIL_LINES log lines and the log's path."""
+        """The failing step, its last TAIL_LINES log lines and the log's path. A task that failed
+        before its step began (start-run, say) is named from kfp.local's error, with the last
+        exception line of its log as the reason. Sets `failure` to (where, reason)."""
         step = self.failed_step()
         info = self.steps.get(step, {})
-        log = info.get("log") or self.task_logs.get(self._task) or self.log_dir / "pipeline.log"
+        task = "" if step else _failed_task(error)
+        log = info.get("log") or self.task_logs.get(task) or self.task_logs.get(self._task) or \
+            self.log_dir / "pipeline.log"
         self.flush()
         try:
             lines = Path(log).read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             lines = []
         lines = [x for x in lines if progress.parse(x) is None and x.strip()]
-        out = [f"The pipeline failed in step {step or info.get('task') or '?'}: {info.get('error') or error}",
+        reason = info.get("error") or _last_exception(lines) or _ANSI.sub("", error)
+        self.failure = (step or task or info.get("task") or "?", reason)
+        out = [f"The pipeline failed in step {self.failure[0]}: {reason}",
                f"--- last {min(TAIL_LINES, len(lines))} lines of {log} ---", *lines[-TAIL_LINES:],
                f"--- full log: {log} (all tasks: {self.log_dir / 'pipeline.log'})"]
         return out
+
+
+_INNER = re.compile(r"Inner task failed: '([^']+)'")
+_EXCEPTION = re.compile(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\w*: .+)$")
+
+
+def _failed_task(error: str) -> str:
+    """The innermost task kfp.local names in its failure message ("" if none)."""
+    m = _INNER.search(_ANSI.sub("", error))
+    return m.group(1) if m else ""
+
+
+def _last_exception(lines: list[str]) -> str:
+    """The last "SomeError: message" line of a log (a traceback's last line), or ""."""
+    for line in reversed(lines):
+        m = _EXCEPTION.match(line)
+        if m:
+            return m.group(1).strip()[:500]
+    return ""
 
 
 class captured:  # noqa: N801 - used as a context manager: `with captured(console):`

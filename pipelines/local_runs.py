@@ -240,7 +240,9 @@ def env_for_tasks(run: LocalRun) -> dict[str, str]:
 
 
 def print_problems(problems: list[Any], file=None) -> None:
+    """One line per problem (and, for several, a line counting them); nothing was started."""
     file = file or sys.stderr
     for p in problems:
         print(f"preflight: {p}", file=file)
-    print(f"preflight: {len(problems)} problem(s); nothing was started", file=file)
+    if len(problems) > 1:
+        print(f"preflight: {len(problems)} problems; nothing was started", file=file)

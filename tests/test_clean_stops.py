@@ -225,8 +225,7 @@ def test_an_output_path_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
     f = tmp_path / "a-file"
     f.write_text("")
     assert main(["run", "--config", str(TINY), "--output-dir", str(f)]) == 2
-    assert capsys.readouterr().err.splitlines() == [f"preflight: --output-dir: {f} is a file, not a directory",
-                                                    "preflight: 1 problem(s); nothing was started"]
+    assert capsys.readouterr().err.splitlines() == [f"preflight: --output-dir: {f} is a file, not a directory"]
     assert main(["run", "--resume", "run-none", "--output-dir", str(tmp_path / "r")]) == 2
     assert capsys.readouterr().err.startswith("error: --resume run-none: no run folder with job.json")
 
@@ -260,3 +259,26 @@ def test_a_secret_url_is_refused_naming_the_key_and_never_compiled_or_printed(ke
     with pytest.raises(ConfigError) as exc:
         load_config(TINY, [f"{key}=http://h:1/?token={secret}"])
     assert secret not in str(exc.value) and key in str(exc.value)
+
+
+# ------------------------------------------------------------------------------ the failure's line
+def test_a_task_that_fails_before_its_step_begins_is_named_with_its_reason(tmp_path):
+    """start-run fails (say, preflight on a cluster): no step event was printed, so the report
+    names the task from kfp.local's message and takes the reason from the task's log."""
+    import io
+
+    from pipelines.console import Console
+
+    console = Console(io.StringIO(), tmp_path / "logs")
+    for line in ["Executing task 'start-run'", "    Traceback (most recent call last):", '      File "x", line 1',
+                 "    reset.preflight.PreflightError: model.base: /m: no such directory",
+                 "    judge.llm.base_url: the judge endpoint http://j/v1 does not answer (Connection refused)",
+                 "Executing task 'finish-run'", "    [mlflow] no parent run for job 1"]:
+        console.write(line + "\n")
+    kfp_error = ("Pipeline \x1b[95m'reset'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m. Inner task failed: "
+                 "\x1b[96m'start-run'\x1b[0m inside \x1b[96m'exit-handler-1'\x1b[0m.")
+    report = console.failure_report(kfp_error)
+    reason = "reset.preflight.PreflightError: model.base: /m: no such directory"
+    assert report[0] == f"The pipeline failed in step start-run: {reason}"
+    assert console.failure == ("start-run", reason)
+    assert report[1].endswith(f"{tmp_path / 'logs' / 'start-run.log'} ---")

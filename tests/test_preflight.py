@@ -79,8 +79,7 @@ def test_an_output_dir_on_a_read_only_file_system_fails_at_once_with_one_line(tm
     took = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"preflight: --output-dir: {ro}/runs: cannot write there (Read-only file system)",
-        "preflight: 1 problem(s); nothing was started"], proc.stderr
+        f"preflight: --output-dir: {ro}/runs: cannot write there (Read-only file system)"], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert took < 30, took
 
@@ -93,8 +92,7 @@ def test_a_missing_model_directory_is_refused_before_anything_starts(tmp_path, c
     took = time.monotonic() - t0
     err = capsys.readouterr().err.splitlines()
     assert rc == 2
-    assert err == [f"preflight: model.base: {tmp_path}/no-such-model: no such directory",
-                   "preflight: 1 problem(s); nothing was started"]
+    assert err == [f"preflight: model.base: {tmp_path}/no-such-model: no such directory"]
     assert not out.exists()  # no run folder, no MLflow store: nothing started
     assert took < 20, took
 
@@ -152,7 +150,7 @@ def test_missing_s3_credentials_name_the_key_and_what_to_set(tmp_path, no_s3_cre
     assert rc == 2
     assert err == [f"preflight: data.instruction[0]: s3://data/sets/if.jsonl: {why}",
                    f"preflight: model.base: s3://data/models/tiny: {why}",
-                   "preflight: 2 problem(s); nothing was started"]
+                   "preflight: 2 problems; nothing was started"]
     assert not (tmp_path / "runs").exists()
 
 
@@ -275,7 +273,7 @@ def test_every_problem_at_once_in_seconds(tmp_path, no_s3_credentials, capsys):
     keys = [x.split(": ")[1] for x in err[:-1]]
     assert keys == ["tracking.tracking_uri", "data.instruction[0]", "data.grounded[0]", "model.base",
                     "judge.llm.base_url"], err
-    assert err[-1] == "preflight: 5 problem(s); nothing was started"
+    assert err[-1] == "preflight: 5 problems; nothing was started"
     assert took < 20, took
     assert not (tmp_path / "runs").exists()
     assert os.environ.get("AWS_ACCESS_KEY_ID") is None  # the fixture's environment held
