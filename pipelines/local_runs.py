@@ -78,6 +78,10 @@ def open_run(output_dir: Path, cfg: PipelineConfig, resume: str = "") -> LocalRu
     if resume:
         run_dir = find_run(output_dir, resume)
         job = json.loads((run_dir / JOB_FILE).read_text())
+        driver = {str(k): str(v) for k, v in (job.get("driver") or {}).items()}
+        if procs.alive(driver) is True:
+            raise ConfigError(f"--resume {resume}: that run is still running (pid {driver.get('pid')}); stop it "
+                              "first (Ctrl-C, or kill its pid)")
         run = LocalRun(run_dir, str(job["job_id"]), resumed=True)
     else:
         stamp = time.strftime("run-%Y%m%d-%H%M%S")

@@ -282,3 +282,16 @@ def test_a_task_that_fails_before_its_step_begins_is_named_with_its_reason(tmp_p
     assert report[0] == f"The pipeline failed in step start-run: {reason}"
     assert console.failure == ("start-run", reason)
     assert report[1].endswith(f"{tmp_path / 'logs' / 'start-run.log'} ---")
+
+
+def test_a_run_that_is_still_running_is_not_resumed_beside_itself(tmp_path, capsys):
+    from pipelines import local_runs
+
+    run_dir = tmp_path / "runs" / "run-20250101-000000"
+    run_dir.mkdir(parents=True)
+    (run_dir / local_runs.CONFIG_FILE).write_text(json.dumps({"model": {"base": "builtin:tiny-llama"}}))
+    job = {"job_id": "j", "driver": procs.identity()}  # this very process: alive
+    (run_dir / local_runs.JOB_FILE).write_text(json.dumps(job))
+    assert main(["run", "--resume", run_dir.name, "--output-dir", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --resume {run_dir.name}: that run is still running (pid "
+                                               f"{os.getpid()}); stop it first (Ctrl-C, or kill its pid)")
