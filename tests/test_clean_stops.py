@@ -295,3 +295,25 @@ def test_a_run_that_is_still_running_is_not_resumed_beside_itself(tmp_path, caps
     assert main(["run", "--resume", run_dir.name, "--output-dir", str(tmp_path / "runs")]) == 2
     assert capsys.readouterr().err.strip() == (f"error: --resume {run_dir.name}: that run is still running (pid "
                                                f"{os.getpid()}); stop it first (Ctrl-C, or kill its pid)")
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_with_exit_code_143():
+    """What run_local wraps the pipeline in: SIGTERM raises as Ctrl-C does, and the exit code
+    says which signal it was."""
+    code = ("import os, signal, sys, time\n"
+            "from pipelines import local_runs\n"
+            "try:\n"
+            "    with local_runs.stop_signals():\n"
+            "        print('ready', flush=True)\n"
+            "        time.sleep(60)\n"
+            "except KeyboardInterrupt as exc:\n"
+            "    sys.exit(local_runs.exit_code(exc))\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 143
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
