@@ -215,10 +215,10 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         try:
             local_runs.stop_tasks()
-            marked = tracking.kill_job_runs(cfg.tracking, run.job_id)
+            tracking.kill_job_runs(cfg.tracking, run.job_id)
         finally:
             signal.signal(signal.SIGINT, old)
-        print(local_runs.stopped_line(run, console.current_step, len(marked), output_dir), file=sys.stderr)
+        print(local_runs.stopped_line(run, console.current_step, output_dir), file=sys.stderr)
         return local_runs.exit_code(exc)
     wall = time.time() - t0
     if error:

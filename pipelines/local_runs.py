@@ -160,11 +160,11 @@ def exit_code(exc: BaseException) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
-def stopped_line(run: LocalRun, step: str, marked: int, output_dir: Path) -> str:
+def stopped_line(run: LocalRun, step: str, output_dir: Path) -> str:
     where = f" in step {step}" if step else ""
     ref = run.name if run.run_dir.parent == output_dir else str(run.run_dir)
     extra = "" if output_dir == Path("runs").resolve() else f" --output-dir {output_dir}"
-    return (f"[reset-kfp] stopped{where}: {marked} MLflow run(s) marked KILLED; resume with: "
+    return (f"[reset-kfp] stopped{where}: its MLflow runs are marked KILLED; resume with: "
             f"python -m pipelines run --resume {ref}{extra}")
 
 
