@@ -24,8 +24,10 @@ Each problem is one line naming the config key (or the command-line option) and 
 
 `where` says where the check runs: "local" (a local run: everything), "submit" (the submitting
 machine: local paths, a local disk and hosts that only resolve inside the cluster are left to the
-first task), "cluster" (the first task of a cluster run: no output folder; the LLM judge's key is
-mounted on the judge steps only, so a refused key is not held against it there).
+first task), "cluster" (the first task of a cluster run: S3, the tracking server, the judge; local
+paths and the disk are on the run's volume, which the model steps mount and the first task does
+not; the LLM judge's key is mounted on the judge steps only, so a refused key is not held against
+it there).
 """
 
 from __future__ import annotations
@@ -100,7 +102,7 @@ def check(cfg: PipelineConfig, *, output_dir: str | os.PathLike[str] | None = No
     with ThreadPoolExecutor(len(checks)) as pool:
         for found in pool.map(lambda f: f(), checks):
             problems += found
-    if where != "submit" and not problems:
+    if where == "local" and not problems:  # on a cluster the checkpoints go to the run's volume
         problems += check_disk(cfg, model, output_dir, cfg.model.cache_dir or cache_dir)
     return problems
 
@@ -304,7 +306,7 @@ def check_data(cfg: PipelineConfig, where: str) -> list[Problem]:
                 _, why = _s3_list(path, limit=1)
                 if why:
                     problems.append(Problem(key, f"{path}: {why}"))
-            elif where != "submit":
+            elif where == "local":  # on a cluster a path is on the run's volume, mounted by the steps
                 why = _local_readable(Path(path).expanduser())
                 if why:
                     problems.append(Problem(key, f"{path}: {why}"))
@@ -341,7 +343,7 @@ def check_model(ref: str, key: str, where: str, cache_dir: str, found: _Model | 
         if where == "submit" and not _s3_credentials():
             return []
         return _check_s3_model(ref, key, where, cache, found, depth)
-    if where == "submit":
+    if where != "local":  # a path on the cluster's volume: the steps that load it mount it
         return []
     d = Path(ref).expanduser()
     if not d.exists():
