@@ -347,3 +347,10 @@ def test_near_dedupe_leaves_no_near_pair_behind_in_the_demo_set() -> None:
             if kinds[i] == kinds[j]:
                 j_i, j_c = D.jaccard(sets[i][0], sets[j][0]), D.jaccard(sets[i][1], sets[j][1])
                 assert min(j_i, j_c) < 0.8, (kept[i].id, kept[j].id)
+
+
+def test_held_out_sizes_per_kind(fx, tmp_path) -> None:
+    rep, rows, _ = _run(tmp_path, _cfg(fx, eval_instruction=30, eval_grounded=7))
+    assert Counter(e.kind for e in rows["eval"]) == {"instruction": 30, "grounded": 7}
+    with pytest.raises(Exception, match=r"^data\.eval_grounded: 5000 held-out grounded"):
+        _run(tmp_path / "x", _cfg(fx, eval_grounded=5000))

@@ -7,8 +7,9 @@ The recipe, in order (every random choice from one generator seeded with data.se
    rows that are not kept go to the quarantine with file, line and reason;
 2. deduplicate prompts across all sources, first occurrence kept (`reset.data.dedup`: repeated
    ids, exact, normalized and near-duplicate prompts, as data.dedupe says);
-3. hold out `eval_per_kind` examples of each kind, stratified by source and task (each
-   (source, task) stratum gets its proportional share, largest remainders first);
+3. hold out `eval_instruction` / `eval_grounded` (default `eval_per_kind`) examples of each
+   kind, stratified by source and task (each (source, task) stratum gets its proportional
+   share, largest remainders first);
 4. weight each source's remaining rows (`weight`: 0.5 a seeded half, 2 each row twice; `cap`
    at most so many), then trim each kind uniformly to the IF:CD ratio and data.train_size;
 5. sample the seen prompts from the distinct training examples, per kind;
@@ -530,7 +531,7 @@ class Mixer:
             "limits": {"max_length": m.max_length if m else 0, "max_prompt_length": m.max_prompt_length if m else 0},
             "card_sample": self.cfg.card_sample,
             "recipe": {k: getattr(self.cfg, k) for k in ("instruction_fraction", "train_size", "eval_per_kind",
-                                                        "seen_prompts_per_kind", "dedupe", "near_duplicate_threshold",
+                                                        "eval_instruction", "eval_grounded", "seen_prompts_per_kind", "dedupe", "near_duplicate_threshold",
                                                         "max_bad_fraction", "unknown_fields")},
             "sources": srcs, "splits": splits, "dedupe": dict(self.dups),
             "quarantine": {"total": q.total, "by_category": dict(q.by_category), "excluded_reasons": excluded,
