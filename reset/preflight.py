@@ -87,6 +87,7 @@ class _Model:
 def check(cfg: PipelineConfig, *, output_dir: str | os.PathLike[str] | None = None, where: str = "local",
           cache_dir: str = "") -> list[Problem]:
     """Every problem that would stop this run ([] when none)."""
+    _credentials.clear()  # looked up once per check (the environment may have changed since)
     problems: list[Problem] = []
     if output_dir is not None and where == "local":
         problems += check_output_dir(Path(output_dir))
@@ -234,7 +235,7 @@ def _s3():
     return boto3.client("s3", endpoint_url=endpoint, config=cfg)
 
 
-_credentials: list[bool] = []
+_credentials: list[bool] = []  # whether boto3 finds credentials, once per check()
 
 
 def _s3_credentials() -> bool:
