@@ -193,7 +193,7 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
                     f"seeds {cfg.experiment.seeds}, {what}")
     else:
         console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
-    if marked := tracking.mark_dead_runs(cfg.tracking.tracking_uri, [cfg.tracking.experiment]):
+    if marked := local_runs.mark_dead(cfg):
         console.say(local_runs.cleanup_line(marked))
     t0 = time.time()
     error = ""
@@ -215,10 +215,10 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
         try:
             local_runs.stop_tasks()
-            tracking.kill_job_runs(cfg.tracking, run.job_id)
+            not_closed = local_runs.close_runs(cfg, run)
         finally:
             signal.signal(signal.SIGINT, old)
-        print(local_runs.stopped_line(run, console.current_step, output_dir), file=sys.stderr)
+        print(local_runs.stopped_line(run, console.current_step, output_dir, not_closed), file=sys.stderr)
         return local_runs.exit_code(exc)
     wall = time.time() - t0
     if error:

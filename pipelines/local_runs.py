@@ -156,15 +156,40 @@ def stop_tasks(grace_s: float = GRACE_S) -> list[int]:
     return pids
 
 
+def close_runs(cfg: PipelineConfig, run: LocalRun) -> str:
+    """Mark the stopped run's MLflow runs KILLED; "" or why they could not be (the tracking server
+    may be what went away: `runs cleanup` closes them later)."""
+    from reset import tracking
+
+    try:
+        tracking.kill_job_runs(cfg.tracking, run.job_id)
+    except Exception as exc:  # noqa: BLE001 - a stop must end with its line, whatever MLflow says
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    return ""
+
+
+def mark_dead(cfg: PipelineConfig) -> list[dict[str, str]]:
+    """Runs of earlier local runs on this store whose process is gone, marked KILLED (none when
+    the store cannot be searched right now: the next run or `runs cleanup` will)."""
+    from reset import tracking
+
+    try:
+        return tracking.mark_dead_runs(cfg.tracking.tracking_uri, [cfg.tracking.experiment])
+    except Exception:  # noqa: BLE001 - housekeeping must not stop a run that preflight let through
+        return []
+
+
 def exit_code(exc: BaseException) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
-def stopped_line(run: LocalRun, step: str, output_dir: Path) -> str:
+def stopped_line(run: LocalRun, step: str, output_dir: Path, not_closed: str = "") -> str:
     where = f" in step {step}" if step else ""
     ref = run.name if run.run_dir.parent == output_dir else str(run.run_dir)
     extra = "" if output_dir == Path("runs").resolve() else f" --output-dir {output_dir}"
-    return (f"[reset-kfp] stopped{where}: its MLflow runs are marked KILLED; resume with: "
+    closed = (f"its MLflow runs could not be marked KILLED ({not_closed}; `python -m pipelines runs cleanup` "
+              "will)" if not_closed else "its MLflow runs are marked KILLED")
+    return (f"[reset-kfp] stopped{where}: {closed}; resume with: "
             f"python -m pipelines run --resume {ref}{extra}")
 
 
