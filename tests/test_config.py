@@ -38,11 +38,12 @@ def test_demo_config_loads() -> None:
     assert isinstance(cfg, PipelineConfig)
     assert cfg.data.instruction == [DataSource(path="builtin:demo-instruction")]
     assert cfg.data.grounded == [DataSource(path="builtin:demo-grounded")]
-    assert cfg.data.train_size == 192 and isinstance(cfg.data.train_size, int)
-    assert cfg.train.learning_rate == pytest.approx(3e-4)
-    assert cfg.train.epochs == 1.0 and isinstance(cfg.train.epochs, float)
-    assert [(d.temperature, d.top_p) for d in cfg.generate.grid] == [(0.0, 1.0), (0.3, 0.9), (0.7, 0.9), (1.0, 0.9)]
-    assert cfg.select.mode == "reset" and cfg.select.min_selected == 8
+    assert cfg.data.train_size == 240 and isinstance(cfg.data.train_size, int)
+    assert cfg.data.eval_count("instruction") == 200 and cfg.data.eval_count("grounded") == 100
+    assert cfg.train.learning_rate == pytest.approx(1e-3)  # written 1e-3 in the file: YAML reads a string
+    assert isinstance(cfg.train.epochs, float)
+    assert [(d.temperature, d.top_p) for d in cfg.generate.grid] == [(0.7, 0.95), (1.0, 0.95)]
+    assert cfg.select.mode == "reset" and cfg.select.min_selected == 8 and cfg.select.gate_answer_correct
     assert cfg.tracking.tracking_uri == ""
 
 
@@ -153,7 +154,7 @@ def test_overrides_are_applied_and_typed() -> None:
     assert cfg.generate.include_reference is True
     assert cfg.tracking.run_name == "x=y"  # only the first '=' splits
     # the rest of the file is untouched
-    assert cfg.train.learning_rate == pytest.approx(3e-4) and cfg.data.train_size == 192
+    assert cfg.train.learning_rate == pytest.approx(1e-3) and cfg.data.train_size == 240
 
 
 def test_override_adds_a_section_missing_from_the_file(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ batches needs it).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -195,24 +196,55 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
 
 
 def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], total: int, label: str,
-                log: Callable[[str], None]) -> None:
-    """Run the worker in vLLM's environment; its log goes to ours, its progress to the progress bar."""
+                log: Callable[[str], None], stall_s: float = 600.0) -> None:
+    """Run the worker in vLLM's environment, in a process group of its own; its log goes to ours,
+    its progress to the progress bar. A worker that prints nothing for `stall_s` seconds (vLLM's
+    engine process died and the client waits forever) or is interrupted is killed with its whole
+    group (the engine's processes too), never left behind."""
+    import queue
+    import signal
+    import threading
+
     bar = progress.Progress(total, "samples", label)
     tail: list[str] = []
     proc = subprocess.Popen([python, str(WORKER), req_path, out_path], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+                            stderr=subprocess.STDOUT, text=True, env=env, bufsize=1, start_new_session=True)
     assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for ln in proc.stdout:  # type: ignore[union-attr]
+            lines.put(ln)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
     with open(req_path, encoding="utf-8") as fh:
         reqs = json.load(fh)["requests"]
     samples_per_req = [r["params"]["n"] for r in reqs]
-    for line in proc.stdout:
-        line = line.rstrip("\n")
-        if line.startswith("vllm-worker: "):
-            done_reqs = int(line.split(": ", 1)[1].split("/")[0])
-            bar.update(sum(samples_per_req[:done_reqs]))
-        sys.stdout.write(line + "\n")
-        tail = (tail + [line])[-30:]
+    stalled = False
+    try:
+        while True:
+            try:
+                line = lines.get(timeout=stall_s)
+            except queue.Empty:
+                stalled = True
+                break
+            if line is None:
+                break
+            line = line.rstrip("\n")
+            if line.startswith("vllm-worker: "):
+                done_reqs = int(line.split(": ", 1)[1].split("/")[0])
+                bar.update(sum(samples_per_req[:done_reqs]))
+            sys.stdout.write(line + "\n")
+            tail = (tail + [line])[-30:]
+    finally:
+        if proc.poll() is None and (stalled or sys.exc_info()[0] is not None):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
+    if stalled:
+        raise ModelError(f"the vLLM worker ({python}) printed nothing for {stall_s:.0f}s (its engine died?); killed it. "
+                         "Last lines:\n" + "\n".join(tail))
     if code != 0 or not os.path.exists(out_path):
         raise ModelError(f"the vLLM worker ({python}) exited with code {code}; last lines:\n" + "\n".join(tail))
 
