@@ -158,6 +158,19 @@ def compile_pipeline(cfg: PipelineConfig, output: str) -> None:
 
 def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
               experiment: bool = False) -> int:
+    """`_run_local` with the process environment put back as it was afterwards: the run sets its
+    job id and driver there for its task processes, and a caller in the same process (a notebook,
+    a test, a second run) must not inherit them."""
+    saved = dict(os.environ)
+    try:
+        return _run_local(cfg, output_dir, verbose, resume, experiment)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
+               experiment: bool = False) -> int:
     """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
     own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
     nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume

@@ -326,7 +326,17 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------ promotion
 def promote_local(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    """The promotion pipeline through kfp.local (SubprocessRunner, this Python environment)."""
+    """The promotion pipeline through kfp.local (SubprocessRunner, this Python environment); the
+    process environment is put back afterwards (the job id set for the tasks must not outlive it)."""
+    saved = dict(os.environ)
+    try:
+        return _promote_local(cfg, args)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _promote_local(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     import uuid
     import warnings
 

@@ -135,10 +135,10 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
         mlflow.log_dict(card, "data_card/data_card.json")
         for rep in report.sources:
             for f in rep.files or [{"file": rep.path, "digest": "", "bytes": 0}]:
-                mlflow.log_input(_meta_dataset(f["file"], rep.name, f["digest"]), context="source",
+                _log_input(_meta_dataset(f["file"], rep.name, f["digest"]), context="source",
                                  tags={"format": rep.format, "slot": rep.slot})
         for name, out in report.outputs.items():
-            mlflow.log_input(_meta_dataset(out["path"], "seen_prompts" if name == "seen" else name, out["digest"]),
+            _log_input(_meta_dataset(out["path"], "seen_prompts" if name == "seen" else name, out["digest"]),
                              context="seen_prompts" if name == "seen" else name, tags={"rows": str(out["rows"])})
     return stats
 
@@ -240,6 +240,23 @@ def _digest(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def _log_input(dataset, **kwargs) -> None:
+    """mlflow.log_input, once more when another run inserted the same dataset (same experiment,
+    name and digest) between MLflow's lookup and its insert: two runs of one pipeline at once on
+    one store race there, and the second try finds the row and links to it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, **kwargs)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def _meta_dataset(uri: str, name: str, digest: str):
     """An MLflow dataset that records where data came from and its content digest (no copy)."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
@@ -290,7 +307,7 @@ def finetune(model: str | None, train_path: str, train: Section, model_cfg: Sect
         )
         mlflow.log_metrics(_metrics({k: v for k, v in metrics.items() if k != "loss_history"}))
         mlflow.log_dict(modeling.read_provenance(out_dir), "provenance.json")
-        mlflow.log_input(_meta_dataset(train_path, "train" if section == "train" else "selected",
+        _log_input(_meta_dataset(train_path, "train" if section == "train" else "selected",
                                        _digest(train_path)), context="training")
         check = loss_check(metrics)
         mlflow.set_tag("reset.loss_check", check)
@@ -500,7 +517,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         import mlflow
 
         parent = run.data.tags.get("mlflow.parentRunId", "")
-        mlflow.log_input(_meta_dataset(eval_path, "heldout", _digest(eval_path)), context="evaluation")
+        _log_input(_meta_dataset(eval_path, "heldout", _digest(eval_path)), context="evaluation")
         champion_version = None
         if rcfg is not None and rcfg.compare_champion:
             found = champion_checkpoint(rcfg, tmp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -37,6 +38,7 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
     mp = pytest.MonkeyPatch()
     mp.setenv("RESET_CACHE_DIR", str(tmp / "cache"))
     mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    env_before = dict(os.environ)
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
@@ -51,9 +53,12 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
             "--set", "tracking.experiment=e2e",
             "--set", "register.model_name=reset-e2e",
             ])
+        env_after = dict(os.environ)
     finally:
         mp.undo()
     assert rc == 0, out.getvalue()
+    # the run's job id and driver were for its tasks: this process's environment is as it was
+    assert env_after == env_before
     (tmp / "stdout.txt").write_text(out.getvalue())
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
