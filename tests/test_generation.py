@@ -158,18 +158,22 @@ def _adapter(base_dir, out, seed: int):
 
 
 @pytest.mark.integration
-def test_vllm_serves_the_base_and_its_adapters_from_one_engine(vllm_tiny_dir, examples, tmp_path):
-    """Evaluation's case: base + two LoRA adapters in one engine, one batch; each adapter's greedy
-    outputs match transformers with the adapter merged (fp32)."""
+@pytest.mark.parametrize("lora", ["serve", "merge"])
+def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, tmp_path, lora):
+    """Evaluation's case: base + two LoRA adapters, served from one engine (a GPU's default) or
+    each merged into a copy of the base, one engine per model (a CPU's default); either way each
+    adapter's greedy outputs match transformers with the adapter merged (fp32)."""
     from reset.models.generation import run_many
 
     models = {"base": str(vllm_tiny_dir), "a": str(_adapter(vllm_tiny_dir, tmp_path / "a", 1)),
               "b": str(_adapter(vllm_tiny_dir, tmp_path / "b", 2))}
     cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=8, backend="vllm", vllm_python=_vllm_python(),
-                         vllm_cpu_dtype="float32", vllm_kv_cache_gb=1)
+                         vllm_cpu_dtype="float32", vllm_kv_cache_gb=1, vllm_lora=lora)
     mcfg = ModelConfig(max_prompt_length=96)
-    out = run_many(models, examples, cfg, mcfg, log=lambda s: None)
-    assert all(g.stats["models_in_engine"] == 3 for g in out.values())
+    logs: list[str] = []
+    out = run_many(models, examples, cfg, mcfg, log=logs.append)
+    assert all(g.stats["models_in_engine"] == (3 if lora == "serve" else 1) for g in out.values())
+    assert sum("adapter merged" in line for line in logs) == (2 if lora == "merge" else 0)
     texts = {name: [c.text for c in g.candidates] for name, g in out.items()}
     assert texts["a"] != texts["base"] and texts["b"] != texts["a"]
     ref = run(models["a"], examples, cfg.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)

@@ -359,6 +359,11 @@ class GenerateConfig(Section):
     """Sequences the engine schedules at once."""
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0), NoBool] = 0.85
     """Share of GPU memory vLLM may take (leave room when training shares the GPU)."""
+    vllm_lora: Literal["auto", "serve", "merge"] = "auto"
+    """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
+    engine), merge (merged into a bf16 copy first, one engine per model), auto: serve on a GPU,
+    merge on a CPU, where vLLM's LoRA path measured about 10x slower than a merged model
+    (docs/bench.md)."""
 
 
 # ---------------------------------------------------------------------------------------- judge

@@ -123,13 +123,21 @@ def generate_many(
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
-    groups: dict[Path, dict[str, Path | None]] = {}
-    for name, path in models.items():
-        base, adapter = loading.checkpoint_parts(path)
-        groups.setdefault(Path(base), {})[name] = adapter
+    merge = cfg.vllm_lora == "merge" or (cfg.vllm_lora == "auto" and not _gpu_visible())
     out: dict[str, Generation] = {}
-    for base, members in groups.items():
-        out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log))
+    with tempfile.TemporaryDirectory(prefix="reset-merged-") as merged_root:
+        groups: dict[Path, dict[str, Path | None]] = {}
+        for name, path in models.items():
+            base, adapter = loading.checkpoint_parts(path, model_cfg.cache_dir)
+            if adapter is not None and merge:
+                t0 = time.monotonic()
+                base, adapter = loading.merge_to(path, Path(merged_root) / f"m{len(groups)}",
+                                                 cache_dir=model_cfg.cache_dir), None
+                log(f"[generate:vllm] {name}: adapter merged into a copy of its base for the engine "
+                    f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora})")
+            groups.setdefault(Path(base), {})[name] = adapter
+        for base, members in groups.items():
+            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log))
     return {name: out[name] for name in models}
 
 
