@@ -4,6 +4,7 @@ config sections the steps read."""
 from typing import NamedTuple
 
 from kfp import dsl
+from kfp.dsl import Artifact, Output
 
 from components.image import BASE_IMAGE
 
@@ -14,13 +15,15 @@ def start_run(
     select: dict, evaluate: dict, register: dict, tracking: dict,
     base_model: str, instruction_data: str, grounded_data: str, mode: str, epochs: float, learning_rate: float,
     samples_per_prompt: int, judge_endpoint: str, judge_model: str, registered_model_name: str,
-    kfp_job_id: str, kfp_job_name: str,
+    kfp_job_id: str, kfp_job_name: str, sections: Output[Artifact],
 ) -> NamedTuple("Sections", [
     ("parent_run_id", str), ("data", dict), ("model", dict), ("train", dict), ("continued_train", dict),
     ("generate", dict), ("judge", dict), ("select", dict), ("evaluate", dict), ("register", dict),
 ]):
     """Validate the whole config (sections + the run form's parameters), create the parent MLflow
-    run tagged with the KFP run id, and hand the effective sections to the steps."""
+    run tagged with the KFP run id, and hand the effective sections to the steps (as outputs, and
+    as one JSON artifact for the shard tasks inside a ParallelFor: kfp.local 2.17 replaces a loop
+    task's task-output parameters by the loop item, artifacts pass through)."""
     from collections import namedtuple
 
     from reset import steps
@@ -35,6 +38,7 @@ def start_run(
          "judge_endpoint": judge_endpoint, "judge_model": judge_model,
          "registered_model_name": registered_model_name})
     run_id = steps.start_run(tracking, config, tr.job_id(kfp_job_id), {"kfp.job_name": kfp_job_name})
+    steps.write_sections(sections.path, config)
     names = ["data", "model", "train", "continued_train", "generate", "judge", "select", "evaluate", "register"]
     out = namedtuple("Sections", ["parent_run_id", *names])
     return out(run_id, *[config[k] for k in names])

@@ -221,7 +221,7 @@ def _run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, res
 
                     build_experiment(cfg)(tracking=to_dict(cfg.tracking))
                 else:
-                    build_pipeline()(**pipeline_arguments(cfg))
+                    build_pipeline(shards=cfg.cluster.shards)(**pipeline_arguments(cfg))
             except RuntimeError as exc:
                 error = str(exc)
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs

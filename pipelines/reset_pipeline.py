@@ -20,12 +20,17 @@ import json
 from kfp import dsl, kubernetes
 
 from components import (
+    answer_heldout,
+    evaluate_gathered,
     evaluate_models,
     finetune_mtl,
     finetune_reset,
     finish_run,
+    gather_judged,
     generate_candidates,
+    generate_shard,
     judge_candidates,
+    judge_shard,
     mix_data,
     register_model,
     select_samples,
@@ -41,6 +46,8 @@ PIPELINE_NAME = "reset"
 STEP_NAMES = list(config.STEP_NAMES)
 # Steps that hold models (the base-model cache, checkpoints, exports): they mount the run's volume.
 VOLUME_STEPS = ("mix", "finetune-mtl", "generate", "judge", "finetune-reset", "evaluate", "register")
+# The sharded DAG's extra tasks take the settings (resources, volume, Secrets) of the step they belong to.
+SETTINGS_OF = {"gather": "judge", "answer": "evaluate"}
 # The pod label KFP puts on every task pod: the run id, which the steps find their MLflow parent by.
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
 
@@ -58,9 +65,12 @@ def _docstring() -> str:
     return "\n".join(lines)
 
 
-def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool = False):
+def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool = False, shards: int | None = None):
     """Return the ReSet @dsl.pipeline; with `cluster`, Kubernetes settings are applied to its tasks
-    (`llm_judges`: the compiled config uses an LLM judge, so its Secret is required)."""
+    (`llm_judges`: the compiled config uses an LLM judge, so its Secret is required). `shards`
+    (default: cluster.shards, else 1): above 1, generate + judge and the answering of evaluate run
+    as that many parallel tasks each (dsl.ParallelFor), gathered in order (dsl.Collected)."""
+    shards = shards or (cluster.shards if cluster is not None else 1)
 
     def reset_pipeline(
         base_model: str, instruction_data: str, grounded_data: str, mode: str, epochs: float,
@@ -112,21 +122,41 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
             ).set_display_name("finetune-mtl")
 
             # 3. self-instruct: N samples per seen prompt over the decoding grid
-            gen = generate_candidates(
-                mtl_model=mtl.outputs["mtl_model"], seen_prompts=mixed.outputs["seen_prompts"],
-                generate=c["generate"], model=c["model"], tracking=tracking,
-            ).set_display_name("generate")
-
             # 4. judge: instruction following, faithfulness, task -> weighted score
-            judged = judge_candidates(
-                seen_prompts=mixed.outputs["seen_prompts"], candidates=gen.outputs["candidates"], judge=c["judge"],
-                tracking=tracking,
-            ).set_display_name("judge")
+            # (sharded: both per contiguous piece of the seen prompts, then gathered in order)
+            extra = {}
+            if shards > 1:
+                with dsl.ParallelFor(items=list(range(shards)), name="generate-shards") as k:
+                    gen = generate_shard(
+                        mtl_model=mtl.outputs["mtl_model"], seen_prompts=mixed.outputs["seen_prompts"],
+                        sections=c["sections"], tracking=tracking, shard=k, shards=shards,
+                    ).set_display_name("generate")
+                    judged = judge_shard(
+                        seen_prompts=mixed.outputs["seen_prompts"], candidates=gen.outputs["candidates"],
+                        sections=c["sections"], tracking=tracking, shard=k, shards=shards,
+                    ).set_display_name("judge")
+                gathered = gather_judged(
+                    seen_prompts=mixed.outputs["seen_prompts"],
+                    shard_candidates=dsl.Collected(gen.outputs["candidates"]),
+                    shard_judgments=dsl.Collected(judged.outputs["judgments"]),
+                ).set_display_name("gather")
+                extra["gather"] = gathered
+                candidates, judgments = gathered.outputs["candidates"], gathered.outputs["judgments"]
+            else:
+                gen = generate_candidates(
+                    mtl_model=mtl.outputs["mtl_model"], seen_prompts=mixed.outputs["seen_prompts"],
+                    generate=c["generate"], model=c["model"], tracking=tracking,
+                ).set_display_name("generate")
+                judged = judge_candidates(
+                    seen_prompts=mixed.outputs["seen_prompts"], candidates=gen.outputs["candidates"],
+                    judge=c["judge"], tracking=tracking,
+                ).set_display_name("judge")
+                candidates, judgments = gen.outputs["candidates"], judged.outputs["judgments"]
 
             # 5. reject sampling: best per prompt (ReSet) or the stricter top set (ReSet-S)
             chosen = select_samples(
-                seen_prompts=mixed.outputs["seen_prompts"], candidates=gen.outputs["candidates"],
-                judgments=judged.outputs["judgments"], select=c["select"], tracking=tracking,
+                seen_prompts=mixed.outputs["seen_prompts"], candidates=candidates,
+                judgments=judgments, select=c["select"], tracking=tracking,
             ).set_display_name("select")
 
             # 6. continued fine-tuning from the MTL checkpoint on the selected set
@@ -137,11 +167,26 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
             ).set_display_name("finetune-reset")
 
             # 7. evaluate base, MTL and ReSet on the held-out split (both axes)
-            ev = evaluate_models(
-                mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
-                heldout_set=mixed.outputs["heldout_set"], evaluate=c["evaluate"], model=c["model"],
-                judge=c["judge"], register=c["register"], tracking=tracking,
-            ).set_display_name("evaluate")
+            if shards > 1:  # answers per contiguous piece of the held-out set; statistics on them all
+                with dsl.ParallelFor(items=list(range(shards)), name="answer-shards") as k:
+                    ans = answer_heldout(
+                        mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
+                        heldout_set=mixed.outputs["heldout_set"], sections=c["sections"], tracking=tracking,
+                        shard=k, shards=shards,
+                    ).set_display_name("answer")
+                extra["answer"] = ans
+                ev = evaluate_gathered(
+                    mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
+                    heldout_set=mixed.outputs["heldout_set"], shard_answers=dsl.Collected(ans.outputs["answers"]),
+                    evaluate=c["evaluate"], model=c["model"], judge=c["judge"], register=c["register"],
+                    tracking=tracking,
+                ).set_display_name("evaluate")
+            else:
+                ev = evaluate_models(
+                    mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
+                    heldout_set=mixed.outputs["heldout_set"], evaluate=c["evaluate"], model=c["model"],
+                    judge=c["judge"], register=c["register"], tracking=tracking,
+                ).set_display_name("evaluate")
 
             # 8. register the ReSet model as challenger (and champion when there is none yet)
             reg = register_model(
@@ -153,14 +198,14 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
                 kubernetes.DeletePVC(pvc_name=volume).after(reg).set_display_name("delete-volume").set_caching_options(False)
 
         tasks = {"start-run": cfg, "finish-run": finish, "mix": mixed, "finetune-mtl": mtl, "generate": gen,
-                 "judge": judged, "select": chosen, "finetune-reset": rs, "evaluate": ev, "register": reg}
+                 "judge": judged, "select": chosen, "finetune-reset": rs, "evaluate": ev, "register": reg, **extra}
         for name, task in tasks.items():
             # Cacheable: deterministic steps named in cluster.cache_steps. Their inputs hold no run
             # id: the parent run is found by the run's id. Locally every step but the run's own
             # bookkeeping: the CLI gives each run folder its own kfp.local cache, so only
             # `run --resume` of that folder reuses what finished (pipelines/local_runs.py).
             if cluster is not None:
-                task.set_caching_options(name in cluster.cache_steps)
+                task.set_caching_options(SETTINGS_OF.get(name, name) in cluster.cache_steps)
             else:
                 task.set_caching_options(name not in ("start-run", "finish-run"))
         if cluster is not None:
@@ -186,7 +231,8 @@ def _apply_cluster(cluster: "ClusterConfig", tasks: "dict[str, dsl.PipelineTask]
 
     image = cluster.image or BASE_IMAGE
     mount = cluster.storage.mount_path
-    for name, task in tasks.items():
+    for task_name, task in tasks.items():
+        name = SETTINGS_OF.get(task_name, task_name)  # gather / answer: the settings of judge / evaluate
         task.set_container_image(image)
         kubernetes.use_field_path_as_env(task, env_name=tracking.JOB_ENV, field_path=RUN_ID_FIELD)
         if cluster.s3_secret:

@@ -83,6 +83,20 @@ def run_title(cfg: C.PipelineConfig, when: float | None = None) -> str:
     return f"{mode} · {base} · {size} · {time.strftime('%m-%d %H:%M', time.localtime(when))}"
 
 
+def write_sections(path: str, config: Mapping[str, Any]) -> None:
+    """The effective config sections as one JSON file (start-run's `sections` artifact)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(config), indent=2, sort_keys=True, default=str), encoding="utf-8")
+
+
+def read_sections(path: str) -> dict[str, Any]:
+    """The sections `write_sections` wrote."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not the run's config sections (start-run's sections artifact): {exc}") from exc
+
+
 def finish_run(tracking_cfg: Section, job_id: str) -> str:
     """Close the parent run of pipeline job `job_id`; "NONE" when the job failed before creating it."""
     cfg = _tracking(tracking_cfg)
@@ -326,23 +340,37 @@ def loss_check(metrics: Mapping[str, Any], min_drop: float = 0.1) -> str:
     return f"{verdict}: {first:.3f} -> {final:.3f} ({-drop:+.0%}) over {metrics['steps']} steps"
 
 
+def shard_step(step: str, shard: int, shards: int) -> str:
+    """The name a shard of a step runs under (its MLflow run, its console line): generate-2of4."""
+    return step if shards <= 1 else f"{step}-{shard + 1}of{shards}"
+
+
 def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: Section, tracking_cfg: Section,
-             parent_run_id: str, *, out_candidates: str) -> dict[str, Any]:
+             parent_run_id: str, *, out_candidates: str, shard: int = 0, shards: int = 1) -> dict[str, Any]:
+    """Sample candidates for the seen prompts (or for shard `shard` of `shards` contiguous pieces of
+    them: the same candidates, with the same seeds, as the unsharded step gives those prompts)."""
+    from reset.data.shards import bounds, ordered
     from reset.models.generation import run as run_generate
 
     gcfg = C.section(C.GenerateConfig, dict(generate_cfg or {}), "generate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     examples = _read(seen_path, Example)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "generate", gcfg.model_dump()):
+    lo, hi = bounds(len(examples), shard, shards)
+    examples = examples[lo:hi]
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, shard_step("generate", shard, shards),
+                           gcfg.model_dump()):
         import mlflow
 
         t0 = time.time()
-        result = run_generate(model_dir, examples, gcfg, mcfg, model_name="mtl", log=_log)
+        if shards > 1:
+            _log(f"[generate] shard {shard + 1} of {shards}: seen prompts {lo}..{hi - 1}")
+        result = run_generate(model_dir, examples, gcfg, mcfg, model_name="mtl", log=_log, offset=lo)
         cands = result.candidates
         if gcfg.include_reference:
             cands += [Candidate(id=f"{e.id}/ref", example_id=e.id, text=e.response,
                                 decoding={"strategy": "reference"}, model="reference", is_reference=True)
                       for e in examples]
+            cands = ordered(cands, [e.id for e in examples], lambda c: c.example_id, lambda c: c.id)
         write_jsonl(out_candidates, cands)
         secs = time.time() - t0
         gen = result.stats
@@ -361,7 +389,9 @@ def generate(model_dir: str, seen_path: str, generate_cfg: Section, model_cfg: S
 
 
 def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg: Section, parent_run_id: str,
-          *, out_judgments: str, cache_dir: str = "") -> dict[str, Any]:
+          *, out_judgments: str, cache_dir: str = "", shard: int = 0, shards: int = 1) -> dict[str, Any]:
+    """Judge the candidates in `candidates_path` (a shard's, when generation was sharded: `shard`
+    and `shards` only name the run)."""
     from reset.judging import build_judges, close_judges
     from reset.judging import judge as run_judge
     from reset.judging.gates import gate_flags
@@ -369,7 +399,8 @@ def judge(seen_path: str, candidates_path: str, judge_cfg: Section, tracking_cfg
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "judge", jcfg.model_dump()):
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, shard_step("judge", shard, shards),
+                           jcfg.model_dump()):
         import mlflow
 
         judges = build_judges(jcfg, cache_dir)
@@ -425,6 +456,29 @@ def _axis_means(judgments: list[Judgment]) -> dict[str, float]:
     out["mean_combined"] = sum(j.combined for j in judgments) / len(judgments) if judgments else 0.0
     return out
 
+
+
+def gather(seen_path: str, candidate_paths: Sequence[str], judgment_paths: Sequence[str], *, out_candidates: str,
+           out_judgments: str) -> dict[str, Any]:
+    """The shards' candidates and judgments as one set each, in the unsharded step's order (seen
+    prompt, then id); every seen prompt must have its candidates, none twice."""
+    from reset.data.shards import ordered
+
+    ids = [e.id for e in _read(seen_path, Example)]
+    cands = ordered([c for p in candidate_paths for c in _read(p, Candidate)], ids,
+                    lambda c: c.example_id, lambda c: c.id)
+    judgments = ordered([j for p in judgment_paths for j in _read(p, Judgment)], ids,
+                        lambda j: j.example_id, lambda j: j.candidate_id)
+    missing = sorted(set(ids) - {c.example_id for c in cands})
+    if missing:
+        raise ValueError(f"no candidates for {len(missing)} seen prompts after gathering {len(candidate_paths)} "
+                         f"shards (first: {missing[0]!r})")
+    if {j.candidate_id for j in judgments} != {c.id for c in cands}:
+        raise ValueError("the gathered judgments do not cover exactly the gathered candidates")
+    write_jsonl(out_candidates, cands)
+    write_jsonl(out_judgments, judgments)
+    _log(f"[gather] {len(candidate_paths)} shards: {len(cands)} candidates, {len(judgments)} judgments")
+    return {"shards": len(candidate_paths), "candidates": len(cands), "judgments": len(judgments)}
 
 def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg: Section, tracking_cfg: Section,
            parent_run_id: str, *, out_selected: str) -> dict[str, Any]:
@@ -485,25 +539,84 @@ def _judged_table(examples, cands, judgments, ranks: Mapping[str, Any]) -> dict[
     }
 
 
+def _read_rows(path: str) -> list[dict[str, Any]]:
+    """Evaluation rows (JSONL of dicts, as `evaluate_answers` writes them)."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _models_to_evaluate(models: Mapping[str, str], mcfg, rcfg, include_base: bool, tmp: str) -> tuple[dict, Any]:
+    """The configured base model ("base"), `models`, and the registry's current champion
+    ("champion", downloaded under `tmp`) when register.compare_champion: (models, its version)."""
+    from reset.registry import champion_checkpoint
+
+    models = {"base": mcfg.base, **models} if include_base else dict(models)
+    champion_version = None
+    if rcfg is not None and rcfg.compare_champion:
+        found = champion_checkpoint(rcfg, tmp)
+        if found:
+            champion_version, path = found
+            models["champion"] = str(path)
+            _log(f"[evaluate] also re-scoring the current champion, {rcfg.model_name} v{champion_version}")
+    return models, champion_version
+
+
+def evaluate_answers(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
+                     judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_rows: str,
+                     register_cfg: Section = None, include_base: bool = True, shard: int = 0,
+                     shards: int = 1) -> dict[str, Any]:
+    """One shard of the evaluation: every model's greedy answers to shard `shard` of `shards`
+    contiguous pieces of the held-out set, scored, one row per (model, example) to `out_rows`
+    (the champion's rows carry its registry version). `evaluate(..., rows_paths=...)` gathers them."""
+    import tempfile
+
+    from reset.data.shards import bounds
+    from reset.evaluation import evaluate_models
+
+    ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
+    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
+    rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register") if register_cfg is not None else None
+    examples = _read(eval_path, Example)
+    lo, hi = bounds(len(examples), shard, shards)
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, shard_step("answer", shard, shards),
+                           ecfg.model_dump()), tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
+        import mlflow
+
+        models, champion_version = _models_to_evaluate(models, mcfg, rcfg, include_base, tmp)
+        _log(f"[evaluate] shard {shard + 1} of {shards}: {len(models)} models ({', '.join(models)}) x held-out "
+             f"prompts {lo}..{hi - 1}")
+        rows_by_model, _, gen_stats = evaluate_models(models, examples[lo:hi], ecfg, mcfg, jcfg, log=_log, offset=lo)
+        rows = [{**r, **({"registry_version": champion_version} if name == "champion" else {})}
+                for name, model_rows in rows_by_model.items() for r in model_rows]
+        write_jsonl(out_rows, rows)
+        first = next(iter(gen_stats.values()), {})
+        mlflow.log_metrics(_metrics({"rows": len(rows), "prompts": hi - lo,
+                                     "tokens_per_second": first.get("tokens_per_s", 0.0)}))
+        _note(f"{len(rows)} answers of {len(models)} models to {hi - lo} held-out prompts")
+    return {"rows": len(rows), "models": list(models), "prompts": hi - lo}
+
+
 def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
              judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
              out_report: str, out_rows: str, out_html: str = "", register_cfg: Section = None,
              include_base: bool = True, reference: str = "mtl", candidate: str = "reset",
-             seed: int | None = None) -> dict[str, Any]:
+             seed: int | None = None, rows_paths: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate `models` (name -> checkpoint or reference, e.g. mtl, reset), the configured base
     model ("base", with `include_base`) and, when `register.compare_champion` and a champion exists,
     the registry's champion ("champion"), all on the same held-out examples (one vLLM engine for
     the models that share a base). Writes the point metrics, the gates and the verdicts
     (`out_metrics`, JSON), the Markdown report (`out_report`), the rows (`out_rows`) and the HTML
     report (`out_html`); logs one MLflow run per evaluated model (same metric keys, tag reset.model)
-    and the headline figures on the parent run."""
+    and the headline figures on the parent run. With `rows_paths` (the outputs of
+    `evaluate_answers` shards) nothing is generated: the shards' rows are gathered instead."""
     import tempfile
 
-    from reset.evaluation import evaluate_models, gate, markdown_report, summarize, verdicts
+    from reset.data.shards import ordered
+    from reset.evaluation import evaluate_models, gate, markdown_report, point_metrics, summarize, verdicts
     from reset.evaluation.html import html_report
     from reset.evaluation.plot import tradeoff_plot
     from reset.evaluation.summary import flat_metrics
-    from reset.registry import champion_checkpoint
 
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
@@ -511,22 +624,35 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register") if register_cfg is not None else None
     tcfg = _tracking(tracking_cfg)
     examples = _read(eval_path, Example)
-    models = {"base": mcfg.base, **models} if include_base else dict(models)
     with tracking.step_run(tcfg, parent_run_id, "evaluate", ecfg.model_dump()) as run, \
             tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
         import mlflow
 
         parent = run.data.tags.get("mlflow.parentRunId", "")
         _log_input(_meta_dataset(eval_path, "heldout", _digest(eval_path)), context="evaluation")
-        champion_version = None
-        if rcfg is not None and rcfg.compare_champion:
-            found = champion_checkpoint(rcfg, tmp)
-            if found:
-                champion_version, path = found
-                models["champion"] = str(path)
-                _log(f"[evaluate] also re-scoring the current champion, {rcfg.model_name} v{champion_version}")
-        _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} held-out prompts")
-        rows_by_model, results, gen_stats = evaluate_models(models, examples, ecfg, mcfg, jcfg, log=_log)
+        if rows_paths:
+            ids = [e.id for e in examples]
+            gathered = ordered([r for p in rows_paths for r in _read_rows(p)], ids, lambda r: r["example_id"],
+                               lambda r: (r["model"], r["example_id"]))
+            rows_by_model = {}
+            for r in gathered:
+                rows_by_model.setdefault(r["model"], []).append(r)
+            short = {m: len(rs) for m, rs in rows_by_model.items() if len(rs) != len(examples)}
+            if short:
+                raise ValueError(f"the {len(rows_paths)} evaluation shards hold {short} rows per model, "
+                                 f"expected {len(examples)} each")
+            versions = {r.pop("registry_version", None) for r in rows_by_model.get("champion", [])}
+            if len(versions) > 1:
+                raise ValueError(f"the evaluation shards re-scored different champion versions: {sorted(versions)}")
+            champion_version = next(iter(versions), None)
+            results = {name: point_metrics(rs) for name, rs in rows_by_model.items()}
+            gen_stats = {}
+            _log(f"[evaluate] gathered {len(gathered)} rows from {len(rows_paths)} shards: "
+                 f"{len(rows_by_model)} models x {len(examples)} held-out prompts")
+        else:
+            models, champion_version = _models_to_evaluate(models, mcfg, rcfg, include_base, tmp)
+            _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} held-out prompts")
+            rows_by_model, results, gen_stats = evaluate_models(models, examples, ecfg, mcfg, jcfg, log=_log)
         # every figure with its 95% interval; each model paired with the reference on the same examples
         summary = summarize(rows_by_model, reference=reference, selection_judges=jcfg.judges)
         lines = verdicts(summary) if summary.reference else []

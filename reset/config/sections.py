@@ -733,6 +733,11 @@ class ClusterConfig(Section):
     image: str = ""
     """The one image every component (and every training pod) runs; empty = RESET_IMAGE or the
     default in components/image.py. Build it with images/ (CPU or CUDA)."""
+    shards: PositiveInt = 1
+    """Split generate, judge and evaluate's answering into this many tasks (pods) that run in
+    parallel over contiguous pieces of their prompts (dsl.ParallelFor), gathered in order
+    (dsl.Collected): with the vllm backend the result is the unsharded run's (per-request seeds).
+    The one cluster setting a local run uses too: it shapes the DAG."""
     s3_secret: K8sName = "reset-s3"
     """Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Required (the pod
     does not start without it) on the steps in s3_steps; optional on the others."""

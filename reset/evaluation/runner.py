@@ -27,9 +27,11 @@ def greedy_config(cfg: EvaluateConfig, seed: int = 0) -> GenerateConfig:
 
 def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: EvaluateConfig,
                     model_cfg: ModelConfig, judge_cfg: JudgeConfig, *, log: Callable[[str], None] = print,
+                    offset: int = 0,
                     ) -> tuple[dict[str, list[Row]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
-    """(rows per model, point metrics per model, generation stats per model)."""
-    gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log)
+    """(rows per model, point metrics per model, generation stats per model); `offset` as in
+    reset.models.generation.run (one shard of the held-out set)."""
+    gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log, offset=offset)
     rows: dict[str, list[Row]] = {}
     metrics: dict[str, dict[str, float]] = {}
     for name, g in gens.items():

@@ -44,21 +44,22 @@ def choose_backend(cfg: GenerateConfig) -> tuple[str, str]:
 
 
 def run(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig, model_cfg: ModelConfig,
-        *, model_name: str = "", log: Callable[[str], None] = print) -> Generation:
+        *, model_name: str = "", log: Callable[[str], None] = print, offset: int = 0) -> Generation:
     """Generate with the backend `cfg.backend` picks; with `auto`, a vLLM failure falls back to hf
-    and says why (the stats record it)."""
+    and says why (the stats record it). `offset`: the position of examples[0] in the whole prompt
+    set when this is one shard of it (the seeds follow the whole set)."""
     backend, why = choose_backend(cfg)
     if backend == "hf":
         if cfg.backend == "auto":
             log(f"[generate] note: using transformers (hf), not vLLM: {why}")
-        return hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+        return hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
     try:
-        return vllm.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+        return vllm.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
     except (ModelError, vllm.VLLMUnavailable) as exc:
         if cfg.backend != "auto":
             raise
         log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
-        result = hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log)
+        result = hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
         result.stats["fallback_reason"] = str(exc).splitlines()[0][:300]
         return result
 
@@ -69,17 +70,19 @@ def generate(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg
 
 
 def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
-             model_cfg: ModelConfig, *, log: Callable[[str], None] = print) -> dict[str, Generation]:
+             model_cfg: ModelConfig, *, log: Callable[[str], None] = print, offset: int = 0,
+             ) -> dict[str, Generation]:
     """Generate for several models (name -> checkpoint) on the same examples, as `run` would for
     each; vllm serves the models that share a base model from one engine."""
     backend, why = choose_backend(cfg)
     if backend == "vllm":
         try:
-            return vllm.generate_many(models, examples, cfg, model_cfg, log=log)
+            return vllm.generate_many(models, examples, cfg, model_cfg, log=log, offset=offset)
         except (ModelError, vllm.VLLMUnavailable) as exc:
             if cfg.backend != "auto":
                 raise
             log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
     elif cfg.backend == "auto":
         log(f"[generate] note: using transformers (hf), not vLLM: {why}")
-    return {name: hf.generate(path, examples, cfg, model_cfg, model_name=name, log=log) for name, path in models.items()}
+    return {name: hf.generate(path, examples, cfg, model_cfg, model_name=name, log=log, offset=offset)
+            for name, path in models.items()}

@@ -45,12 +45,14 @@ def request_seed(base: int, setting_index: int, example_index: int) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
-def plan(examples: Sequence[Example], cfg: GenerateConfig) -> list[Request]:
+def plan(examples: Sequence[Example], cfg: GenerateConfig, offset: int = 0) -> list[Request]:
+    """The requests for `examples`; `offset` is the position of examples[0] in the whole prompt
+    set when this is one shard of it, so each request gets the seed the unsharded run gives it."""
     reqs = []
     for si, setting in enumerate(cfg.grid):
         n = 1 if setting.temperature == 0 else cfg.samples_per_setting
         for i, ex in enumerate(examples):
-            reqs.append(Request(ex, si, setting, n, request_seed(cfg.seed, si, i)))
+            reqs.append(Request(ex, si, setting, n, request_seed(cfg.seed, si, offset + i)))
     return reqs
 
 

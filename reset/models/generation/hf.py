@@ -27,8 +27,10 @@ def generate(
     *,
     model_name: str = "",
     log: Callable[[str], None] = print,
+    offset: int = 0,
 ) -> Generation:
-    """Sample candidates for every example over `cfg.grid` with transformers."""
+    """Sample candidates for every example over `cfg.grid` with transformers (`offset`: see
+    common.plan; hf seeds a batch, so a shard's samples match the unsharded run's only greedily)."""
     import torch
 
     runtime.set_torch_threads()
@@ -36,7 +38,7 @@ def generate(
     model, tok = loading.load(model_dir)
     model.eval()
     stops = chat.stop_token_ids(tok)
-    reqs = plan(examples, cfg)
+    reqs = plan(examples, cfg, offset)
     cut = attach_prompts(reqs, tok, model_cfg)
     load_s = time.monotonic() - t0
     total = sum(r.n for r in reqs)

@@ -104,9 +104,10 @@ def generate(
     *,
     model_name: str = "",
     log: Callable[[str], None] = print,
+    offset: int = 0,
 ) -> Generation:
     """Sample candidates for every example over `cfg.grid` with vLLM's offline engine."""
-    return generate_many({model_name: model_dir}, examples, cfg, model_cfg, log=log)[model_name]
+    return generate_many({model_name: model_dir}, examples, cfg, model_cfg, log=log, offset=offset)[model_name]
 
 
 def generate_many(
@@ -116,10 +117,12 @@ def generate_many(
     model_cfg: ModelConfig,
     *,
     log: Callable[[str], None] = print,
+    offset: int = 0,
 ) -> dict[str, Generation]:
     """Generate for several models (name -> checkpoint) on the same examples. Models that share a
     base model (LoRA adapters on it, or the base itself) share one engine and one generate call;
-    each other base gets its own worker."""
+    each other base gets its own worker. `offset`: see common.plan (per-request seeds, so a shard
+    samples exactly what the unsharded run samples for its prompts)."""
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
@@ -137,15 +140,16 @@ def generate_many(
                     f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora})")
             groups.setdefault(Path(base), {})[name] = adapter
         for base, members in groups.items():
-            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log))
+            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log, offset))
     return {name: out[name] for name in models}
 
 
 def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Sequence[Example], cfg: GenerateConfig,
-                    model_cfg: ModelConfig, how: str, log: Callable[[str], None]) -> dict[str, Generation]:
+                    model_cfg: ModelConfig, how: str, log: Callable[[str], None], offset: int = 0,
+                    ) -> dict[str, Generation]:
     tok = loading.load_tokenizer(base)
     stops = chat.stop_token_ids(tok)
-    reqs = plan(examples, cfg)
+    reqs = plan(examples, cfg, offset)
     cut = attach_prompts(reqs, tok, model_cfg)
     adapters = {name: str(a) for name, a in members.items() if a is not None}
     gpu = _gpu_visible()

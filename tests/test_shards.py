@@ -1,0 +1,166 @@
+"""Sharded generate / judge / evaluate (cluster.shards): the pieces, gathered, are the unsharded
+step's output; the sharded DAG compiles with ParallelFor + Collected and runs under kfp.local."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from reset import steps
+from reset.data.records import Candidate, Judgment, read_jsonl, write_jsonl
+from reset.data.shards import bounds, ordered
+
+from .test_generation import _vllm_python, examples, vllm_tiny_dir  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 7, 12])
+@pytest.mark.parametrize("shards", [1, 2, 3, 5])
+def test_bounds_cover_every_item_once_in_order(n, shards):
+    pieces = [bounds(n, k, shards) for k in range(shards)]
+    assert [i for lo, hi in pieces for i in range(lo, hi)] == list(range(n))
+    sizes = [hi - lo for lo, hi in pieces]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_bad_shard_numbers_and_a_shard_gathered_twice_are_errors():
+    with pytest.raises(ValueError, match="shards must be at least 1"):
+        bounds(4, 0, 0)
+    with pytest.raises(ValueError, match="shard 3 is not in 0..2"):
+        bounds(4, 3, 3)
+    with pytest.raises(ValueError, match="more than one shard"):
+        ordered(["a1", "a1"], ["a"], lambda r: r[0], lambda r: r)
+    with pytest.raises(ValueError, match="not in the prompt set"):
+        ordered(["b1"], ["a"], lambda r: r[0], lambda r: r)
+
+
+def _tracking(tmp_path):
+    return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "shards"}
+
+
+@pytest.mark.integration
+def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny_dir, examples, tmp_path):  # noqa: F811
+    import mlflow
+
+    seen = tmp_path / "seen.jsonl"
+    write_jsonl(seen, examples)
+    gen = {"grid": [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.95}], "samples_per_setting": 2,
+           "max_new_tokens": 8, "backend": "vllm", "vllm_python": _vllm_python(), "vllm_kv_cache_gb": 1}
+    model = {"base": str(vllm_tiny_dir), "max_prompt_length": 96}
+    trk = _tracking(tmp_path)
+    judge = {"judges": ["rules", "k-precision", "reference"]}
+
+    steps.generate(str(vllm_tiny_dir), str(seen), gen, model, trk, "", out_candidates=str(tmp_path / "c.jsonl"))
+    steps.judge(str(seen), str(tmp_path / "c.jsonl"), judge, trk, "", out_judgments=str(tmp_path / "j.jsonl"))
+    parts = []
+    for k in range(3):
+        c, j = tmp_path / f"c{k}.jsonl", tmp_path / f"j{k}.jsonl"
+        steps.generate(str(vllm_tiny_dir), str(seen), gen, model, trk, "", out_candidates=str(c), shard=k, shards=3)
+        steps.judge(str(seen), str(c), judge, trk, "", out_judgments=str(j), shard=k, shards=3)
+        parts.append((str(c), str(j)))
+    # gathered in reverse: the order the shards finish in does not matter
+    steps.gather(str(seen), [c for c, _ in parts[::-1]], [j for _, j in parts[::-1]],
+                 out_candidates=str(tmp_path / "gc.jsonl"), out_judgments=str(tmp_path / "gj.jsonl"))
+
+    def cands(p):
+        return [(c.id, c.text, c.decoding["seed"]) for c in read_jsonl(p, Candidate)[0]]
+
+    whole, gathered = cands(tmp_path / "c.jsonl"), cands(tmp_path / "gc.jsonl")
+    assert len(whole) == len(examples) * 3 and gathered == whole
+    assert len({t for _, t, _ in whole}) > len(examples)  # really sampled: not all alike
+    judged = [(j.candidate_id, j.scores, j.combined, j.details) for j in read_jsonl(tmp_path / "j.jsonl", Judgment)[0]]
+    assert [(j.candidate_id, j.scores, j.combined, j.details) for j in read_jsonl(tmp_path / "gj.jsonl", Judgment)[0]] == judged
+    runs = mlflow.MlflowClient(trk["tracking_uri"]).search_runs(
+        [mlflow.MlflowClient(trk["tracking_uri"]).get_experiment_by_name("shards").experiment_id])
+    assert {r.info.run_name for r in runs} >= {"generate", "generate-1of3", "generate-3of3", "judge-2of3"}
+
+    # evaluation: base + two "arms" answered in two shards, then the statistics over the gathered rows
+    heldout = tmp_path / "heldout.jsonl"
+    write_jsonl(heldout, examples)
+    ev = {"max_new_tokens": 8, "backend": "vllm"}
+    arms = {"mtl": str(vllm_tiny_dir), "reset": str(vllm_tiny_dir)}
+
+    def outs(tag):
+        return {k: str(tmp_path / f"{tag}-{k}") for k in ("out_metrics", "out_report", "out_rows", "out_html")}
+
+    one = steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", **outs("one"))
+    rows = []
+    for k in range(2):
+        rows.append(str(tmp_path / f"rows{k}.jsonl"))
+        steps.evaluate_answers(arms, str(heldout), ev, model, judge, trk, "", out_rows=rows[-1], shard=k, shards=2)
+    two = steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", rows_paths=rows, **outs("two"))
+    assert two["metrics"] == one["metrics"] and two["verdicts"] == one["verdicts"]
+    assert set(one["metrics"]) == {"base", "mtl", "reset"}
+    assert json.loads((tmp_path / "two-out_metrics").read_text())["metrics"] == one["metrics"]
+    with pytest.raises(ValueError, match="rows per model"):  # a lost shard is an error, not a smaller set
+        steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", rows_paths=rows[:1], **outs("lost"))
+
+
+def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path):
+    import yaml
+
+    from pipelines.cli import compile_pipeline
+    from reset.config import load_config
+
+    from .conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "demo.yaml", ["cluster.shards=3"])
+    path = tmp_path / "sharded.yaml"
+    compile_pipeline(cfg, str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    spec = docs[0]
+    inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    by_name = {t["taskInfo"]["name"]: t for t in inner.values()}
+    loops = {n: t for n, t in by_name.items() if "parameterIterator" in t}
+    assert set(loops) == {"generate-shards", "answer-shards"}
+    assert all(t["parameterIterator"]["items"]["raw"] == "[0, 1, 2]" for t in loops.values())
+    body = {n: sorted(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in loops.items()}
+    assert body == {"generate-shards": ["generate-shard", "judge-shard"],
+                    "answer-shards": ["answer-heldout"]}
+    # gather after the generate shards, select after gather; evaluate after the answer shards
+    key = {t["taskInfo"]["name"]: k for k, t in inner.items()}
+    assert key["generate-shards"] in by_name["gather"]["dependentTasks"]
+    assert key["gather"] in by_name["select"]["dependentTasks"]
+    assert key["answer-shards"] in by_name["evaluate"]["dependentTasks"]
+    gather_inputs = by_name["gather"]["inputs"]["artifacts"]
+    assert {gather_inputs[k]["taskOutputArtifact"]["producerTask"] for k in ("shard_candidates", "shard_judgments")} \
+        == {key["generate-shards"]}
+    # an answer shard runs with the evaluate step's resources (GPUs, memory) and volume
+    executors = spec["deploymentSpec"]["executors"]
+    assert executors["exec-answer-heldout"]["container"]["resources"] == \
+        executors["exec-evaluate-gathered"]["container"]["resources"]
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert [m["mountPath"] for m in k8s["exec-answer-heldout"]["pvcMount"]] == \
+        [m["mountPath"] for m in k8s["exec-evaluate-gathered"]["pvcMount"]] == [cfg.cluster.storage.mount_path]
+
+
+@pytest.mark.integration
+def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir):
+    """cluster.shards=2 on the tiny config: the ParallelFor + Collected DAG runs through kfp.local
+    to the end; every shard is its own MLflow run; the gathered evaluation covers the held-out set."""
+    import mlflow
+
+    from pipelines.cli import main
+
+    from .conftest import REPO
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
+    try:
+        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
+                   "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded"])
+    finally:
+        mp.undo()
+    assert rc == 0
+    summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
+    assert set(summary["results"]) >= {"base", "mtl", "reset"}
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("sharded")
+    runs = {r.data.tags.get("reset.step"): r for r in client.search_runs([exp.experiment_id])}
+    assert {"generate-1of2", "generate-2of2", "judge-1of2", "judge-2of2", "answer-1of2", "answer-2of2",
+            "select", "evaluate", "register"} <= set(runs)
+    # tiny.yaml: 4 seen prompts per kind, 2 per shard; greedy + 2 samples at T 0.7 + the reference each
+    assert [runs[f"generate-{k}of2"].data.metrics["prompts"] for k in (1, 2)] == [4, 4]
+    assert sum(runs[f"generate-{k}of2"].data.metrics["candidates"] for k in (1, 2)) == 8 * 4
+    held_out = sum(runs[f"answer-{k}of2"].data.metrics["prompts"] for k in (1, 2))
+    assert held_out == 2 * 4 and all(runs[f"answer-{k}of2"].data.metrics["rows"] == 3 * 4 for k in (1, 2))
