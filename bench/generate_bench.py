@@ -10,6 +10,9 @@ samples, 64 new tokens) and generates them three ways, one after the other:
   vllm   the project's generation seam with backend vllm (prompt token ids made here, a worker in
          vLLM's venv, candidate records written);
   hf     the seam with backend hf (batched transformers generate, fp32), as the demo used before.
+With --adapter DIR (a LoRA fine-tuning output on the same base, e.g. a demo run's MTL adapter), two
+more rows on the same prompts: the adapter served by vLLM's LoRA path (generate.vllm_lora=serve)
+and merged into a bf16 copy first (merge, the CPU default; the merge time is part of its wall).
 Prints a Markdown table: output tokens/s of generation (engine start reported apart), the wall
 time of the whole call, and each as a ratio to raw.
 """
@@ -71,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--no-hf", action="store_true", help="skip the (slow) hf backend")
+    ap.add_argument("--adapter", default="", help="a LoRA output on the same base: also time serve vs merge")
     args = ap.parse_args()
     cfg = load_config(args.config)
     python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
@@ -86,6 +90,12 @@ def main() -> None:
         st = result.stats
         rows[backend] = {"engine_start_s": st["engine_start_s"], "generate_s": st["generate_s"],
                          "output_tokens": st["output_tokens"], "wall_s": time.monotonic() - t0}
+    for mode in ("serve", "merge") if args.adapter else ():
+        gcfg = cfg.generate.model_copy(update={"backend": "vllm", "vllm_python": python, "vllm_lora": mode})
+        t0 = time.monotonic()
+        st = run(args.adapter, examples, gcfg, cfg.model, log=lambda s: None).stats
+        rows[f"vllm, LoRA {mode}"] = {"engine_start_s": st["engine_start_s"], "generate_s": st["generate_s"],
+                                      "output_tokens": st["output_tokens"], "wall_s": time.monotonic() - t0}
     samples = sum(r.n for r in plan(examples, cfg.generate))
     base = rows["raw"]
     print(f"{len(examples)} prompts, {samples} samples, up to {cfg.generate.max_new_tokens} new tokens\n")

@@ -2,7 +2,10 @@
 
 ReSet:   per prompt, the candidate with the highest combined score, if it reaches `threshold`.
 ReSet-S: per prompt, the best candidate if it reaches `strict_threshold`; of those, only the top
-         `top_fraction` by score ("less is more": the paper's set was about 3x smaller, and better).
+         `top_fraction` by score within each kind ("less is more": the paper's set was about 3x
+         smaller, and better). Per kind, because an IF answer's combined score (instruction + task)
+         and a grounded answer's (faithfulness + task) are not on one scale: one ranking over both
+         kept only grounded answers in the demo's experiment.
 Ties break towards the earlier candidate id, so a selection is reproducible.
 
 Gates come first: a candidate whose required gate failed (details["gates"], written by the judge
@@ -65,8 +68,13 @@ def select(
         if top.combined >= threshold:
             best.append(top)
     if cfg.mode == "reset-s" and best:
-        best.sort(key=lambda j: (-j.combined, j.candidate_id))
-        best = best[: max(1, math.ceil(len(best) * cfg.top_fraction))]
+        by_kind: dict[str, list[Judgment]] = defaultdict(list)
+        for j in best:
+            by_kind[by_ex[j.example_id].kind].append(j)
+        best = []
+        for _, js in sorted(by_kind.items()):
+            js.sort(key=lambda j: (-j.combined, j.candidate_id))
+            best += js[: max(1, math.ceil(len(js) * cfg.top_fraction))]
 
     chosen = []
     for j in sorted(best, key=lambda j: j.example_id):

@@ -220,9 +220,22 @@ def test_reset_s_uses_strict_threshold_then_top_fraction() -> None:
     # top_fraction 1.0: all that pass the strict threshold
     sel = select(_examples(), cands, judgments, SelectConfig(mode="reset-s", strict_threshold=0.7, top_fraction=1.0))
     assert [e.id for e in sel.examples] == ["e1@reset", "e3@reset", "e5@reset"]
-    # a tiny fraction still keeps one (the best)
+    # a tiny fraction still keeps one per kind (the best of each)
     sel = select(_examples(), cands, judgments, SelectConfig(mode="reset-s", strict_threshold=0.7, top_fraction=0.01))
-    assert [e.id for e in sel.examples] == ["e1@reset"]
+    assert [e.id for e in sel.examples] == ["e1@reset", "e3@reset"]
+
+
+def test_reset_s_ranks_within_each_kind() -> None:
+    """IF answers score lower than grounded ones on the combined scale (no faithfulness axis, a low
+    task score against a free-form reference): one ranking over both kinds would keep none of them."""
+    examples = ([Example(f"i{k}", "s", "instruction", f"P{k}", "r") for k in range(6)]
+                + [Example(f"g{k}", "s", "grounded", f"Q{k}?", "r", context="C.", task="extractive") for k in range(6)])
+    scores = {f"i{k}": {f"i{k}-a": 0.55 + 0.01 * k} for k in range(6)}
+    scores |= {f"g{k}": {f"g{k}-a": 0.8 + 0.01 * k} for k in range(6)}
+    cands, judgments = _pool(scores)
+    sel = select(examples, cands, judgments, SelectConfig(mode="reset-s", strict_threshold=0.5, top_fraction=0.34))
+    # ceil(0.34 * 6) = 3 of each kind
+    assert [e.id for e in sel.examples] == ["g3@reset", "g4@reset", "g5@reset", "i3@reset", "i4@reset", "i5@reset"]
 
 
 @pytest.mark.parametrize("n", [1, 3, 7, 10])
