@@ -40,7 +40,7 @@ vllm: $(VLLM_STAMP)
 demo: $(STAMP) $(VLLM_STAMP)
 	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pipelines run --config configs/demo.yaml
 
-# The paper's seven arms and a control at demo scale, with the report across seeds (about 40 minutes).
+# The paper's seven arms and a control at demo scale, with the report across seeds (about 21 minutes a seed).
 experiment: $(STAMP) $(VLLM_STAMP)
 	RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pipelines experiment --config configs/experiment.yaml
 

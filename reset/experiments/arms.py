@@ -19,7 +19,7 @@ seeds), on the same data split and held-out set, so arms pair across seeds too.
 
 Overlays (`experiment.overlays`, arm -> section -> values) change any section for one arm; the
 default gives ReSet-S the paper's description: more aggressive sampling (more samples, hotter
-settings) and stricter filtering (strict threshold, then a third of those), about three times
+settings) and stricter filtering (a third per kind of what passes the threshold), about three times
 fewer examples than ReSet.
 """
 
