@@ -14,6 +14,8 @@ RUNS = [
     ("Offline judges (candidates/s)", ["judges_bench.py", "--embedding"]),
     ("LLM judge vs a 50 ms server: concurrency 32 / sequential", ["llm_judge_bench.py"]),
     ("LLM judge vs vLLM (CPU): judge / saturation", ["vllm_bench.py"]),
+    ("Generation: the generate step vs vLLM's raw engine vs transformers (tokens/s)",
+     ["generate_bench.py", "--config", str(HERE / "demo_before.yaml")]),
     ("Fine-tuning: ours vs TRL SFTTrainer (tokens/s, held-out loss, peak memory)", ["train_bench.py"]),
     ("Mix step: 1M rows streamed vs read + json.loads (wall, CPU, peak RSS)", ["mix_bench.py"]),
 ]

@@ -174,6 +174,9 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     out = run_many(models, examples, cfg, mcfg, log=logs.append)
     assert all(g.stats["models_in_engine"] == (3 if lora == "serve" else 1) for g in out.values())
     assert sum("adapter merged" in line for line in logs) == (2 if lora == "merge" else 0)
+    # one adapter alone, under run()'s default model name "": still the adapter, not the base
+    alone = run(models["a"], examples, cfg, mcfg, log=lambda s: None)
+    assert [c.text for c in alone.candidates] == [c.text for c in out["a"].candidates]
     texts = {name: [c.text for c in g.candidates] for name, g in out.items()}
     assert texts["a"] != texts["base"] and texts["b"] != texts["a"]
     ref = run(models["a"], examples, cfg.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)

@@ -151,13 +151,16 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
     stops = chat.stop_token_ids(tok)
     reqs = plan(examples, cfg, offset)
     cut = attach_prompts(reqs, tok, model_cfg)
-    adapters = {name: str(a) for name, a in members.items() if a is not None}
+    # The engine's adapter names are ours, never the caller's model names: a name may be "" (run()'s
+    # default), which the worker would read as "no adapter" and answer with the base model.
+    lora_of = {name: f"adapter{i}" for i, (name, a) in enumerate(members.items()) if a is not None}
+    adapters = {lora_of[name]: str(a) for name, a in members.items() if a is not None}
     gpu = _gpu_visible()
     wire = []
     for name in members:
         for i, r in enumerate(reqs):
             wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids,
-                         "adapter": name if name in adapters else None,
+                         "adapter": lora_of.get(name),
                          "params": {"n": r.n, "temperature": r.setting.temperature,
                                     "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
                                     "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
@@ -169,7 +172,7 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
     label = ", ".join(members)
     log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(members)} model(s) ({label}) -> "
         f"{total} samples; engine {how}, {'GPU' if gpu else 'CPU'}, base {base}"
-        + (f", adapters {sorted(adapters)}" if adapters else ""))
+        + (f", adapters {sorted(lora_of)}" if adapters else ""))
     with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
         req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
         with open(req_path, "w", encoding="utf-8") as fh:
