@@ -199,7 +199,10 @@ def step_run(cfg: TrackingConfig, parent_run_id: str, step: str, params: Mapping
         yield run
     except BaseException as exc:
         # Close the run first: the event below may fail (a driver that is gone took the pipe).
-        killed = isinstance(exc, KeyboardInterrupt | SystemExit)
+        # Stopped, not failed: interrupted, or its local run's driver is gone (the task's output pipe
+        # went with it, so a print can fail before the watchdog's SIGINT arrives).
+        ident = procs.driver()
+        killed = isinstance(exc, KeyboardInterrupt | SystemExit) or (ident is not None and procs.alive(ident) is False)
         with contextlib.suppress(Exception):  # the server may be what failed; keep the step's error
             mlflow.end_run("KILLED" if killed else "FAILED")
         progress.emit("fail", step=step, seconds=time.monotonic() - t0,
