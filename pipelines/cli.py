@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import local_runs
 from reset.config import SECTIONS, ConfigError, PipelineConfig, load_config, to_dict
 from reset.errors import DataError
 
@@ -67,8 +68,6 @@ def _parser() -> argparse.ArgumentParser:
     from pipelines import data_cli
 
     data_cli.add_parser(sub)  # data check PATH... [--format F]
-    from pipelines import local_runs
-
     local_runs.add_parser(sub)  # runs cleanup
     return p
 
@@ -85,12 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return data_cli.main(args)
         if args.command == "runs":
-            from pipelines import local_runs
-
             return local_runs.main(args)
         if args.command == "run" and args.resume:
-            from pipelines import local_runs
-
             cfg = local_runs.resume_config(Path(args.output_dir).resolve(), args.resume, args.config, args.overrides)
         elif args.config is None:
             raise ConfigError("--config is required (or --resume RUN)")
@@ -110,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 
         return kfp_api.main(args, cfg)
     except PreflightError as exc:
-        from pipelines import local_runs
-
         local_runs.print_problems(exc.problems)
         return 2
     except (ConfigError, DataError) as exc:
@@ -156,21 +149,9 @@ def compile_pipeline(cfg: PipelineConfig, output: str) -> None:
     load_component_from_file(output)  # kfp's own loader must read it back
 
 
+@local_runs.environ_restored()
 def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
               experiment: bool = False) -> int:
-    """`_run_local` with the process environment put back as it was afterwards: the run sets its
-    job id and driver there for its task processes, and a caller in the same process (a notebook,
-    a test, a second run) must not inherit them."""
-    saved = dict(os.environ)
-    try:
-        return _run_local(cfg, output_dir, verbose, resume, experiment)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
-               experiment: bool = False) -> int:
     """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
     own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
     nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume
@@ -179,7 +160,6 @@ def _run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, res
 
     from kfp import local
 
-    from pipelines import local_runs
     from pipelines.console import Console, captured
     from pipelines.reset_pipeline import build_pipeline
     from reset import preflight, progress, tracking

@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines import local_runs
 from reset.config import ConfigError, PipelineConfig
 
 COMMANDS = ("upload", "submit", "schedule", "promote", "champion")
@@ -325,18 +326,8 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------ promotion
+@local_runs.environ_restored()  # the job id set for the tasks must not outlive the promotion
 def promote_local(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    """The promotion pipeline through kfp.local (SubprocessRunner, this Python environment); the
-    process environment is put back afterwards (the job id set for the tasks must not outlive it)."""
-    saved = dict(os.environ)
-    try:
-        return _promote_local(cfg, args)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
-def _promote_local(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     import uuid
     import warnings
 

@@ -260,6 +260,19 @@ def cleanup_line(marked: list[dict[str, str]]) -> str:
             f"{', '.join(sorted({m['name'] for m in marked}))})")
 
 
+@contextmanager
+def environ_restored():
+    """The process environment put back as it was afterwards (also a decorator): a local run sets
+    its job id and driver there for its task processes, and a caller in the same process (a
+    notebook, a test, a second run) must not inherit them."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def env_for_tasks(run: LocalRun) -> dict[str, str]:
     """What the task processes inherit: the job id their steps find the MLflow parent by, the
     driver they watch, and that preflight already ran."""

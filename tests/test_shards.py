@@ -135,7 +135,7 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
 
 
 @pytest.mark.integration
-def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir):
+def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir, monkeypatch):
     """cluster.shards=2 on the tiny config: the ParallelFor + Collected DAG runs through kfp.local
     to the end; every shard is its own MLflow run; the gathered evaluation covers the held-out set."""
     import mlflow
@@ -144,13 +144,9 @@ def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir):
 
     from .conftest import REPO
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
-    try:
-        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
-                   "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded"])
-    finally:
-        mp.undo()
+    monkeypatch.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
+    rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
+               "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded"])
     assert rc == 0
     summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
     assert set(summary["results"]) >= {"base", "mtl", "reset"}

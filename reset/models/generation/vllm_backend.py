@@ -126,7 +126,8 @@ def generate_many(
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
-    merge = cfg.vllm_lora == "merge" or (cfg.vllm_lora == "auto" and not _gpu_visible())
+    gpu = _gpu_visible()
+    merge = cfg.vllm_lora == "merge" or (cfg.vllm_lora == "auto" and not gpu)
     out: dict[str, Generation] = {}
     with tempfile.TemporaryDirectory(prefix="reset-merged-") as merged_root:
         groups: dict[Path, dict[str, Path | None]] = {}
@@ -140,12 +141,12 @@ def generate_many(
                     f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora})")
             groups.setdefault(Path(base), {})[name] = adapter
         for base, members in groups.items():
-            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, log, offset))
+            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, gpu, log, offset))
     return {name: out[name] for name in models}
 
 
 def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Sequence[Example], cfg: GenerateConfig,
-                    model_cfg: ModelConfig, how: str, log: Callable[[str], None], offset: int = 0,
+                    model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None], offset: int = 0,
                     ) -> dict[str, Generation]:
     tok = loading.load_tokenizer(base)
     stops = chat.stop_token_ids(tok)
@@ -155,7 +156,6 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
     # default), which the worker would read as "no adapter" and answer with the base model.
     lora_of = {name: f"adapter{i}" for i, (name, a) in enumerate(members.items()) if a is not None}
     adapters = {lora_of[name]: str(a) for name, a in members.items() if a is not None}
-    gpu = _gpu_visible()
     wire = []
     for name in members:
         for i, r in enumerate(reqs):
