@@ -162,7 +162,7 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
 
     from pipelines.console import Console, captured
     from pipelines.reset_pipeline import build_pipeline
-    from reset import preflight, progress, tracking
+    from reset import preflight, progress, steps, tracking
     from reset.evaluation import comparison_table
 
     output_dir = output_dir.resolve()
@@ -188,31 +188,39 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
         console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
     if marked := local_runs.mark_dead(cfg):
         console.say(local_runs.cleanup_line(marked))
-    t0 = time.time()
-    error = ""
+    engine = steps.local_engine_server(cfg, run_dir / "vllm", log=console.say)
+    if engine is not None:
+        os.environ.update(engine.env)
+        console.say(f"vLLM: one engine for the whole run, warming on the base model (its log: {engine.log_path})")
     try:
-        with local_runs.stop_signals(), captured(console), \
-                local_runs.report_cache_hits(lambda step: console.say(f"  {step:<15} reused (finished before)")):
-            try:
-                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"),
-                           enable_caching=True, cache_root=str(run_dir / "cache"))
-                if experiment:
-                    from pipelines.experiment_pipeline import build_experiment
-
-                    build_experiment(cfg)(tracking=to_dict(cfg.tracking))
-                else:
-                    build_pipeline(shards=cfg.cluster.shards)(**pipeline_arguments(cfg))
-            except RuntimeError as exc:
-                error = str(exc)
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs
-        old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+        t0 = time.time()
+        error = ""
         try:
-            local_runs.stop_tasks()
-            not_closed = local_runs.close_runs(cfg, run)
-        finally:
-            signal.signal(signal.SIGINT, old)
-        print(local_runs.stopped_line(run, console.current_step, output_dir, not_closed), file=sys.stderr)
-        return local_runs.exit_code(exc)
+            with local_runs.stop_signals(), captured(console), \
+                    local_runs.report_cache_hits(lambda step: console.say(f"  {step:<15} reused (finished before)")):
+                try:
+                    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_dir / "kfp"),
+                               enable_caching=True, cache_root=str(run_dir / "cache"))
+                    if experiment:
+                        from pipelines.experiment_pipeline import build_experiment
+
+                        build_experiment(cfg)(tracking=to_dict(cfg.tracking))
+                    else:
+                        build_pipeline(shards=cfg.cluster.shards)(**pipeline_arguments(cfg))
+                except RuntimeError as exc:
+                    error = str(exc)
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+            try:
+                local_runs.stop_tasks()
+                not_closed = local_runs.close_runs(cfg, run)
+            finally:
+                signal.signal(signal.SIGINT, old)
+            print(local_runs.stopped_line(run, console.current_step, output_dir, not_closed), file=sys.stderr)
+            return local_runs.exit_code(exc)
+    finally:
+        if engine is not None:
+            engine.stop()
     wall = time.time() - t0
     if error:
         for line in console.failure_report(error):

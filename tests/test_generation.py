@@ -161,8 +161,9 @@ def _adapter(base_dir, out, seed: int):
 @pytest.mark.parametrize("lora", ["serve", "merge"])
 def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, tmp_path, lora):
     """Evaluation's case: base + two LoRA adapters, served from one engine (a GPU's default) or
-    each merged into a copy of the base, one engine per model (a CPU's default); either way each
-    adapter's greedy outputs match transformers with the adapter merged (fp32)."""
+    each merged into a copy of the base and swapped into the one engine's weights in place (a
+    CPU's default); either way each adapter's greedy outputs match transformers with the adapter
+    merged (fp32)."""
     from reset.models.generation import run_many
 
     models = {"base": str(vllm_tiny_dir), "a": str(_adapter(vllm_tiny_dir, tmp_path / "a", 1)),
@@ -172,8 +173,9 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     mcfg = ModelConfig(max_prompt_length=96)
     logs: list[str] = []
     out = run_many(models, examples, cfg, mcfg, log=logs.append)
-    assert all(g.stats["models_in_engine"] == (3 if lora == "serve" else 1) for g in out.values())
+    assert all(g.stats["models_in_engine"] == 3 for g in out.values())
     assert sum("adapter merged" in line for line in logs) == (2 if lora == "merge" else 0)
+    assert sum("weights swapped" in line for line in logs) == (2 if lora == "merge" else 0)
     # one adapter alone, under run()'s default model name "": still the adapter, not the base
     alone = run(models["a"], examples, cfg, mcfg, log=lambda s: None)
     assert [c.text for c in alone.candidates] == [c.text for c in out["a"].candidates]
@@ -182,3 +184,110 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     ref = run(models["a"], examples, cfg.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)
     same = sum(x == y for x, y in zip(texts["a"], [c.text for c in ref.candidates], strict=True)) / len(examples)
     assert same >= 0.75, same
+
+
+@pytest.fixture(scope="module")
+def tied_pair(vllm_tiny_dir, tmp_path_factory):
+    """A tiny model with tied input/output embeddings (as SmolLM2 has) and a "full fine-tune" of it:
+    every weight moved, the shared embedding included."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(vllm_tiny_dir)
+    base_out, ft_out = tmp_path_factory.mktemp("tied-base"), tmp_path_factory.mktemp("tied-ft")
+    torch.manual_seed(1)
+    model = LlamaForCausalLM.from_pretrained(vllm_tiny_dir, tie_word_embeddings=True)
+    model.tie_weights()
+    model.save_pretrained(base_out)
+    tok.save_pretrained(base_out)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * p.std().clamp(min=1e-3) * 0.5)
+    model.save_pretrained(ft_out)
+    tok.save_pretrained(ft_out)
+    return base_out, ft_out
+
+
+@pytest.mark.integration
+def test_weights_swapped_in_place_sample_what_their_own_engine_samples(tied_pair, examples):
+    """Two checkpoints of one architecture share an engine: the second is loaded into it in place.
+    Its seeded samples and greedy outputs equal those of an engine started on it, also when the
+    checkpoint moves the tied embedding (vLLM's CPU build keeps a packed copy of a tied head that
+    reload_weights alone leaves stale)."""
+    from reset.models.generation import run_many
+
+    base, ft = tied_pair
+    assert vllm.engine_key(base) == vllm.engine_key(ft)
+    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
+                         vllm_python=_vllm_python(), vllm_kv_cache_gb=1)
+    mcfg = ModelConfig(max_prompt_length=96)
+    logs: list[str] = []
+    both = run_many({"base": str(base), "ft": str(ft)}, examples, cfg, mcfg, log=logs.append)
+    assert all(g.stats["models_in_engine"] == 2 for g in both.values())
+    assert sum("weights swapped" in line for line in logs) == 1
+    alone = run(ft, examples, cfg, mcfg, model_name="ft", log=lambda s: None)
+    swapped = [(c.id, c.text) for c in both["ft"].candidates]
+    assert swapped == [(c.id, c.text) for c in alone.candidates]
+    assert [c.text for c in both["base"].candidates] != [c.text for c in both["ft"].candidates]
+
+
+def test_engine_key_separates_architectures_and_tokenizers(tied_pair, tmp_path):
+    import json
+    import shutil
+
+    base, ft = tied_pair
+    assert vllm.engine_key(base) == vllm.engine_key(ft)
+    deeper = tmp_path / "deeper"
+    shutil.copytree(ft, deeper)
+    config = json.loads((deeper / "config.json").read_text())
+    config["num_hidden_layers"] += 1
+    config["_name_or_path"] = "elsewhere"  # not a difference that matters
+    (deeper / "config.json").write_text(json.dumps(config))
+    assert vllm.engine_key(deeper) != vllm.engine_key(ft)
+    config["num_hidden_layers"] -= 1
+    (deeper / "config.json").write_text(json.dumps(config))
+    assert vllm.engine_key(deeper) == vllm.engine_key(ft)
+    other = tmp_path / "other-tok"
+    shutil.copytree(ft, other)
+    cfg = json.loads((other / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 7
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert vllm.engine_key(other) != vllm.engine_key(ft)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="config.json"):
+        vllm.engine_key(tmp_path / "empty")
+
+
+@pytest.mark.integration
+def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_path, monkeypatch):
+    """A local run's engine server: warmed on the base, it serves one step's checkpoint and the
+    next step's by swapping weights (no second engine start), with the samples a step's own worker
+    gives; once it is gone, a step starts its own worker and says so."""
+    base, ft = tied_pair
+    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
+                         vllm_python=_vllm_python(), vllm_kv_cache_gb=1)
+    mcfg = ModelConfig(max_prompt_length=96)
+    own = run(ft, examples, cfg, mcfg, model_name="ft", log=lambda s: None)
+    server = vllm.EngineServer.start(_vllm_python(), tmp_path / "vllm", vllm.worker_env(cfg))
+    try:
+        server.warm(base, vllm.merged_engine_args([cfg], mcfg))
+        for k, v in server.env.items():
+            monkeypatch.setenv(k, v)
+        logs: list[str] = []
+        first = run(ft, examples, cfg, mcfg, model_name="ft", log=logs.append)
+        second = run(base, examples, cfg.model_copy(update={"max_new_tokens": 6}), mcfg, model_name="b",
+                     log=logs.append)
+        assert server.warm_error == ""
+        assert first.stats["engine_reused"] and second.stats["engine_reused"], logs
+        assert sum("served by the run's engine server" in line for line in logs) == 2
+        assert [(c.id, c.text) for c in first.candidates] == [(c.id, c.text) for c in own.candidates]
+        assert all(len(c.text) >= 0 and c.decoding["max_new_tokens"] == 6 for c in second.candidates)
+        log_text = server.log_path.read_text()
+        assert "serving on" in log_text and log_text.count("(engine reused)") == 2
+    finally:
+        server.stop()
+    assert server.proc.poll() is not None and not server.socket.exists()
+    logs = []
+    again = run(ft, examples, cfg, mcfg, model_name="ft", log=logs.append)  # the env still names the server
+    assert any("starting a worker" in line for line in logs), logs
+    assert [c.text for c in again.candidates] == [c.text for c in own.candidates]

@@ -359,6 +359,12 @@ class GenerateConfig(Section):
     """Sequences the engine schedules at once."""
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0), NoBool] = 0.85
     """Share of GPU memory vLLM may take (leave room when training shares the GPU)."""
+    vllm_engine_server: bool = True
+    """Local runs (`python -m pipelines run`) where vLLM runs in its own environment: one engine
+    for the whole run (vLLM's worker in server mode, started with the run, warmed on the base model
+    while the first steps train, stopped at the end); each generating step swaps its checkpoint's
+    weights into it instead of starting an engine. false: one worker and engine per step. No
+    effect on a cluster, where every step is its own pod."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
     engine), merge (merged into a bf16 copy first, one engine per model), auto: serve on a GPU,

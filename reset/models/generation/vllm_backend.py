@@ -84,10 +84,14 @@ def engine_args(cfg: GenerateConfig, model_cfg: ModelConfig, gpu: bool) -> dict[
     return args
 
 
-def _env(cfg: GenerateConfig) -> dict[str, str]:
+def worker_env(cfg: GenerateConfig) -> dict[str, str]:
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
-           "VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_kv_cache_gb), "TOKENIZERS_PARALLELISM": "false"}
+           "VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_kv_cache_gb), "TOKENIZERS_PARALLELISM": "false",
+           # The engine core in the worker's own process: a second process costs ~15 s of start-up
+           # (spawn, vLLM's import again, the handshake) and ~4 s of shutdown on this CPU, for no
+           # throughput (measured: docs/bench.md).
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     quota = runtime.cpu_quota()
     if cores and quota < len(cores):  # a pod's CPU limit: bind vLLM's threads to that many cores
@@ -119,60 +123,100 @@ def generate_many(
     log: Callable[[str], None] = print,
     offset: int = 0,
 ) -> dict[str, Generation]:
-    """Generate for several models (name -> checkpoint) on the same examples. Models that share a
-    base model (LoRA adapters on it, or the base itself) share one engine and one generate call;
-    each other base gets its own worker. `offset`: see common.plan (per-request seeds, so a shard
-    samples exactly what the unsharded run samples for its prompts)."""
+    """Generate for several models (name -> checkpoint) on the same examples, with as few engines
+    as possible: every model of one architecture and tokenizer shares one engine (one worker
+    process), LoRA adapters served on their base, other checkpoints (merged adapters, full
+    fine-tunes) loaded into it in place one after another. `offset`: see common.plan (per-request
+    seeds, so a shard samples exactly what the unsharded run samples for its prompts)."""
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
-    gpu = _gpu_visible()
+    gpu = gpu_visible()
     merge = cfg.vllm_lora == "merge" or (cfg.vllm_lora == "auto" and not gpu)
     out: dict[str, Generation] = {}
     with tempfile.TemporaryDirectory(prefix="reset-merged-") as merged_root:
-        groups: dict[Path, dict[str, Path | None]] = {}
-        for name, path in models.items():
+        # engine key -> name -> (weights directory, adapter served on it or None)
+        groups: dict[str, dict[str, tuple[Path, Path | None]]] = {}
+        for i, (name, path) in enumerate(models.items()):
             base, adapter = loading.checkpoint_parts(path, model_cfg.cache_dir)
             if adapter is not None and merge:
                 t0 = time.monotonic()
-                base, adapter = loading.merge_to(path, Path(merged_root) / f"m{len(groups)}",
-                                                 cache_dir=model_cfg.cache_dir), None
+                base, adapter = loading.merge_to(path, Path(merged_root) / f"m{i}", cache_dir=model_cfg.cache_dir), None
                 log(f"[generate:vllm] {name}: adapter merged into a copy of its base for the engine "
                     f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora})")
-            groups.setdefault(Path(base), {})[name] = adapter
-        for base, members in groups.items():
-            out.update(_generate_group(base, members, examples, cfg, model_cfg, how, gpu, log, offset))
+            groups.setdefault(engine_key(base), {})[name] = (Path(base), adapter)
+        for members in groups.values():
+            out.update(_generate_group(members, examples, cfg, model_cfg, how, gpu, log, offset))
     return {name: out[name] for name in models}
 
 
-def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Sequence[Example], cfg: GenerateConfig,
-                    model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None], offset: int = 0,
-                    ) -> dict[str, Generation]:
-    tok = loading.load_tokenizer(base)
+_CONFIG_NOISE = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "use_cache"}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+def engine_key(model_dir: str | os.PathLike[str]) -> str:
+    """What must be equal for two model directories to share one engine with their weights swapped
+    in place: the architecture (config.json without the fields that do not shape the weights or the
+    forward pass) and the tokenizer files (the engine detokenizes with the one it started with)."""
+    import hashlib
+
+    d = Path(model_dir)
+    try:
+        config = json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{d / 'config.json'}: cannot read the model's config ({exc})") from None
+    h = hashlib.sha256(json.dumps({k: v for k, v in config.items() if k not in _CONFIG_NOISE},
+                                  sort_keys=True).encode())
+    for name in _TOKENIZER_FILES:
+        f = d / name
+        h.update(name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+    return h.hexdigest()
+
+
+def _generate_group(members: Mapping[str, tuple[Path, Path | None]], examples: Sequence[Example],
+                    cfg: GenerateConfig, model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None],
+                    offset: int = 0) -> dict[str, Generation]:
+    """One engine for `members` (name -> (weights directory, adapter or None)), all of one engine_key.
+    The engine starts on the weights that carry adapters (or the first); every other directory
+    is swapped in afterwards."""
+    dirs = list(dict.fromkeys(d for d, _ in members.values()))
+    with_adapter = [d for d, a in members.values() if a is not None]
+    if len(set(with_adapter)) > 1:  # LoRA needs its base loaded; one engine holds one base at a time
+        first = with_adapter[0]
+        rest = {n: m for n, m in members.items() if m[0] != first}
+        return {**_generate_group({n: m for n, m in members.items() if m[0] == first}, examples, cfg, model_cfg,
+                                  how, gpu, log, offset),
+                **_generate_group(rest, examples, cfg, model_cfg, how, gpu, log, offset)}
+    start = with_adapter[0] if with_adapter else dirs[0]
+    weight_key = {d: f"w{i}" for i, d in enumerate(x for x in dirs if x != start)}
+    names = sorted(members, key=lambda n: members[n][0] != start)  # the engine's own weights first
+    tok = loading.load_tokenizer(start)
     stops = chat.stop_token_ids(tok)
     reqs = plan(examples, cfg, offset)
     cut = attach_prompts(reqs, tok, model_cfg)
     # The engine's adapter names are ours, never the caller's model names: a name may be "" (run()'s
     # default), which the worker would read as "no adapter" and answer with the base model.
-    lora_of = {name: f"adapter{i}" for i, (name, a) in enumerate(members.items()) if a is not None}
-    adapters = {lora_of[name]: str(a) for name, a in members.items() if a is not None}
+    lora_of = {name: f"adapter{i}" for i, name in enumerate(names) if members[name][1] is not None}
+    adapters = {lora_of[name]: str(members[name][1]) for name in lora_of}
     wire = []
-    for name in members:
+    for name in names:
         for i, r in enumerate(reqs):
             wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids,
-                         "adapter": lora_of.get(name),
+                         "adapter": lora_of.get(name), "weights": weight_key.get(members[name][0]),
                          "params": {"n": r.n, "temperature": r.setting.temperature,
                                     "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
                                     "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
                                     "skip_special_tokens": True}})
-    request = {"model": str(base), "adapters": adapters,
+    request = {"model": str(start), "engine_key": engine_key(start), "adapters": adapters, "weights": {k: str(d) for d, k in weight_key.items()},
                "lora_rank": max([_lora_rank(Path(a)) for a in adapters.values()] or [0]),
                "engine": engine_args(cfg, model_cfg, gpu), "requests": wire}
-    total = sum(r.n for r in reqs) * len(members)
-    label = ", ".join(members)
-    log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(members)} model(s) ({label}) -> "
-        f"{total} samples; engine {how}, {'GPU' if gpu else 'CPU'}, base {base}"
-        + (f", adapters {sorted(lora_of)}" if adapters else ""))
+    total = sum(r.n for r in reqs) * len(names)
+    label = ", ".join(names)
+    log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(names)} model(s) ({label}) -> "
+        f"{total} samples; one engine ({how}, {'GPU' if gpu else 'CPU'}) started on {start}"
+        + (f", adapters {sorted(lora_of.values())}" if adapters else "")
+        + (f", {len(weight_key)} more checkpoint(s) loaded into it in place" if weight_key else ""))
     with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
         req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
         with open(req_path, "w", encoding="utf-8") as fh:
@@ -180,8 +224,8 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
         t0 = time.monotonic()
         if in_process():
             vllm_worker.run(request, out_path)
-        else:
-            _run_worker(worker_python(cfg) or "", req_path, out_path, _env(cfg), total, label, log)
+        elif not _run_on_server(req_path, out_path, total, label, log):
+            _run_worker(worker_python(cfg) or "", req_path, out_path, worker_env(cfg), total, label, log)
         wall = time.monotonic() - t0
         by_id: dict[str, list[str]] = {}
         stats: dict[str, Any] = {}
@@ -195,19 +239,189 @@ def _generate_group(base: Path, members: Mapping[str, Path | None], examples: Se
     missing = [w["id"] for w in wire if w["id"] not in by_id]
     if missing:
         raise ModelError(f"vLLM returned no output for {len(missing)} of {len(wire)} requests")
-    gen_s = float(stats.get("generate_s", wall))
-    tokens = int(stats.get("output_tokens", 0))
     start_s = float(stats.get("engine_start_s", 0.0))
-    log(f"[generate:vllm] {total} samples, {tokens} tokens in {gen_s:.1f}s ({tokens / max(gen_s, 1e-9):.0f} tokens/s); "
-        f"engine start {start_s:.1f}s, wall {wall:.1f}s")
+    groups = stats.get("groups") or {}
     out = {}
-    for name in members:
+    for name in names:
+        key = weight_key.get(members[name][0], "")
+        g = groups.get(key, {})
+        gen_s = float(g.get("generate_s", stats.get("generate_s", wall)))
+        tokens = int(g.get("output_tokens", stats.get("output_tokens", 0)))
+        reload_s = float(g.get("reload_s", 0.0))
+        log(f"[generate:vllm] {name}: {sum(r.n for r in reqs)} samples, {tokens} tokens in {gen_s:.1f}s "
+            f"({tokens / max(gen_s, 1e-9):.0f} tokens/s" + (", one call with its base's adapters" if adapters and not key
+                                                             else "") + ")"
+            + (f", weights swapped in {reload_s:.1f}s" if key else ""))
         texts = [by_id[f"{name}\t{i}"] for i in range(len(reqs))]
         cands = candidates(reqs, texts, cfg, backend="vllm", model_name=name, order=examples)
         out[name] = Generation(cands, {"backend": "vllm", "engine_start_s": start_s, "generate_s": gen_s,
                                        "output_tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else 0.0,
-                                       "prompts_cut": cut, "wall_s": wall, "models_in_engine": len(members)})
+                                       "reload_s": reload_s, "prompts_cut": cut, "wall_s": wall,
+                                       "engine_reused": bool(stats.get("engine_reused", False)),
+                                       "models_in_engine": len(names)})
+    log(f"[generate:vllm] {total} samples from {len(names)} model(s) in one engine: engine start {start_s:.1f}s, "
+        f"sampling {float(stats.get('generate_s', 0.0)):.1f}s, weight swaps {float(stats.get('reload_s', 0.0)):.1f}s, "
+        f"wall {wall:.1f}s")
     return out
+
+
+SERVER_ENV = "RESET_VLLM_SERVER"
+SERVER_PID_ENV = "RESET_VLLM_SERVER_PID"
+
+
+class EngineServer:
+    """One vLLM engine for a whole local pipeline run (a CPU machine's worker environment): the
+    worker in server mode (vllm_worker.serve) on a Unix socket under the run folder, found by the
+    steps through RESET_VLLM_SERVER. Each step then swaps its checkpoint's weights into the engine
+    (under a second) instead of starting its own worker and engine (import, start, shutdown:
+    about 12 s each on this machine). A step that cannot reach the server starts its own worker.
+
+        server = EngineServer.start(python, run_dir / "vllm", env)   # its log: run_dir/vllm/engine.log
+        server.warm(model_dir, engine_kwargs, key)   # optional: start the engine now, in the background
+        ...                                           # steps run with RESET_VLLM_SERVER=server.socket
+        server.stop()                                  # by its process group; also exits if we die
+    """
+
+    def __init__(self, proc: subprocess.Popen, socket_path: Path, log_path: Path) -> None:
+        self.proc, self.socket, self.log_path = proc, socket_path, log_path
+        self._warm_thread: Any = None
+        self.warm_error = ""
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the steps need to find the server (and to know it is gone)."""
+        return {SERVER_ENV: str(self.socket), SERVER_PID_ENV: str(self.proc.pid)}
+
+    @classmethod
+    def start(cls, python: str, folder: Path, env: Mapping[str, str]) -> EngineServer:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A Unix socket's path has at most 107 bytes: a short private folder, not the run folder.
+        sock = Path(tempfile.mkdtemp(prefix="reset-vllm-")) / "engine.sock"
+        log_path = folder / "engine.log"
+        with open(log_path, "ab") as log_fh:
+            proc = subprocess.Popen([python, str(WORKER), "--serve", str(sock)], stdin=subprocess.DEVNULL,
+                                    stdout=log_fh, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True)
+        return cls(proc, sock, log_path)
+
+    def warm(self, model_dir: str | os.PathLike[str], engine: Mapping[str, Any], wait_s: float = 300.0) -> None:
+        """Start the engine on `model_dir` with `engine` (LLM kwargs) in a background thread, so the
+        first step that generates finds it up."""
+        import threading
+
+        req = self.log_path.parent / "warm.json"
+        req.write_text(json.dumps({"model": str(model_dir), "engine_key": engine_key(model_dir),
+                                   "engine": dict(engine), "requests": []}), encoding="utf-8")
+
+        def go() -> None:
+            try:
+                lines = _ask(self.socket, {"warm": str(req)}, connect_s=wait_s, stall_s=wait_s, pid=self.proc.pid)
+                for line in lines:
+                    if line.startswith("vllm-worker-error: "):
+                        self.warm_error = line.split(": ", 1)[1]
+            except OSError as exc:
+                self.warm_error = str(exc)
+
+        self._warm_thread = threading.Thread(target=go, daemon=True, name="vllm-warm")
+        self._warm_thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.socket.unlink()
+        with contextlib.suppress(OSError):
+            self.socket.parent.rmdir()
+
+
+def engine_server_python(cfgs: Sequence[GenerateConfig]) -> str | None:
+    """The worker Python an engine server would run with, or None where the steps would not use
+    one (vLLM in-process, no vLLM environment, or every config on the hf backend)."""
+    if in_process():
+        return None
+    for cfg in cfgs:
+        if cfg.backend != "hf" and (python := worker_python(cfg)):
+            return python
+    return None
+
+
+def merged_engine_args(cfgs: Sequence[GenerateConfig], model_cfg: ModelConfig) -> dict[str, Any]:
+    """Engine settings that serve every config in `cfgs` (the largest of each limit)."""
+    out: dict[str, Any] = {}
+    for cfg in cfgs:
+        for k, v in engine_args(cfg, model_cfg, gpu=False).items():
+            out[k] = max(out[k], v) if k in out and k in vllm_worker._AT_LEAST else out.get(k, v)
+    return out
+
+
+def _ask(sock_path: Path, message: Mapping[str, Any], connect_s: float, stall_s: float, pid: int = 0):
+    """Send one request line to the engine server and yield its reply lines. Retries the connection
+    for `connect_s` seconds (the server is still importing vLLM) while process `pid` (when given)
+    lives; raises OSError when it cannot connect or the server goes silent for `stall_s` seconds."""
+    import socket
+
+    deadline = time.monotonic() + connect_s
+    while True:
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            conn.connect(str(sock_path))
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            conn.close()
+            if time.monotonic() >= deadline or (pid and not _alive(pid)):
+                raise
+            time.sleep(0.5)
+    with conn:
+        conn.settimeout(stall_s)
+        conn.sendall((json.dumps(dict(message)) + "\n").encode())
+        for line in conn.makefile("r", encoding="utf-8"):
+            line = line.rstrip("\n")
+            yield line
+            if line.startswith(("vllm-worker-done: ", "vllm-worker-error: ")):
+                return
+        raise ConnectionError("the engine server closed the connection without an answer")
+
+
+def _run_on_server(req_path: str, out_path: str, total: int, label: str, log: Callable[[str], None],
+                   stall_s: float = 600.0, connect_s: float = 120.0) -> bool:
+    """Run the request on the run's engine server (RESET_VLLM_SERVER) when there is one: True when
+    it answered, False (with a note) when there is none or it cannot be reached, and the caller
+    starts its own worker. A server that reports an error raises ModelError."""
+    sock = os.environ.get(SERVER_ENV, "")
+    if not sock:
+        return False
+    if not os.path.exists(sock) and not os.path.isdir(os.path.dirname(sock)):
+        log(f"[generate:vllm] note: the run's engine server socket {sock} is gone; starting a worker")
+        return False
+    bar = progress.Progress(total, "samples", label)
+    with open(req_path, encoding="utf-8") as fh:
+        samples_per_req = [r["params"]["n"] for r in json.load(fh)["requests"]]
+    try:
+        pid = int(os.environ.get(SERVER_PID_ENV) or 0)
+        for line in _ask(Path(sock), {"request": req_path, "out": out_path}, connect_s=connect_s, stall_s=stall_s,
+                         pid=pid):
+            if line.startswith("vllm-worker-error: "):
+                raise ModelError(f"the run's vLLM engine server failed: {line.split(': ', 1)[1]} "
+                                 "(its log: the run folder's vllm/engine.log)")
+            if line.startswith("vllm-worker-done: "):
+                log(f"[generate:vllm] served by the run's engine server ({sock})")
+                return True
+            if line.startswith("vllm-worker: ") and "/" in line:
+                with contextlib.suppress(ValueError):
+                    bar.update(sum(samples_per_req[:int(line.split(": ", 1)[1].split("/")[0])]))
+            sys.stdout.write(line + "\n")
+    except OSError as exc:
+        log(f"[generate:vllm] note: the run's engine server at {sock} did not answer ({exc}); starting a worker")
+        return False
+    return False
 
 
 def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], total: int, label: str,
@@ -264,7 +478,22 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
         raise ModelError(f"the vLLM worker ({python}) exited with code {code}; last lines:\n" + "\n".join(tail))
 
 
-def _gpu_visible() -> bool:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a child that exited but was not reaped yet still answers kill(0): look at its state
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def gpu_visible() -> bool:
     try:
         import torch
 

@@ -1,6 +1,7 @@
 """vLLM offline-engine worker: reads a JSON request, writes one JSON line per request's outputs.
 
     <vllm python> reset/models/generation/vllm_worker.py REQUEST.json OUT.jsonl
+    <vllm python> reset/models/generation/vllm_worker.py --serve SOCKET   # one engine for a run: serve()
 
 Runs in vLLM's own environment (on a CPU machine `.venv-vllm`, which does not have this project
 installed), so it imports nothing from `reset`: only the standard library and vllm. It is also
@@ -8,14 +9,20 @@ what the in-process path calls (`run(request)`) where vllm is importable (the CU
 
 Request:
     {"model": "<HF model dir>", "adapters": {"<name>": "<peft adapter dir>", ...}, "lora_rank": 16,
+     "weights": {"<key>": "<HF model dir of the same architecture>", ...},
      "engine": {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0, ...},  # LLM(...) kwargs
      "requests": [{"id": "...", "prompt_token_ids": [...], "adapter": "<name>" | null,
+                   "weights": "<key>" | null,
                    "params": {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 64,
                               "seed": 123, "stop_token_ids": [2]}}, ...]}
-One engine serves the base model and every adapter (LoRA), all requests in one generate call.
+One engine serves everything: the requests without `weights` on the model it starts with (and its
+adapters, LoRA) in one generate call, then for each `weights` key the engine's weights are
+replaced in place by that directory's (vLLM's reload_weights, well under a second for a small
+model, where starting another engine costs seconds to tens of seconds) and its requests run.
 Output line per request: {"id": "...", "texts": [...], "token_counts": [...]}; the last line is
-{"_stats": {"engine_start_s": ..., "generate_s": ..., "output_tokens": ...}}.
-Progress goes to stderr as `vllm-worker: <done>/<total>` lines.
+{"_stats": {"engine_start_s": ..., "generate_s": ..., "reload_s": ..., "output_tokens": ...,
+            "groups": {"<key or empty>": {"generate_s": ..., "output_tokens": ..., "reload_s": ...}}}}.
+Progress goes to stderr as `vllm-worker: <done>/<total>` lines (requests, over all groups).
 """
 
 from __future__ import annotations
@@ -36,12 +43,17 @@ def run(request: dict, out_path: str) -> dict:
 
     engine = dict(request.get("engine") or {})
     adapters = dict(request.get("adapters") or {})
+    weights = dict(request.get("weights") or {})
+    reqs = request["requests"]
+    unknown = sorted({r["weights"] for r in reqs if r.get("weights")} - set(weights))
+    if unknown:
+        raise ValueError(f"requests name weights {unknown} that the request's `weights` does not list")
     t0 = time.monotonic()
     if adapters:
         engine.setdefault("enable_lora", True)
         engine.setdefault("max_lora_rank", _lora_rank_slot(int(request.get("lora_rank") or 16)))
         engine.setdefault("max_loras", len(adapters))
-    llm = LLM(model=request["model"], **engine)
+    llm, reused = _engine(LLM, request["model"], engine, request.get("engine_key") or "")
     start_s = time.monotonic() - t0
     loras = {}
     if adapters:
@@ -49,26 +61,125 @@ def run(request: dict, out_path: str) -> dict:
 
         loras = {name: LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(sorted(adapters.items()))}
 
-    reqs = request["requests"]
-    prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in reqs]
-    params = [SamplingParams(**dict(r["params"])) for r in reqs]
-    lora_requests = [loras[r["adapter"]] if r.get("adapter") else None for r in reqs]
-    t1 = time.monotonic()
-    outputs = llm.generate(prompts, params, lora_request=lora_requests if loras else None,
-                           use_tqdm=_progress_bar())
-    gen_s = time.monotonic() - t1
-    tokens = 0
+    groups: dict[str, list[int]] = {}  # weights key ("" = the engine's own) -> request positions
+    for i, r in enumerate(reqs):
+        groups.setdefault(r.get("weights") or "", []).append(i)
+    order = sorted(groups, key=lambda k: k != "")  # the engine's own weights first: no reload back
+    outputs: list = [None] * len(reqs)
+    bar = _progress_bar(len(reqs))
+    stats_groups: dict[str, dict] = {}
+    for key in order:
+        idx = groups[key]
+        reload_s = 0.0
+        if key:
+            t = time.monotonic()
+            _load_weights(llm, weights[key])
+            if _CACHED:
+                _CACHED[0] = (*_CACHED[0][:3], weights[key])
+            reload_s = time.monotonic() - t
+        prompts = [TokensPrompt(prompt_token_ids=reqs[i]["prompt_token_ids"]) for i in idx]
+        params = [SamplingParams(**dict(reqs[i]["params"])) for i in idx]
+        lora_requests = [loras[reqs[i]["adapter"]] if reqs[i].get("adapter") else None for i in idx]
+        t1 = time.monotonic()
+        outs = llm.generate(prompts, params, lora_request=lora_requests if loras else None,
+                            use_tqdm=bar.for_group(len(idx)))
+        gen_s = time.monotonic() - t1
+        for i, o in zip(idx, outs, strict=True):
+            outputs[i] = o
+        stats_groups[key] = {"generate_s": gen_s, "reload_s": reload_s,
+                             "output_tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}
     tmp = out_path + ".part"
     with open(tmp, "w", encoding="utf-8") as fh:
         for r, o in zip(reqs, outputs, strict=True):
             texts = [c.text for c in o.outputs]
             counts = [len(c.token_ids) for c in o.outputs]
-            tokens += sum(counts)
             fh.write(json.dumps({"id": r["id"], "texts": texts, "token_counts": counts}) + "\n")
-        stats = {"engine_start_s": start_s, "generate_s": gen_s, "output_tokens": tokens}
+        stats = {"engine_start_s": start_s, "engine_reused": reused,
+                 "generate_s": sum(g["generate_s"] for g in stats_groups.values()),
+                 "reload_s": sum(g["reload_s"] for g in stats_groups.values()),
+                 "output_tokens": sum(g["output_tokens"] for g in stats_groups.values()),
+                 "groups": stats_groups}
         fh.write(json.dumps({"_stats": stats}) + "\n")
     os.replace(tmp, out_path)
     return stats
+
+
+# Server mode keeps its engine between requests: (llm, engine kwargs, engine key, weights now loaded).
+_CACHED: list = []
+_AT_LEAST = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_loras")
+_IGNORED = ("seed",)  # every request carries its own seed; the engine's only seeds requests without one
+
+
+def _engine(llm_class, model: str, engine: dict, key: str):
+    """(an engine holding `model`'s weights, whether it was reused). Outside server mode a new one.
+    In server mode the engine of the previous request is reused when `key` (the architecture and
+    tokenizer, computed by the caller) is the same and its settings serve this request (the same,
+    or larger limits), with `model`'s weights swapped in when others are loaded; else it is
+    replaced."""
+    if _CACHED:
+        llm, have, have_key, loaded = _CACHED[0]
+        if key and key == have_key and _fits(have, engine):
+            if loaded != model:
+                _load_weights(llm, model)
+                _CACHED[0] = (llm, have, have_key, model)
+            return llm, True
+        _CACHED.clear()
+        del llm
+        import gc
+
+        gc.collect()
+    llm = llm_class(model=model, **engine)
+    if _SERVING:
+        _CACHED.append((llm, dict(engine), key, model))
+    return llm, False
+
+
+def _fits(have: dict, want: dict) -> bool:
+    """Whether an engine made with `have` serves a request made for `want`: the same settings, or
+    at least the limits asked for."""
+    for k in (set(have) | set(want)) - set(_IGNORED):
+        if k in _AT_LEAST:
+            if (want.get(k) or 0) > (have.get(k) or 0):
+                return False
+        elif have.get(k) != want.get(k):
+            return False
+    return True
+
+
+def _load_weights(llm, path: str) -> None:
+    """Replace the engine's weights in place with those of `path` (same architecture), then drop
+    everything derived from the old ones: the prefix cache, and on the CPU the packed copies that
+    vLLM makes of layers the checkpoint does not hold (a tied LM head packs the embedding's weight
+    for its matmul; reload_weights re-processes only the layers it loads, so that copy would stay
+    the old model's)."""
+    llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+    if _on_cpu(llm):
+        llm.collective_rpc(_repack_cpu_layers)
+    llm.reset_prefix_cache()
+
+
+def _on_cpu(llm) -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except ImportError:
+        return False
+
+
+def _repack_cpu_layers(worker) -> int:
+    """On the engine's worker: re-run the weight processing of every layer that kept its weight
+    beside a packed copy (embeddings and tied heads), so the copy matches the weight."""
+    model = worker.model_runner.get_model()
+    n = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        method = getattr(module, "quant_method", None)
+        if (hasattr(module, "cpu_linear") and method is not None and weight is not None
+                and weight.ndim == 2 and weight.numel() > 0):
+            method.process_weights_after_loading(module)
+            n += 1
+    return n
 
 
 def _lora_rank_slot(rank: int) -> int:
@@ -79,32 +190,131 @@ def _lora_rank_slot(rank: int) -> int:
     return rank
 
 
-def _progress_bar():
-    """A tqdm stand-in for LLM.generate that prints `vllm-worker: done/total` (finished requests)
-    to stderr at most once a second, so one call keeps the whole batch and still reports progress."""
-    from tqdm import tqdm
+class _progress_bar:  # noqa: N801 - used like the function it replaced
+    """tqdm stand-ins for LLM.generate that print `vllm-worker: done/total` (finished requests,
+    counted over every generate call of the run) to stderr at most once a second, so each call
+    keeps its whole batch and the step still sees one progress count."""
 
-    class Bar(tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = False
-            kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - tqdm's own drawing goes nowhere
-            super().__init__(*args, **kwargs)
-            self._last = 0.0
+    def __init__(self, total: int) -> None:
+        self.total, self.done, self.last = total, 0, 0.0
 
-        def update(self, n=1):
-            out = super().update(n)
-            now = time.monotonic()
-            if self.n >= (self.total or 0) or now - self._last >= 1.0:
-                self._last = now
-                print(f"vllm-worker: {self.n}/{self.total}", file=sys.stderr, flush=True)
-            return out
+    def for_group(self, size: int):
+        from tqdm import tqdm
 
-    return Bar
+        outer, base = self, self.done
+
+        class Bar(tqdm):
+            def __init__(self, *args, **kwargs):
+                kwargs["disable"] = False
+                kwargs["file"] = open(os.devnull, "w")  # noqa: SIM115 - tqdm's own drawing goes nowhere
+                super().__init__(*args, **kwargs)
+
+            def update(self, n=1):
+                out = super().update(n)
+                outer.done = base + min(self.n, size)
+                now = time.monotonic()
+                if outer.done >= outer.total or self.n >= size or now - outer.last >= 1.0:
+                    outer.last = now
+                    _emit(f"vllm-worker: {outer.done}/{outer.total}")
+                return out
+
+        return Bar
+
+
+_SERVING = False
+
+
+def _emit(line: str) -> None:
+    """A line for the step that asked (progress): stderr of a one-shot worker, the client's
+    connection in server mode."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def serve(sock_path: str, idle_s: float = 1800.0) -> int:
+    """Server mode: keep one engine for a whole pipeline run, so each step pays a weight swap
+    instead of an engine start. Listens on a Unix socket (nothing on the network); a client sends
+    one JSON line {"request": "<request.json>", "out": "<out.jsonl>"} (or "warm" instead of "out":
+    start the engine, generate nothing), receives `vllm-worker: d/t` progress lines and ends on
+    `vllm-worker-done: {stats}` or `vllm-worker-error: <reason>`. One request at a time. Exits
+    when its parent process is gone or after `idle_s` without a request."""
+    import socket
+    import traceback
+
+    global _SERVING, _emit
+    _SERVING = True
+    import vllm  # noqa: F401 - the import (seconds) happens now, while the run does other things
+
+    parent = os.getppid()
+    if os.path.exists(sock_path):
+        os.unlink(sock_path)
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(sock_path)
+    os.chmod(sock_path, 0o600)
+    srv.listen(8)
+    srv.settimeout(2.0)
+    print(f"vllm-worker: serving on {sock_path} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    last = time.monotonic()
+    try:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                if os.getppid() != parent or time.monotonic() - last > idle_s:
+                    return 0
+                continue
+            with conn:
+                out = conn.makefile("w", encoding="utf-8", buffering=1)
+
+                def emit(line: str, _out=out) -> None:
+                    _out.write(line + "\n")
+                    _out.flush()
+
+                _emit = emit
+                try:
+                    ask = json.loads(conn.makefile("r", encoding="utf-8").readline() or "{}")
+                    with open(ask.get("request") or ask["warm"], encoding="utf-8") as fh:
+                        request = json.load(fh)
+                    if "warm" in ask:
+                        request["requests"] = []
+                    t0 = time.monotonic()
+                    stats = run(request, ask.get("out") or os.devnull)
+                    print(f"vllm-worker: served {len(request['requests'])} requests in {time.monotonic() - t0:.1f}s "
+                          f"(engine {'reused' if stats.get('engine_reused') else 'started'})",
+                          file=sys.stderr, flush=True)
+                    emit("vllm-worker-done: " + json.dumps(stats))
+                except BrokenPipeError:  # the client went away (its step was stopped)
+                    pass
+                except BaseException as exc:  # noqa: BLE001 - reported to the client, the server goes on
+                    traceback.print_exc()
+                    _CACHED.clear()  # an engine that failed is not trusted again
+                    with _suppress():
+                        emit(f"vllm-worker-error: {type(exc).__name__}: {exc}".replace("\n", " ")[:2000])
+                    if isinstance(exc, KeyboardInterrupt | SystemExit):
+                        raise
+                finally:
+                    _emit = _print_stderr
+                last = time.monotonic()
+    finally:
+        srv.close()
+        with _suppress():
+            os.unlink(sock_path)
+
+
+def _print_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(OSError)
 
 
 def main(argv: list[str]) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # our modules are not vllm
+    if len(argv) == 2 and argv[0] == "--serve":
+        return serve(argv[1], float(os.environ.get("RESET_VLLM_SERVER_IDLE_S", "1800")))
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
