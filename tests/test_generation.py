@@ -13,7 +13,7 @@ from reset.data.demo import build_demo
 from reset.models import chat
 from reset.models.generation import choose_backend, run
 from reset.models.generation import vllm_backend as vllm
-from reset.models.loading import load_tokenizer, resolve_model
+from reset.models.loading import load_tokenizer, merge_to, resolve_model
 
 from .conftest import REPO
 
@@ -174,7 +174,7 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     logs: list[str] = []
     out = run_many(models, examples, cfg, mcfg, log=logs.append)
     assert all(g.stats["models_in_engine"] == 3 for g in out.values())
-    assert sum("adapter merged" in line for line in logs) == (2 if lora == "merge" else 0)
+    assert not any("merged into a copy" in line for line in logs)  # merged as the weights load: no copy
     assert sum("weights swapped" in line for line in logs) == (2 if lora == "merge" else 0)
     # one adapter alone, under run()'s default model name "": still the adapter, not the base
     alone = run(models["a"], examples, cfg, mcfg, log=lambda s: None)
@@ -184,6 +184,9 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     ref = run(models["a"], examples, cfg.model_copy(update={"backend": "hf"}), mcfg, log=lambda s: None)
     same = sum(x == y for x, y in zip(texts["a"], [c.text for c in ref.candidates], strict=True)) / len(examples)
     assert same >= 0.75, same
+    if lora == "merge":  # merged in the engine's worker = peft's merge written out and loaded
+        copy = merge_to(models["b"], tmp_path / "b-merged")
+        assert [c.text for c in run(copy, examples, cfg, mcfg, log=lambda s: None).candidates] == texts["b"]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +253,10 @@ def test_engine_key_separates_architectures_and_tokenizers(tied_pair, tmp_path):
     other = tmp_path / "other-tok"
     shutil.copytree(ft, other)
     cfg = json.loads((other / "tokenizer_config.json").read_text())
-    cfg["model_max_length"] = 7
+    cfg["local_files_only"] = not cfg.get("local_files_only", False)  # how it was loaded: the same tokenizer
+    (other / "tokenizer_config.json").write_text(json.dumps(cfg))
+    assert vllm.engine_key(other) == vllm.engine_key(ft)
+    cfg["eos_token"] = "<another>"
     (other / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert vllm.engine_key(other) != vllm.engine_key(ft)
     (tmp_path / "empty").mkdir()
@@ -291,3 +297,17 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     again = run(ft, examples, cfg, mcfg, model_name="ft", log=logs.append)  # the env still names the server
     assert any("starting a worker" in line for line in logs), logs
     assert [c.text for c in again.candidates] == [c.text for c in own.candidates]
+
+
+def test_lora_merge_in_the_engine_takes_plain_lora_only(tmp_path):
+    import json
+
+    from reset.models.generation.vllm_worker import lora_merge_unsupported, merged_weights
+
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+                                                              "use_dora": True}))
+    assert lora_merge_unsupported(str(tmp_path)) == "uses use_dora"
+    with pytest.raises(ValueError, match="cannot merge this adapter in the engine: uses use_dora"):
+        list(merged_weights(str(tmp_path), str(tmp_path)))
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16}))
+    assert lora_merge_unsupported(str(tmp_path)) == "no adapter_model.safetensors"

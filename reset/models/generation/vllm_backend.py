@@ -125,9 +125,11 @@ def generate_many(
 ) -> dict[str, Generation]:
     """Generate for several models (name -> checkpoint) on the same examples, with as few engines
     as possible: every model of one architecture and tokenizer shares one engine (one worker
-    process), LoRA adapters served on their base, other checkpoints (merged adapters, full
-    fine-tunes) loaded into it in place one after another. `offset`: see common.plan (per-request
-    seeds, so a shard samples exactly what the unsharded run samples for its prompts)."""
+    process): LoRA adapters served on their base (`vllm_lora` serve, a GPU's default) or merged
+    into the base's weights on their way into the engine (merge, a CPU's default), other
+    checkpoints (full fine-tunes) loaded into it in place, one after another. `offset`: see
+    common.plan (per-request seeds, so a shard samples exactly what the unsharded run samples for
+    its prompts)."""
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
@@ -135,22 +137,44 @@ def generate_many(
     merge = cfg.vllm_lora == "merge" or (cfg.vllm_lora == "auto" and not gpu)
     out: dict[str, Generation] = {}
     with tempfile.TemporaryDirectory(prefix="reset-merged-") as merged_root:
-        # engine key -> name -> (weights directory, adapter served on it or None)
-        groups: dict[str, dict[str, tuple[Path, Path | None]]] = {}
+        groups: dict[str, dict[str, _Member]] = {}  # engine key -> name -> member
         for i, (name, path) in enumerate(models.items()):
             base, adapter = loading.checkpoint_parts(path, model_cfg.cache_dir)
+            member = _Member(Path(base), served=adapter)
             if adapter is not None and merge:
-                t0 = time.monotonic()
-                base, adapter = loading.merge_to(path, Path(merged_root) / f"m{i}", cache_dir=model_cfg.cache_dir), None
-                log(f"[generate:vllm] {name}: adapter merged into a copy of its base for the engine "
-                    f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora})")
-            groups.setdefault(engine_key(base), {})[name] = (Path(base), adapter)
+                why = vllm_worker.lora_merge_unsupported(str(adapter)) or (
+                    "vLLM runs in this process" if in_process() else "")
+                if not why:  # merged by the engine's worker as the weights load: no copy written
+                    member = _Member(Path(base), merged=adapter)
+                else:
+                    t0 = time.monotonic()
+                    member = _Member(loading.merge_to(path, Path(merged_root) / f"m{i}", cache_dir=model_cfg.cache_dir))
+                    log(f"[generate:vllm] {name}: adapter merged into a copy of its base for the engine "
+                        f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora}; not in the engine: {why})")
+            groups.setdefault(engine_key(member.dir), {})[name] = member
         for members in groups.values():
             out.update(_generate_group(members, examples, cfg, model_cfg, how, gpu, log, offset))
     return {name: out[name] for name in models}
 
 
+class _Member:
+    """A model as the engine sees it: the weights directory, plus an adapter served on it (LoRA)
+    or merged into its weights as they load."""
+
+    def __init__(self, dir: Path, served: Path | None = None, merged: Path | None = None) -> None:  # noqa: A002
+        self.dir, self.served, self.merged = dir, served, merged
+
+    @property
+    def weights(self) -> tuple[str, str]:
+        return str(self.dir), str(self.merged or "")
+
+    def spec(self) -> str | dict[str, str]:
+        return {"base": str(self.dir), "adapter": str(self.merged)} if self.merged else str(self.dir)
+
+
 _CONFIG_NOISE = {"_name_or_path", "torch_dtype", "dtype", "transformers_version", "use_cache"}
+_LOADING_NOISE = {"local_files_only", "name_or_path", "_name_or_path", "cache_dir", "revision", "_commit_hash",
+                  "trust_remote_code", "token"}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
                     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
@@ -170,45 +194,53 @@ def engine_key(model_dir: str | os.PathLike[str]) -> str:
                                   sort_keys=True).encode())
     for name in _TOKENIZER_FILES:
         f = d / name
-        h.update(name.encode() + b"\0" + (f.read_bytes() if f.is_file() else b"-") + b"\0")
+        data = f.read_bytes() if f.is_file() else b"-"
+        if name.endswith("_config.json") and f.is_file():  # how it was loaded is saved with it: not the tokenizer
+            with contextlib.suppress(ValueError):
+                cfg = json.loads(data)
+                data = json.dumps({k: v for k, v in cfg.items() if k not in _LOADING_NOISE}, sort_keys=True).encode()
+        h.update(name.encode() + b"\0" + data + b"\0")
     return h.hexdigest()
 
 
-def _generate_group(members: Mapping[str, tuple[Path, Path | None]], examples: Sequence[Example],
-                    cfg: GenerateConfig, model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None],
-                    offset: int = 0) -> dict[str, Generation]:
-    """One engine for `members` (name -> (weights directory, adapter or None)), all of one engine_key.
-    The engine starts on the weights that carry adapters (or the first); every other directory
-    is swapped in afterwards."""
-    dirs = list(dict.fromkeys(d for d, _ in members.values()))
-    with_adapter = [d for d, a in members.values() if a is not None]
-    if len(set(with_adapter)) > 1:  # LoRA needs its base loaded; one engine holds one base at a time
-        first = with_adapter[0]
-        rest = {n: m for n, m in members.items() if m[0] != first}
-        return {**_generate_group({n: m for n, m in members.items() if m[0] == first}, examples, cfg, model_cfg,
-                                  how, gpu, log, offset),
+def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example], cfg: GenerateConfig,
+                    model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None], offset: int = 0,
+                    ) -> dict[str, Generation]:
+    """One engine for `members`, all of one engine_key. The engine starts on the directory whose
+    adapters it serves (or the first plain one); every other set of weights is swapped in
+    afterwards."""
+    served_on = [m.dir for m in members.values() if m.served is not None]
+    if len(set(served_on)) > 1:  # LoRA needs its base loaded; one engine holds one base at a time
+        first = {n: m for n, m in members.items() if m.dir == served_on[0]}
+        rest = {n: m for n, m in members.items() if n not in first}
+        return {**_generate_group(first, examples, cfg, model_cfg, how, gpu, log, offset),
                 **_generate_group(rest, examples, cfg, model_cfg, how, gpu, log, offset)}
-    start = with_adapter[0] if with_adapter else dirs[0]
-    weight_key = {d: f"w{i}" for i, d in enumerate(x for x in dirs if x != start)}
-    names = sorted(members, key=lambda n: members[n][0] != start)  # the engine's own weights first
+    plain = [m.dir for m in members.values() if m.merged is None]
+    start = served_on[0] if served_on else plain[0] if plain else next(iter(members.values())).dir
+    own = (str(start), "")
+    swaps = list(dict.fromkeys(m.weights for m in members.values() if m.weights != own))
+    weight_key = {w: f"w{i}" for i, w in enumerate(swaps)}
+    spec_of = {m.weights: m.spec() for m in members.values()}
+    names = sorted(members, key=lambda n: members[n].weights != own)  # the engine's own weights first
     tok = loading.load_tokenizer(start)
     stops = chat.stop_token_ids(tok)
     reqs = plan(examples, cfg, offset)
     cut = attach_prompts(reqs, tok, model_cfg)
     # The engine's adapter names are ours, never the caller's model names: a name may be "" (run()'s
     # default), which the worker would read as "no adapter" and answer with the base model.
-    lora_of = {name: f"adapter{i}" for i, name in enumerate(names) if members[name][1] is not None}
-    adapters = {lora_of[name]: str(members[name][1]) for name in lora_of}
+    lora_of = {name: f"adapter{i}" for i, name in enumerate(names) if members[name].served is not None}
+    adapters = {lora_of[name]: str(members[name].served) for name in lora_of}
     wire = []
     for name in names:
         for i, r in enumerate(reqs):
             wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids,
-                         "adapter": lora_of.get(name), "weights": weight_key.get(members[name][0]),
+                         "adapter": lora_of.get(name), "weights": weight_key.get(members[name].weights),
                          "params": {"n": r.n, "temperature": r.setting.temperature,
                                     "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
                                     "max_tokens": cfg.max_new_tokens, "seed": r.seed, "stop_token_ids": stops,
                                     "skip_special_tokens": True}})
-    request = {"model": str(start), "engine_key": engine_key(start), "adapters": adapters, "weights": {k: str(d) for d, k in weight_key.items()},
+    request = {"model": str(start), "engine_key": engine_key(start), "adapters": adapters,
+               "weights": {k: spec_of[w] for w, k in weight_key.items()},
                "lora_rank": max([_lora_rank(Path(a)) for a in adapters.values()] or [0]),
                "engine": engine_args(cfg, model_cfg, gpu), "requests": wire}
     total = sum(r.n for r in reqs) * len(names)
@@ -216,7 +248,9 @@ def _generate_group(members: Mapping[str, tuple[Path, Path | None]], examples: S
     log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(names)} model(s) ({label}) -> "
         f"{total} samples; one engine ({how}, {'GPU' if gpu else 'CPU'}) started on {start}"
         + (f", adapters {sorted(lora_of.values())}" if adapters else "")
-        + (f", {len(weight_key)} more checkpoint(s) loaded into it in place" if weight_key else ""))
+        + (f", {len(weight_key)} more set(s) of weights loaded into it in place"
+           + (f" ({sum(1 for m in members.values() if m.merged)} with their adapter merged as they load)"
+              if any(m.merged for m in members.values()) else "") if weight_key else ""))
     with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
         req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
         with open(req_path, "w", encoding="utf-8") as fh:
@@ -243,7 +277,7 @@ def _generate_group(members: Mapping[str, tuple[Path, Path | None]], examples: S
     groups = stats.get("groups") or {}
     out = {}
     for name in names:
-        key = weight_key.get(members[name][0], "")
+        key = weight_key.get(members[name].weights, "")
         g = groups.get(key, {})
         gen_s = float(g.get("generate_s", stats.get("generate_s", wall)))
         tokens = int(g.get("output_tokens", stats.get("output_tokens", 0)))

@@ -9,7 +9,8 @@ what the in-process path calls (`run(request)`) where vllm is importable (the CU
 
 Request:
     {"model": "<HF model dir>", "adapters": {"<name>": "<peft adapter dir>", ...}, "lora_rank": 16,
-     "weights": {"<key>": "<HF model dir of the same architecture>", ...},
+     "weights": {"<key>": "<HF model dir of the same architecture>"
+                         | {"base": "<HF model dir>", "adapter": "<peft LoRA dir>"}, ...},
      "engine": {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0, ...},  # LLM(...) kwargs
      "requests": [{"id": "...", "prompt_token_ids": [...], "adapter": "<name>" | null,
                    "weights": "<key>" | null,
@@ -17,8 +18,9 @@ Request:
                               "seed": 123, "stop_token_ids": [2]}}, ...]}
 One engine serves everything: the requests without `weights` on the model it starts with (and its
 adapters, LoRA) in one generate call, then for each `weights` key the engine's weights are
-replaced in place by that directory's (vLLM's reload_weights, well under a second for a small
-model, where starting another engine costs seconds to tens of seconds) and its requests run.
+replaced in place by that directory's, or by the base's with the adapter merged on the way in
+(vLLM's reload_weights, well under a second for a small model, where starting another engine
+costs seconds to tens of seconds), and its requests run.
 Output line per request: {"id": "...", "texts": [...], "token_counts": [...]}; the last line is
 {"_stats": {"engine_start_s": ..., "generate_s": ..., "reload_s": ..., "output_tokens": ...,
             "groups": {"<key or empty>": {"generate_s": ..., "output_tokens": ..., "reload_s": ...}}}}.
@@ -53,7 +55,8 @@ def run(request: dict, out_path: str) -> dict:
         engine.setdefault("enable_lora", True)
         engine.setdefault("max_lora_rank", _lora_rank_slot(int(request.get("lora_rank") or 16)))
         engine.setdefault("max_loras", len(adapters))
-    llm, reused = _engine(LLM, request["model"], engine, request.get("engine_key") or "")
+    needs_own = any(not r.get("weights") for r in reqs)
+    llm, reused = _engine(LLM, request["model"], engine, request.get("engine_key") or "", needs_own)
     start_s = time.monotonic() - t0
     loras = {}
     if adapters:
@@ -110,7 +113,7 @@ _AT_LEAST = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lor
 _IGNORED = ("seed",)  # every request carries its own seed; the engine's only seeds requests without one
 
 
-def _engine(llm_class, model: str, engine: dict, key: str):
+def _engine(llm_class, model: str, engine: dict, key: str, needs_own: bool = True):
     """(an engine holding `model`'s weights, whether it was reused). Outside server mode a new one.
     In server mode the engine of the previous request is reused when `key` (the architecture and
     tokenizer, computed by the caller) is the same and its settings serve this request (the same,
@@ -119,7 +122,7 @@ def _engine(llm_class, model: str, engine: dict, key: str):
     if _CACHED:
         llm, have, have_key, loaded = _CACHED[0]
         if key and key == have_key and _fits(have, engine):
-            if loaded != model:
+            if loaded != model and needs_own:  # (no request on `model` itself: its swaps follow)
                 _load_weights(llm, model)
                 _CACHED[0] = (llm, have, have_key, model)
             return llm, True
@@ -146,16 +149,88 @@ def _fits(have: dict, want: dict) -> bool:
     return True
 
 
-def _load_weights(llm, path: str) -> None:
-    """Replace the engine's weights in place with those of `path` (same architecture), then drop
-    everything derived from the old ones: the prefix cache, and on the CPU the packed copies that
-    vLLM makes of layers the checkpoint does not hold (a tied LM head packs the embedding's weight
-    for its matmul; reload_weights re-processes only the layers it loads, so that copy would stay
-    the old model's)."""
-    llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+def _load_weights(llm, spec) -> None:
+    """Replace the engine's weights in place (same architecture) with those of `spec`: a model
+    directory, or {"base": dir, "adapter": peft LoRA dir} for the base with the adapter merged
+    on the way in (merged_weights), so no merged copy is written. Then drop everything derived from
+    the old weights: the prefix cache, and on the CPU the packed copies that vLLM makes of layers
+    the checkpoint does not hold (a tied LM head packs the embedding's weight for its matmul;
+    reload_weights re-processes only the layers it loads, so that copy would stay the old model's)."""
+    if isinstance(spec, dict):
+        kwargs = {"weights_iterator": merged_weights(spec["base"], spec["adapter"]), "is_checkpoint_format": True}
+    else:
+        kwargs = {"weights_path": spec, "is_checkpoint_format": True}
+    llm.collective_rpc("reload_weights", kwargs=kwargs)
     if _on_cpu(llm):
         llm.collective_rpc(_repack_cpu_layers)
     llm.reset_prefix_cache()
+
+
+_LORA_UNSUPPORTED = ("use_dora", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out",
+                     "trainable_token_indices", "layer_replication", "lora_bias", "target_parameters",
+                     "use_qalora", "alora_invocation_tokens")
+
+
+def lora_merge_unsupported(adapter: str) -> str:
+    """Why merged_weights cannot merge this adapter ("" when it can): it merges plain LoRA only
+    (W + s * B @ A on linear weights); the rest (DoRA, extra trained modules, per-module ranks...)
+    goes through peft's merge."""
+    try:
+        with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as fh:
+            cfg = json.load(fh)
+    except (OSError, ValueError) as exc:
+        return f"adapter_config.json: {exc}"
+    if cfg.get("peft_type", "LORA") != "LORA":
+        return f"peft_type {cfg.get('peft_type')}"
+    used = [k for k in _LORA_UNSUPPORTED if cfg.get(k)]
+    if used:
+        return "uses " + ", ".join(used)
+    if not os.path.exists(os.path.join(adapter, "adapter_model.safetensors")):
+        return "no adapter_model.safetensors"
+    return ""
+
+
+def merged_weights(base: str, adapter: str):
+    """(name, tensor) for every weight of the model in `base` with the LoRA adapter in `adapter`
+    merged, as peft's merge computes it: W + scale * B @ A in fp32, scale = lora_alpha / r
+    (lora_alpha / sqrt(r) with rsLoRA). Merged tensors stay fp32; the engine casts them to its
+    dtype as it would a checkpoint's (peft's merge_to saves the fp32 merge cast the same way)."""
+    import glob
+    import math
+    import re
+
+    import torch
+    from safetensors.torch import load_file
+
+    why = lora_merge_unsupported(adapter)
+    if why:
+        raise ValueError(f"{adapter}: cannot merge this adapter in the engine: {why}")
+    with open(os.path.join(adapter, "adapter_config.json"), encoding="utf-8") as fh:
+        cfg = json.load(fh)
+    r, alpha = int(cfg["r"]), float(cfg["lora_alpha"])
+    scale = alpha / (math.sqrt(r) if cfg.get("use_rslora") else r)
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in load_file(os.path.join(adapter, "adapter_model.safetensors")).items():
+        m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])(?:\.[A-Za-z0-9_]+)?\.weight", key)
+        if m is None:
+            raise ValueError(f"{adapter}: adapter tensor {key} is not a LoRA A/B matrix")
+        pairs.setdefault(m.group(1) + ".weight", {})[m.group(2)] = tensor
+    files = sorted(glob.glob(os.path.join(base, "*.safetensors")))
+    if not files:
+        raise ValueError(f"{base}: no *.safetensors weights")
+    seen = set()
+    for f in files:
+        for name, w in load_file(f).items():
+            ab = pairs.get(name)
+            if ab is not None:
+                if set(ab) != {"A", "B"}:
+                    raise ValueError(f"{adapter}: {name} has lora_{''.join(ab)} only")
+                w = w.float() + scale * (ab["B"].float() @ ab["A"].float())
+                seen.add(name)
+            yield name, w
+    missing = sorted(set(pairs) - seen)
+    if missing:
+        raise ValueError(f"{adapter}: its LoRA targets {missing[:3]} are not weights of {base}")
 
 
 def _on_cpu(llm) -> bool:
