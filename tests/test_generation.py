@@ -273,10 +273,15 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
                          vllm_python=_vllm_python(), vllm_kv_cache_gb=1)
     mcfg = ModelConfig(max_prompt_length=96)
+    from reset import steps
+    from reset.config import PipelineConfig
+
     own = run(ft, examples, cfg, mcfg, model_name="ft", log=lambda s: None)
-    server = vllm.EngineServer.start(_vllm_python(), tmp_path / "vllm", vllm.worker_env(cfg))
+    pcfg = PipelineConfig.model_validate({"model": {"base": str(base), "max_prompt_length": 96},
+                                          "generate": cfg.model_dump(), "evaluate": {"max_new_tokens": 6}})
+    server = steps.local_engine_server(pcfg, tmp_path / "vllm")  # as `python -m pipelines run` starts it
+    assert server is not None
     try:
-        server.warm(base, vllm.merged_engine_args([cfg], mcfg))
         for k, v in server.env.items():
             monkeypatch.setenv(k, v)
         logs: list[str] = []
@@ -311,3 +316,13 @@ def test_lora_merge_in_the_engine_takes_plain_lora_only(tmp_path):
         list(merged_weights(str(tmp_path), str(tmp_path)))
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16}))
     assert lora_merge_unsupported(str(tmp_path)) == "no adapter_model.safetensors"
+
+
+def test_no_engine_server_where_the_steps_would_not_use_one(tmp_path):
+    from reset import steps
+    from reset.config import PipelineConfig
+
+    for sections in ({"generate": {"backend": "hf"}, "evaluate": {"backend": "hf"}},
+                     {"generate": {"vllm_engine_server": False}}):
+        assert steps.local_engine_server(PipelineConfig.model_validate(sections), tmp_path / "vllm") is None
+    assert not (tmp_path / "vllm").exists()

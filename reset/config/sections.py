@@ -367,9 +367,10 @@ class GenerateConfig(Section):
     effect on a cluster, where every step is its own pod."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
-    engine), merge (merged into a bf16 copy first, one engine per model), auto: serve on a GPU,
-    merge on a CPU, where vLLM's LoRA path measured about 10x slower than a merged model
-    (docs/bench.md)."""
+    engine), merge (the adapter merged into the base's weights as they load into the engine, or
+    into a copy written first when it is not plain LoRA; one engine still serves several models,
+    their weights swapped in turn), auto: serve on a GPU, merge on a CPU, where vLLM's LoRA path
+    measured about 9x slower than a merged model (docs/bench.md)."""
 
 
 # ---------------------------------------------------------------------------------------- judge
