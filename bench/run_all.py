@@ -16,6 +16,7 @@ RUNS = [
     ("LLM judge vs vLLM (CPU): judge / saturation", ["vllm_bench.py"]),
     ("Generation: the generate step vs vLLM's raw engine vs transformers (tokens/s)",
      ["generate_bench.py", "--config", str(HERE / "demo_before.yaml")]),
+    ("vLLM engine: a new engine vs swapping weights into a running one", ["engine_bench.py"]),
     ("Fine-tuning: ours vs TRL SFTTrainer (tokens/s, held-out loss, peak memory)", ["train_bench.py"]),
     ("Mix step: 1M rows streamed vs read + json.loads (wall, CPU, peak RSS)", ["mix_bench.py"]),
 ]

@@ -188,10 +188,10 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
         console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
     if marked := local_runs.mark_dead(cfg):
         console.say(local_runs.cleanup_line(marked))
-    engine = steps.local_engine_server(cfg, run_dir / "vllm", log=console.say)
+    engine = steps.local_engine_server(cfg, run_dir / "vllm")
     if engine is not None:
         os.environ.update(engine.env)
-        console.say(f"vLLM: one engine for the whole run, warming on the base model (its log: {engine.log_path})")
+        console.say(f"vLLM: one worker for the whole run (its log: {engine.log_path})")
     try:
         t0 = time.time()
         error = ""

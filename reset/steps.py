@@ -810,24 +810,16 @@ def experiment_report(payload_paths: Sequence[str], tracking_cfg: Section, *, ou
     return data
 
 
-def local_engine_server(cfg: C.PipelineConfig, folder: Path, log=_log):
-    """The vLLM engine server for a local run of `cfg` (generate.vllm_engine_server), started and
-    warming on the base model with settings that serve both generation and evaluation; None where
+def local_engine_server(cfg: C.PipelineConfig, folder: Path):
+    """The vLLM worker for a local run of `cfg` (generate.vllm_engine_server), started; None where
     the steps would not use one (hf backend, vLLM in-process, no vLLM environment, a GPU)."""
     from reset.evaluation.runner import greedy_config
     from reset.models.generation import vllm_backend
 
     if not cfg.generate.vllm_engine_server or vllm_backend.gpu_visible():
         return None
-    cfgs = [cfg.generate, greedy_config(cfg.evaluate)]
-    python = vllm_backend.engine_server_python(cfgs)
+    python = vllm_backend.engine_server_python([cfg.generate, greedy_config(cfg.evaluate)])
     if python is None:
         return None
-    try:
-        base, _ = modeling.checkpoint_parts(cfg.model.base, cfg.model.cache_dir)
-    except Exception as exc:  # noqa: BLE001 - preflight reports a missing model; no server then
-        log(f"[engine] no engine server: the base model is not at hand ({exc})")
-        return None
-    server = vllm_backend.EngineServer.start(python, folder, vllm_backend.worker_env(cfg.generate))
-    server.warm(base, vllm_backend.merged_engine_args(cfgs, cfg.model))
-    return server
+    return vllm_backend.EngineServer.start(python, folder, vllm_backend.worker_env(cfg.generate),
+                                           keep_s=cfg.generate.vllm_engine_keep_s)

@@ -360,11 +360,16 @@ class GenerateConfig(Section):
     vllm_gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0), NoBool] = 0.85
     """Share of GPU memory vLLM may take (leave room when training shares the GPU)."""
     vllm_engine_server: bool = True
-    """Local runs (`python -m pipelines run`) where vLLM runs in its own environment: one engine
-    for the whole run (vLLM's worker in server mode, started with the run, warmed on the base model
-    while the first steps train, stopped at the end); each generating step swaps its checkpoint's
-    weights into it instead of starting an engine. false: one worker and engine per step. No
+    """Local runs (`python -m pipelines run`) where vLLM runs in its own environment: one vLLM
+    worker process for the whole run (server mode, started with the run, stopped at its end),
+    which each generating step asks instead of starting its own (vLLM's import, a process, its
+    shutdown: about 8 s a step here); its engine is kept between requests that come within
+    `vllm_engine_keep_s`, their checkpoints' weights swapped in. false: a worker per step. No
     effect on a cluster, where every step is its own pod."""
+    vllm_engine_keep_s: NonNegativeFloat = 20.0
+    """Seconds the run's vLLM worker keeps an idle engine (weights and KV cache in memory) for the
+    next request; then it frees it, so that training steps do not run beside it (they ran 10-20%
+    slower beside a resident engine on the development machine). 0: free it after every request."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
     engine), merge (the adapter merged into the base's weights as they load into the engine, or

@@ -304,22 +304,21 @@ SERVER_PID_ENV = "RESET_VLLM_SERVER_PID"
 
 
 class EngineServer:
-    """One vLLM engine for a whole local pipeline run (a CPU machine's worker environment): the
-    worker in server mode (vllm_worker.serve) on a Unix socket under the run folder, found by the
-    steps through RESET_VLLM_SERVER. Each step then swaps its checkpoint's weights into the engine
-    (under a second) instead of starting its own worker and engine (import, start, shutdown:
-    about 12 s each on this machine). A step that cannot reach the server starts its own worker.
+    """One vLLM worker for a whole local pipeline run (a CPU machine's worker environment): the
+    worker in server mode (vllm_worker.serve) on a Unix socket in a private temporary folder,
+    found by the steps through RESET_VLLM_SERVER. A step then sends its request instead of starting
+    a worker (vLLM's import, a process start and shutdown: about 8 s here); requests within
+    `keep_s` seconds of each other share one engine, their weights swapped in, and an engine idle
+    longer is freed so that training steps do not run beside it. A step that cannot reach the
+    server starts its own worker.
 
-        server = EngineServer.start(python, run_dir / "vllm", env)   # its log: run_dir/vllm/engine.log
-        server.warm(model_dir, engine_kwargs, key)   # optional: start the engine now, in the background
-        ...                                           # steps run with RESET_VLLM_SERVER=server.socket
-        server.stop()                                  # by its process group; also exits if we die
+        server = EngineServer.start(python, run_dir / "vllm", env, keep_s)  # its log: vllm/engine.log
+        ...                                     # steps run with server.env in their environment
+        server.stop()                           # by its process group; it also exits if we die
     """
 
     def __init__(self, proc: subprocess.Popen, socket_path: Path, log_path: Path) -> None:
         self.proc, self.socket, self.log_path = proc, socket_path, log_path
-        self._warm_thread: Any = None
-        self.warm_error = ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -327,36 +326,16 @@ class EngineServer:
         return {SERVER_ENV: str(self.socket), SERVER_PID_ENV: str(self.proc.pid)}
 
     @classmethod
-    def start(cls, python: str, folder: Path, env: Mapping[str, str]) -> EngineServer:
+    def start(cls, python: str, folder: Path, env: Mapping[str, str], keep_s: float = 20.0) -> EngineServer:
         folder.mkdir(parents=True, exist_ok=True)
         # A Unix socket's path has at most 107 bytes: a short private folder, not the run folder.
         sock = Path(tempfile.mkdtemp(prefix="reset-vllm-")) / "engine.sock"
         log_path = folder / "engine.log"
         with open(log_path, "ab") as log_fh:
             proc = subprocess.Popen([python, str(WORKER), "--serve", str(sock)], stdin=subprocess.DEVNULL,
-                                    stdout=log_fh, stderr=subprocess.STDOUT, env=dict(env), start_new_session=True)
+                                    stdout=log_fh, stderr=subprocess.STDOUT,
+                                    env={**env, "RESET_VLLM_ENGINE_KEEP_S": str(keep_s)}, start_new_session=True)
         return cls(proc, sock, log_path)
-
-    def warm(self, model_dir: str | os.PathLike[str], engine: Mapping[str, Any], wait_s: float = 300.0) -> None:
-        """Start the engine on `model_dir` with `engine` (LLM kwargs) in a background thread, so the
-        first step that generates finds it up."""
-        import threading
-
-        req = self.log_path.parent / "warm.json"
-        req.write_text(json.dumps({"model": str(model_dir), "engine_key": engine_key(model_dir),
-                                   "engine": dict(engine), "requests": []}), encoding="utf-8")
-
-        def go() -> None:
-            try:
-                lines = _ask(self.socket, {"warm": str(req)}, connect_s=wait_s, stall_s=wait_s, pid=self.proc.pid)
-                for line in lines:
-                    if line.startswith("vllm-worker-error: "):
-                        self.warm_error = line.split(": ", 1)[1]
-            except OSError as exc:
-                self.warm_error = str(exc)
-
-        self._warm_thread = threading.Thread(target=go, daemon=True, name="vllm-warm")
-        self._warm_thread.start()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         import signal
@@ -385,15 +364,6 @@ def engine_server_python(cfgs: Sequence[GenerateConfig]) -> str | None:
         if cfg.backend != "hf" and (python := worker_python(cfg)):
             return python
     return None
-
-
-def merged_engine_args(cfgs: Sequence[GenerateConfig], model_cfg: ModelConfig) -> dict[str, Any]:
-    """Engine settings that serve every config in `cfgs` (the largest of each limit)."""
-    out: dict[str, Any] = {}
-    for cfg in cfgs:
-        for k, v in engine_args(cfg, model_cfg, gpu=False).items():
-            out[k] = max(out[k], v) if k in out and k in vllm_worker._AT_LEAST else out.get(k, v)
-    return out
 
 
 def _ask(sock_path: Path, message: Mapping[str, Any], connect_s: float, stall_s: float, pid: int = 0):

@@ -1,7 +1,7 @@
 """vLLM offline-engine worker: reads a JSON request, writes one JSON line per request's outputs.
 
     <vllm python> reset/models/generation/vllm_worker.py REQUEST.json OUT.jsonl
-    <vllm python> reset/models/generation/vllm_worker.py --serve SOCKET   # one engine for a run: serve()
+    <vllm python> reset/models/generation/vllm_worker.py --serve SOCKET   # one worker for a run: serve()
 
 Runs in vLLM's own environment (on a CPU machine `.venv-vllm`, which does not have this project
 installed), so it imports nothing from `reset`: only the standard library and vllm. It is also
@@ -126,15 +126,19 @@ def _engine(llm_class, model: str, engine: dict, key: str, needs_own: bool = Tru
                 _load_weights(llm, model)
                 _CACHED[0] = (llm, have, have_key, model)
             return llm, True
-        _CACHED.clear()
         del llm
-        import gc
-
-        gc.collect()
+        _free_engine()
     llm = llm_class(model=model, **engine)
     if _SERVING:
         _CACHED.append((llm, dict(engine), key, model))
     return llm, False
+
+
+def _free_engine() -> None:
+    import gc
+
+    _CACHED.clear()
+    gc.collect()
 
 
 def _fits(have: dict, want: dict) -> bool:
@@ -305,13 +309,14 @@ def _emit(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def serve(sock_path: str, idle_s: float = 1800.0) -> int:
-    """Server mode: keep one engine for a whole pipeline run, so each step pays a weight swap
-    instead of an engine start. Listens on a Unix socket (nothing on the network); a client sends
-    one JSON line {"request": "<request.json>", "out": "<out.jsonl>"} (or "warm" instead of "out":
-    start the engine, generate nothing), receives `vllm-worker: d/t` progress lines and ends on
-    `vllm-worker-done: {stats}` or `vllm-worker-error: <reason>`. One request at a time. Exits
-    when its parent process is gone or after `idle_s` without a request."""
+def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
+    """Server mode: one worker process for a whole pipeline run, so a step pays neither vLLM's
+    import nor a process start and shutdown, and consecutive requests share an engine (weights
+    swapped in). Listens on a Unix socket (nothing on the network); a client sends one JSON line
+    {"request": "<request.json>", "out": "<out.jsonl>"}, receives `vllm-worker: d/t` progress
+    lines and ends on `vllm-worker-done: {stats}` or `vllm-worker-error: <reason>`. One request
+    at a time. An engine idle for `keep_s` seconds is freed (its weights and KV cache); the
+    process exits when its parent is gone or after `idle_s` without a request."""
     import socket
     import traceback
 
@@ -336,6 +341,9 @@ def serve(sock_path: str, idle_s: float = 1800.0) -> int:
             except TimeoutError:
                 if os.getppid() != parent or time.monotonic() - last > idle_s:
                     return 0
+                if _CACHED and time.monotonic() - last >= keep_s:
+                    _free_engine()
+                    print(f"vllm-worker: engine freed after {keep_s:.0f}s idle", file=sys.stderr, flush=True)
                 continue
             with conn:
                 out = conn.makefile("w", encoding="utf-8", buffering=1)
@@ -347,12 +355,10 @@ def serve(sock_path: str, idle_s: float = 1800.0) -> int:
                 _emit = emit
                 try:
                     ask = json.loads(conn.makefile("r", encoding="utf-8").readline() or "{}")
-                    with open(ask.get("request") or ask["warm"], encoding="utf-8") as fh:
+                    with open(ask["request"], encoding="utf-8") as fh:
                         request = json.load(fh)
-                    if "warm" in ask:
-                        request["requests"] = []
                     t0 = time.monotonic()
-                    stats = run(request, ask.get("out") or os.devnull)
+                    stats = run(request, ask["out"])
                     print(f"vllm-worker: served {len(request['requests'])} requests in {time.monotonic() - t0:.1f}s "
                           f"(engine {'reused' if stats.get('engine_reused') else 'started'})",
                           file=sys.stderr, flush=True)
@@ -368,6 +374,8 @@ def serve(sock_path: str, idle_s: float = 1800.0) -> int:
                         raise
                 finally:
                     _emit = _print_stderr
+                if keep_s <= 0 and _CACHED:
+                    _free_engine()
                 last = time.monotonic()
     finally:
         srv.close()
@@ -389,7 +397,8 @@ def main(argv: list[str]) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # our modules are not vllm
     if len(argv) == 2 and argv[0] == "--serve":
-        return serve(argv[1], float(os.environ.get("RESET_VLLM_SERVER_IDLE_S", "1800")))
+        return serve(argv[1], float(os.environ.get("RESET_VLLM_SERVER_IDLE_S", "1800")),
+                     float(os.environ.get("RESET_VLLM_ENGINE_KEEP_S", "20")))
     if len(argv) != 2:
         print(__doc__, file=sys.stderr)
         return 2
