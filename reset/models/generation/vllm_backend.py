@@ -84,14 +84,16 @@ def engine_args(cfg: GenerateConfig, model_cfg: ModelConfig, gpu: bool) -> dict[
     return args
 
 
-def worker_env(cfg: GenerateConfig) -> dict[str, str]:
+def worker_env(cfg: GenerateConfig, serve_lora: bool = False) -> dict[str, str]:
     env = {**os.environ, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
            "VLLM_CPU_KVCACHE_SPACE": str(cfg.vllm_kv_cache_gb), "TOKENIZERS_PARALLELISM": "false",
            # The engine core in the worker's own process: a second process costs ~15 s of start-up
            # (spawn, vLLM's import again, the handshake) and ~4 s of shutdown on this CPU, for no
-           # throughput (measured: docs/bench.md).
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+           # throughput (measured: docs/bench.md). Except when LoRA adapters are served: vLLM
+           # 0.32's CPU build then answers with the base model (tests/test_generation.py), so that
+           # path keeps vLLM's default, the core in a process of its own.
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if serve_lora else "0"}
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     quota = runtime.cpu_quota()
     if cores and quota < len(cores):  # a pod's CPU limit: bind vLLM's threads to that many cores
@@ -258,8 +260,10 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
         t0 = time.monotonic()
         if in_process():
             vllm_worker.run(request, out_path)
-        elif not _run_on_server(req_path, out_path, total, label, log):
-            _run_worker(worker_python(cfg) or "", req_path, out_path, worker_env(cfg), total, label, log)
+        elif adapters or not _run_on_server(req_path, out_path, total, label, log):  # (the server runs
+            # its engine core in-process, which serves no LoRA adapters: see worker_env)
+            _run_worker(worker_python(cfg) or "", req_path, out_path, worker_env(cfg, serve_lora=bool(adapters)),
+                        total, label, log)
         wall = time.monotonic() - t0
         by_id: dict[str, list[str]] = {}
         stats: dict[str, Any] = {}

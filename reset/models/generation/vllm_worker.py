@@ -43,6 +43,8 @@ def run(request: dict, out_path: str) -> dict:
     except ImportError:  # older layouts
         TokensPrompt = dict  # noqa: N806
 
+    if os.path.exists(out_path) and not os.path.isfile(out_path):  # it is replaced: never a device
+        raise ValueError(f"{out_path}: the output must be a regular file")
     engine = dict(request.get("engine") or {})
     adapters = dict(request.get("adapters") or {})
     weights = dict(request.get("weights") or {})
