@@ -71,7 +71,12 @@ def alive(ident: dict[str, str]) -> bool | None:
 
 def driver() -> dict[str, str] | None:
     """The local driver's identity from DRIVER_ENV (None outside a local run)."""
-    raw = os.environ.get(DRIVER_ENV, "")
+    return identity_from_env(DRIVER_ENV)
+
+
+def identity_from_env(name: str) -> dict[str, str] | None:
+    """A process identity (`identity`) that environment variable `name` holds as JSON, or None."""
+    raw = os.environ.get(name, "")
     try:
         data = json.loads(raw) if raw else None
     except ValueError:

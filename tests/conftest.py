@@ -32,6 +32,17 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def wait_for(what: str, cond, timeout: float, poll: float = 0.1):
+    """cond()'s first true value, polled until `timeout` seconds; the test fails after that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(poll)  # polling a condition with a deadline
+    pytest.fail(f"timed out waiting for {what}")
+
+
 @contextlib.contextmanager
 def server_process(cmd: list[str], health_url: str, log_path: Path, env: dict[str, str], timeout_s: float, what: str):
     """Start a server subprocess, wait (bounded) until `health_url` answers 200, stop it after."""

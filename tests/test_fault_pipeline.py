@@ -31,7 +31,7 @@ from moto.server import ThreadedMotoServer
 from reset.data.records import write_jsonl
 from reset.data.storage import upload
 
-from .conftest import REPO, free_port
+from .conftest import REPO, free_port, wait_for
 from .test_clean_stops import kill_session, session_processes, wait_gone
 
 pytestmark = pytest.mark.integration
@@ -80,16 +80,6 @@ class Run:
             except (ValueError, KeyError):
                 continue
         return None
-
-
-def wait_for(what: str, cond, timeout: float, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(poll)  # polling a condition with a deadline
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def parent_of(client, exp_id: str, run_dir: Path):

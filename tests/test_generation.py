@@ -15,7 +15,7 @@ from reset.models.generation import choose_backend, run
 from reset.models.generation import vllm_backend as vllm
 from reset.models.loading import load_tokenizer, merge_to, resolve_model
 
-from .conftest import REPO
+from .conftest import REPO, wait_for
 
 GRID = [DecodingSetting(temperature=0.0), DecodingSetting(temperature=0.7, top_p=0.9),
         DecodingSetting(temperature=1.0, top_p=0.95)]
@@ -271,8 +271,6 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     the samples a step's own worker gives; an engine idle for generate.vllm_engine_keep_s is freed
     and the next request starts one; once the server is gone, a step starts its own worker and
     says so."""
-    import time
-
     from reset import steps
     from reset.config import PipelineConfig
 
@@ -296,9 +294,7 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
         assert sum("served by the run's engine server" in line for line in logs) == 2
         assert [(c.id, c.text) for c in first.candidates] == [(c.id, c.text) for c in own.candidates]
         assert second.candidates and all(c.decoding["max_new_tokens"] == 6 for c in second.candidates)
-        deadline = time.monotonic() + 30
-        while "engine freed after 6s idle" not in server.log_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
+        wait_for("the idle engine to be freed", lambda: "engine freed after 6s idle" in server.log_path.read_text(), 30)
         third = run(ft, examples, cfg, mcfg, model_name="ft", log=logs.append)
         assert not third.stats["engine_reused"]
         assert [c.text for c in third.candidates] == [c.text for c in own.candidates]

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from reset import progress, runtime
+from reset import procs, progress, runtime
 from reset.config import GenerateConfig, ModelConfig
 from reset.data.records import Example
 from reset.errors import ModelError
@@ -304,7 +304,7 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
 
 
 SERVER_ENV = "RESET_VLLM_SERVER"
-SERVER_PID_ENV = "RESET_VLLM_SERVER_PID"
+SERVER_PROC_ENV = "RESET_VLLM_SERVER_PROC"  # the server process's procs.identity, as JSON
 
 
 class EngineServer:
@@ -327,7 +327,7 @@ class EngineServer:
     @property
     def env(self) -> dict[str, str]:
         """What the steps need to find the server (and to know it is gone)."""
-        return {SERVER_ENV: str(self.socket), SERVER_PID_ENV: str(self.proc.pid)}
+        return {SERVER_ENV: str(self.socket), SERVER_PROC_ENV: json.dumps(procs.identity(self.proc.pid))}
 
     @classmethod
     def start(cls, python: str, folder: Path, env: Mapping[str, str], keep_s: float = 20.0) -> EngineServer:
@@ -370,10 +370,12 @@ def engine_server_python(cfgs: Sequence[GenerateConfig]) -> str | None:
     return None
 
 
-def _ask(sock_path: Path, message: Mapping[str, Any], connect_s: float, stall_s: float, pid: int = 0):
+def _ask(sock_path: Path, message: Mapping[str, Any], connect_s: float, stall_s: float,
+         server: dict[str, str] | None = None):
     """Send one request line to the engine server and yield its reply lines. Retries the connection
-    for `connect_s` seconds (the server is still importing vLLM) while process `pid` (when given)
-    lives; raises OSError when it cannot connect or the server goes silent for `stall_s` seconds."""
+    for `connect_s` seconds (the server is still importing vLLM) while the `server` process (its
+    procs.identity, when given) lives; raises OSError when it cannot connect or the server goes
+    silent for `stall_s` seconds."""
     import socket
 
     deadline = time.monotonic() + connect_s
@@ -384,7 +386,7 @@ def _ask(sock_path: Path, message: Mapping[str, Any], connect_s: float, stall_s:
             break
         except (FileNotFoundError, ConnectionRefusedError):
             conn.close()
-            if time.monotonic() >= deadline or (pid and not _alive(pid)):
+            if time.monotonic() >= deadline or (server is not None and procs.alive(server) is False):
                 raise
             time.sleep(0.5)
     with conn:
@@ -409,27 +411,37 @@ def _run_on_server(req_path: str, out_path: str, total: int, label: str, log: Ca
     if not os.path.exists(sock) and not os.path.isdir(os.path.dirname(sock)):
         log(f"[generate:vllm] note: the run's engine server socket {sock} is gone; starting a worker")
         return False
-    bar = progress.Progress(total, "samples", label)
-    with open(req_path, encoding="utf-8") as fh:
-        samples_per_req = [r["params"]["n"] for r in json.load(fh)["requests"]]
+    count = _progress_counter(req_path, total, label)
     try:
-        pid = int(os.environ.get(SERVER_PID_ENV) or 0)
         for line in _ask(Path(sock), {"request": req_path, "out": out_path}, connect_s=connect_s, stall_s=stall_s,
-                         pid=pid):
+                         server=procs.identity_from_env(SERVER_PROC_ENV)):
             if line.startswith("vllm-worker-error: "):
                 raise ModelError(f"the run's vLLM engine server failed: {line.split(': ', 1)[1]} "
                                  "(its log: the run folder's vllm/engine.log)")
             if line.startswith("vllm-worker-done: "):
                 log(f"[generate:vllm] served by the run's engine server ({sock})")
                 return True
-            if line.startswith("vllm-worker: ") and "/" in line:
-                with contextlib.suppress(ValueError):
-                    bar.update(sum(samples_per_req[:int(line.split(": ", 1)[1].split("/")[0])]))
+            count(line)
             sys.stdout.write(line + "\n")
     except OSError as exc:
         log(f"[generate:vllm] note: the run's engine server at {sock} did not answer ({exc}); starting a worker")
         return False
     return False
+
+
+def _progress_counter(req_path: str, total: int, label: str) -> Callable[[str], None]:
+    """What turns the worker's `vllm-worker: <requests done>/<total>` lines into the step's
+    progress bar in samples (a request may ask for several); other lines pass by."""
+    bar = progress.Progress(total, "samples", label)
+    with open(req_path, encoding="utf-8") as fh:
+        samples_per_req = [r["params"]["n"] for r in json.load(fh)["requests"]]
+
+    def count(line: str) -> None:
+        done, sep, _ = line.removeprefix("vllm-worker: ").partition("/")
+        if line.startswith("vllm-worker: ") and sep and done.isdigit():
+            bar.update(sum(samples_per_req[:int(done)]))
+
+    return count
 
 
 def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], total: int, label: str,
@@ -442,7 +454,7 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
     import signal
     import threading
 
-    bar = progress.Progress(total, "samples", label)
+    count = _progress_counter(req_path, total, label)
     tail: list[str] = []
     proc = subprocess.Popen([python, str(WORKER), req_path, out_path], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, bufsize=1, start_new_session=True)
@@ -455,9 +467,6 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
         lines.put(None)
 
     threading.Thread(target=pump, daemon=True).start()
-    with open(req_path, encoding="utf-8") as fh:
-        reqs = json.load(fh)["requests"]
-    samples_per_req = [r["params"]["n"] for r in reqs]
     stalled = False
     try:
         while True:
@@ -469,9 +478,7 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
             if line is None:
                 break
             line = line.rstrip("\n")
-            if line.startswith("vllm-worker: "):
-                done_reqs = int(line.split(": ", 1)[1].split("/")[0])
-                bar.update(sum(samples_per_req[:done_reqs]))
+            count(line)
             sys.stdout.write(line + "\n")
             tail = (tail + [line])[-30:]
     finally:
@@ -484,21 +491,6 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
                          "Last lines:\n" + "\n".join(tail))
     if code != 0 or not os.path.exists(out_path):
         raise ModelError(f"the vLLM worker ({python}) exited with code {code}; last lines:\n" + "\n".join(tail))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a child that exited but was not reaped yet still answers kill(0): look at its state
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
 
 
 def gpu_visible() -> bool:

@@ -29,6 +29,7 @@ Progress goes to stderr as `vllm-worker: <done>/<total>` lines (requests, over a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -79,8 +80,8 @@ def run(request: dict, out_path: str) -> dict:
         if key:
             t = time.monotonic()
             _load_weights(llm, weights[key])
-            if _CACHED:
-                _CACHED[0] = (*_CACHED[0][:3], weights[key])
+            if _CACHE:
+                _CACHE["loaded"] = weights[key]
             reload_s = time.monotonic() - t
         prompts = [TokensPrompt(prompt_token_ids=reqs[i]["prompt_token_ids"]) for i in idx]
         params = [SamplingParams(**dict(reqs[i]["params"])) for i in idx]
@@ -109,8 +110,9 @@ def run(request: dict, out_path: str) -> dict:
     return stats
 
 
-# Server mode keeps its engine between requests: (llm, engine kwargs, engine key, weights now loaded).
-_CACHED: list = []
+# Server mode keeps its engine between requests: {"llm", "engine" (its kwargs), "key", "loaded" (the
+# weights now in it: a directory or a {"base", "adapter"} spec)}; empty when there is none.
+_CACHE: dict = {}
 _AT_LEAST = ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "max_lora_rank", "max_loras")
 _IGNORED = ("seed",)  # every request carries its own seed; the engine's only seeds requests without one
 
@@ -121,25 +123,23 @@ def _engine(llm_class, model: str, engine: dict, key: str, needs_own: bool = Tru
     tokenizer, computed by the caller) is the same and its settings serve this request (the same,
     or larger limits), with `model`'s weights swapped in when others are loaded; else it is
     replaced."""
-    if _CACHED:
-        llm, have, have_key, loaded = _CACHED[0]
-        if key and key == have_key and _fits(have, engine):
-            if loaded != model and needs_own:  # (no request on `model` itself: its swaps follow)
-                _load_weights(llm, model)
-                _CACHED[0] = (llm, have, have_key, model)
-            return llm, True
-        del llm
+    if _CACHE:
+        if key and key == _CACHE["key"] and _fits(_CACHE["engine"], engine):
+            if _CACHE["loaded"] != model and needs_own:  # (no request on `model` itself: its swaps follow)
+                _load_weights(_CACHE["llm"], model)
+                _CACHE["loaded"] = model
+            return _CACHE["llm"], True
         _free_engine()
     llm = llm_class(model=model, **engine)
     if _SERVING:
-        _CACHED.append((llm, dict(engine), key, model))
+        _CACHE.update(llm=llm, engine=dict(engine), key=key, loaded=model)
     return llm, False
 
 
 def _free_engine() -> None:
     import gc
 
-    _CACHED.clear()
+    _CACHE.clear()
     gc.collect()
 
 
@@ -305,10 +305,11 @@ class _progress_bar:  # noqa: N801 - used like the function it replaced
 _SERVING = False
 
 
-def _emit(line: str) -> None:
-    """A line for the step that asked (progress): stderr of a one-shot worker, the client's
-    connection in server mode."""
+def _print_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+_emit = _print_stderr  # a line for the step that asked (progress); in server mode, its connection
 
 
 def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
@@ -343,7 +344,7 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
             except TimeoutError:
                 if os.getppid() != parent or time.monotonic() - last > idle_s:
                     return 0
-                if _CACHED and time.monotonic() - last >= keep_s:
+                if _CACHE and time.monotonic() - last >= keep_s:
                     _free_engine()
                     print(f"vllm-worker: engine freed after {keep_s:.0f}s idle", file=sys.stderr, flush=True)
                 continue
@@ -369,30 +370,20 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
                     pass
                 except BaseException as exc:  # noqa: BLE001 - reported to the client, the server goes on
                     traceback.print_exc()
-                    _CACHED.clear()  # an engine that failed is not trusted again
-                    with _suppress():
+                    _CACHE.clear()  # an engine that failed is not trusted again
+                    with contextlib.suppress(OSError):
                         emit(f"vllm-worker-error: {type(exc).__name__}: {exc}".replace("\n", " ")[:2000])
                     if isinstance(exc, KeyboardInterrupt | SystemExit):
                         raise
                 finally:
                     _emit = _print_stderr
-                if keep_s <= 0 and _CACHED:
+                if keep_s <= 0 and _CACHE:
                     _free_engine()
                 last = time.monotonic()
     finally:
         srv.close()
-        with _suppress():
+        with contextlib.suppress(OSError):
             os.unlink(sock_path)
-
-
-def _print_stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _suppress():
-    import contextlib
-
-    return contextlib.suppress(OSError)
 
 
 def main(argv: list[str]) -> int:
