@@ -94,7 +94,7 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
     version = register_version(client, cfg.model_name, exported, run_id)
     for k, v in metrics.items():
         client.set_model_version_tag(cfg.model_name, version, METRIC_TAG + k, str(v))
-    client.set_registered_model_alias(cfg.model_name, cfg.challenger_alias, version)
+    set_alias(client, cfg.model_name, cfg.challenger_alias, version)
     if gates is None:
         decision = decide(client, cfg, metrics)
     else:
@@ -126,6 +126,28 @@ def _signature():
                              "context": "The telephone was patented by Alexander Graham Bell."},
                             {"instruction": "Write a haiku about rain.", "context": None}])
     return example, infer_signature(example, ["Alexander Graham Bell patented it.", "Soft rain on the roof."])
+
+
+# what a tracking store's "row already there" error says: SQLite, PostgreSQL, MySQL (directly, or in
+# the message of a tracking server's HTTP error)
+_DUPLICATE_ROW = ("IntegrityError", "UNIQUE constraint failed", "UniqueViolation", "duplicate key", "Duplicate entry")
+
+
+def set_alias(client, model_name: str, alias: str, version: str, attempts: int = 5) -> None:
+    """Point `alias` at `version`. MLflow's SQL store sets an alias by reading whether it exists and
+    then inserting or updating it, so two runs that alias the same model at once can both insert and
+    one fails on the table's unique key (seen with two local runs sharing one SQLite store). The row
+    is there after such a failure, so trying again updates it: up to `attempts` tries."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            client.set_registered_model_alias(model_name, alias, str(version))
+            return
+        except MlflowException as exc:
+            if attempt == attempts - 1 or not any(m in str(exc) for m in _DUPLICATE_ROW):
+                raise
+            time.sleep(0.05 * (attempt + 1))
 
 
 def _champion_version(client, cfg: RegisterConfig) -> str | None:
@@ -357,7 +379,7 @@ def move_champion(client, cfg: RegisterConfig, version: str, *, expected: str | 
             was = f"v{expected}" if expected is not None else "absent"
             return False, (f"{cfg.champion_alias} not moved: it is v{current} now, {was} when this decision was "
                            f"made (another promotion moved it); promote again against v{current}")
-        client.set_registered_model_alias(cfg.model_name, cfg.champion_alias, str(version))
+        set_alias(client, cfg.model_name, cfg.champion_alias, str(version))
         client.set_model_version_tag(cfg.model_name, str(version), PROMOTED_BY_TAG, holder)
     log(f"[registry] {cfg.model_name} @{cfg.champion_alias}: {f'v{expected}' if expected else 'none'} -> "
         f"v{version} ({holder})")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import mlflow
 import pytest
 
@@ -145,3 +147,75 @@ def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow
     direct = generate(tiny_model_dir, exs, GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=4),
                       ModelConfig(), log=lambda _: None)
     assert out == [c.text for c in direct]
+
+
+def _alias_at_once(uri, barrier, version, errors):
+    mlflow.set_tracking_uri(uri)
+    from reset.registry import set_alias
+
+    client = mlflow.MlflowClient()
+    barrier.wait()
+    try:
+        set_alias(client, "race", "challenger", version)
+    except Exception as exc:  # reported to the test, which fails on it
+        errors.put(f"{type(exc).__name__}: {exc}"[:300])
+
+
+def test_runs_that_alias_one_model_at_once_all_succeed(tmp_path):
+    """MLflow's SQL store reads, then inserts an alias: two runs at once both inserted and one failed
+    on the unique key (two local runs sharing one SQLite store). Four processes alias the same model
+    at once, ten times over (without the retry 4 of 10 rounds failed here)."""
+    import multiprocessing as mp
+
+    from mlflow.exceptions import MlflowException
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:
+        client = mlflow.MlflowClient()
+        client.create_registered_model("race")
+        for _ in range(4):
+            client.create_model_version("race", source=(tmp_path / "src").as_uri())
+        ctx = mp.get_context("fork")
+        for _ in range(10):
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model_alias("race", "challenger")
+            barrier, errors = ctx.Barrier(4), ctx.Queue()
+            procs = [ctx.Process(target=_alias_at_once, args=(uri, barrier, str(v), errors)) for v in range(1, 5)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join(60)
+            assert [p.exitcode for p in procs] == [0] * 4
+            assert errors.empty(), errors.get()
+            assert str(client.get_model_version_by_alias("race", "challenger").version) in {"1", "2", "3", "4"}
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_set_alias_retries_only_a_duplicate_row():
+    from mlflow.exceptions import MlflowException
+
+    from reset.registry import set_alias
+
+    class Store:  # the tracking store's answers, injected
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def set_registered_model_alias(self, name, alias, version):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+
+    dup = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name")
+    ok = Store([dup, dup])
+    set_alias(ok, "m", "challenger", "2")
+    assert ok.calls == 3
+    other = Store([MlflowException("Registered model version 'm' v9 not found", error_code="RESOURCE_DOES_NOT_EXIST")])
+    with pytest.raises(MlflowException, match="not found"):
+        set_alias(other, "m", "challenger", "9")
+    assert other.calls == 1
+    always = Store([dup] * 5)
+    with pytest.raises(MlflowException, match="UNIQUE"):
+        set_alias(always, "m", "challenger", "2", attempts=5)
+    assert always.calls == 5
