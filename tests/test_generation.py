@@ -95,6 +95,27 @@ def test_auto_falls_back_to_hf_with_a_note_when_no_vllm(tiny_model_dir, examples
         choose_backend(cfg.model_copy(update={"backend": "vllm"}))
 
 
+def test_a_head_size_without_a_vllm_cpu_kernel_goes_to_hf_before_any_engine_starts(tiny_model_dir, examples,
+                                                                                     tmp_path):
+    """The builtin tiny Llama's head_dim 16 has no kernel in vLLM's CPU attention: `auto` says so
+    and uses hf without starting a worker (the engine used to fail only after starting, ~10 s);
+    `vllm` is an error naming the config file and the field."""
+    python = tmp_path / "python"  # would record being started; it must not be
+    python.write_text(f"#!/bin/sh\ntouch {tmp_path / 'started'}\nexit 3\n")
+    python.chmod(0o755)
+    cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=4, backend="auto", vllm_python=str(python))
+    assert choose_backend(cfg)[0] == "vllm"  # an environment is there: only the model rules it out
+    notes: list[str] = []
+    result = run(tiny_model_dir, examples[:2], cfg, ModelConfig(max_prompt_length=96), log=notes.append)
+    assert result.stats["backend"] == "hf" and "head_dim 16" in result.stats["fallback_reason"]
+    assert any("falling back to transformers" in n and "config.json" in n for n in notes), notes
+    with pytest.raises(vllm.VLLMUnavailable, match=r"config.json: head_dim 16 has no vLLM CPU attention kernel"):
+        run(tiny_model_dir, examples[:2], cfg.model_copy(update={"backend": "vllm"}), ModelConfig(max_prompt_length=96),
+            log=lambda s: None)
+    assert not (tmp_path / "started").exists()
+    assert vllm.cpu_unsupported(tiny_model_dir) and not vllm.cpu_unsupported(tmp_path)  # no config: not ruled out
+
+
 @pytest.mark.integration
 def test_vllm_backend_schema_counts_and_seeded_reproducibility(vllm_tiny_dir, examples):
     cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",

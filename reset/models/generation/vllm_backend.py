@@ -142,6 +142,8 @@ def generate_many(
         groups: dict[str, dict[str, _Member]] = {}  # engine key -> name -> member
         for i, (name, path) in enumerate(models.items()):
             base, adapter = loading.checkpoint_parts(path, model_cfg.cache_dir)
+            if not gpu and (why := cpu_unsupported(base)):
+                raise VLLMUnavailable(why)
             member = _Member(Path(base), served=adapter)
             if adapter is not None and merge:
                 why = vllm_worker.lora_merge_unsupported(str(adapter)) or (
@@ -157,6 +159,30 @@ def generate_many(
         for members in groups.values():
             out.update(_generate_group(members, examples, cfg, model_cfg, how, gpu, log, offset))
     return {name: out[name] for name in models}
+
+
+# Head sizes vLLM's CPU attention has kernels for (vllm/v1/attention/backends/cpu_attn.py,
+# CPUAttentionBackend.get_supported_head_sizes, vLLM 0.32). Any other fails only after the engine
+# has started ("Unsupported CPU attention configuration"): checked before a worker is started.
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def cpu_unsupported(model_dir: str | os.PathLike[str]) -> str:
+    """Why vLLM's CPU build cannot run the model in `model_dir` ("" when it can, or when its
+    config does not say): its attention head size has no CPU kernel."""
+    path = Path(model_dir) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""  # engine_key reports an unreadable config
+    text = config.get("text_config") or config
+    head = text.get("head_dim")
+    if not head and text.get("hidden_size") and text.get("num_attention_heads"):
+        head = text["hidden_size"] // text["num_attention_heads"]
+    if isinstance(head, int) and head not in CPU_HEAD_SIZES:
+        return (f"{path}: head_dim {head} has no vLLM CPU attention kernel (vLLM's CPU build supports "
+                f"{', '.join(map(str, CPU_HEAD_SIZES))})")
+    return ""
 
 
 class _Member:
