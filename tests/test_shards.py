@@ -38,14 +38,34 @@ def _tracking(tmp_path):
     return {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "shards"}
 
 
+@pytest.fixture()
+def run_engine(vllm_tiny_dir, tmp_path, monkeypatch):  # noqa: F811
+    """The vLLM worker a local run starts (`python -m pipelines run`), for the steps below: they
+    all use the tiny model, so one engine serves them all."""
+    from reset.config import PipelineConfig
+
+    gen = {"grid": [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.95}], "samples_per_setting": 2,
+           "max_new_tokens": 8, "backend": "vllm", "vllm_python": _vllm_python(), "vllm_kv_cache_gb": 1,
+           "vllm_engine_keep_s": 120}
+    server = steps.local_engine_server(PipelineConfig.model_validate(
+        {"model": {"base": str(vllm_tiny_dir)}, "generate": gen, "evaluate": {"max_new_tokens": 8}}), tmp_path / "vllm")
+    assert server is not None
+    for k, v in server.env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield gen, server
+    finally:
+        server.stop()
+
+
 @pytest.mark.integration
-def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny_dir, examples, tmp_path):  # noqa: F811
+def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny_dir, examples, tmp_path,  # noqa: F811
+                                                                        run_engine):
     import mlflow
 
     seen = tmp_path / "seen.jsonl"
     write_jsonl(seen, examples)
-    gen = {"grid": [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.95}], "samples_per_setting": 2,
-           "max_new_tokens": 8, "backend": "vllm", "vllm_python": _vllm_python(), "vllm_kv_cache_gb": 1}
+    gen, server = run_engine
     model = {"base": str(vllm_tiny_dir), "max_prompt_length": 96}
     trk = _tracking(tmp_path)
     judge = {"judges": ["rules", "k-precision", "reference"]}
@@ -94,6 +114,7 @@ def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny
     assert json.loads((tmp_path / "two-out_metrics").read_text())["metrics"] == one["metrics"]
     with pytest.raises(ValueError, match="rows per model"):  # a lost shard is an error, not a smaller set
         steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", rows_paths=rows[:1], **outs("lost"))
+    assert server.log_path.read_text().count("(engine reused)") >= 5  # one engine served every step
 
 
 def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path):
@@ -135,19 +156,31 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
 
 
 @pytest.mark.integration
-def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir, monkeypatch):
-    """cluster.shards=2 on the tiny config: the ParallelFor + Collected DAG runs through kfp.local
-    to the end; every shard is its own MLflow run; the gathered evaluation covers the held-out set."""
+def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tiny_model_dir, monkeypatch):
+    """cluster.shards=2 on the tiny config, judged by LLM judges + the reference task score over an
+    OpenAI-compatible endpoint that fails a share of requests: the ParallelFor + Collected DAG runs
+    through kfp.local to the end; every shard is its own MLflow run; the gathered evaluation covers
+    the held-out set; the judge shards account their requests and retries; the API key, which
+    comes from the environment, appears in no parameter. (One run for both: each costs a minute.)"""
     import mlflow
 
     from pipelines.cli import main
 
     from .conftest import REPO
+    from .fault_server import FaultConfig, FaultServer
 
+    key = "sk-test-not-a-real-key-42"
     monkeypatch.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
-    rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
-               "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded"])
-    assert rc == 0
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    with FaultServer(FaultConfig(fail_rate=0.2, fail_kinds=("429", "500"), seed=3)) as server:
+        llm = json.dumps({"base_url": server.base_url, "model": "judge", "concurrency": 8,
+                          "backoff_base_s": 0.01, "cache_path": str(tmp_path / "judge.sqlite")})
+        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
+                   "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded",
+                   "--set", "judge.judges=[llm-instruction, llm-faithfulness, reference]",
+                   "--set", f"judge.llm={llm}"])
+        served = server.stats["requests"]
+    assert rc == 0 and served > 0
     summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
     assert set(summary["results"]) >= {"base", "mtl", "reset"}
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
@@ -160,3 +193,12 @@ def test_the_sharded_pipeline_runs_under_kfp_local(tmp_path, tiny_model_dir, mon
     assert sum(runs[f"generate-{k}of2"].data.metrics["candidates"] for k in (1, 2)) == 8 * 4
     held_out = sum(runs[f"answer-{k}of2"].data.metrics["prompts"] for k in (1, 2))
     assert held_out == 2 * 4 and all(runs[f"answer-{k}of2"].data.metrics["rows"] == 3 * 4 for k in (1, 2))
+    for k in (1, 2):
+        judge_run = runs[f"judge-{k}of2"]
+        m = judge_run.data.metrics
+        assert m["llm.requests"] > 0 and m["llm.errors"] == 0, m
+        assert judge_run.data.params["judges"] == '["llm-instruction", "llm-faithfulness", "reference"]'
+    assert sum(runs[f"judge-{k}of2"].data.metrics["llm.retries"] for k in (1, 2)) > 0
+    parent = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'")[0]
+    assert parent.info.status == "FINISHED"
+    assert all(key not in json.dumps(r.data.params) for r in [parent, *runs.values()])
