@@ -116,6 +116,22 @@ def test_a_head_size_without_a_vllm_cpu_kernel_goes_to_hf_before_any_engine_star
     assert vllm.cpu_unsupported(tiny_model_dir) and not vllm.cpu_unsupported(tmp_path)  # no config: not ruled out
 
 
+def test_a_cpu_build_of_torch_means_no_gpu_without_importing_torch():
+    """gpu_visible reads a CPU build of torch from its version.py: a step that sends its prompts to
+    the vLLM worker never imports torch (1.6 s)."""
+    import subprocess
+    import sys
+
+    import torch
+
+    probe = ("import sys; from reset.models.generation.vllm_backend import gpu_visible; "
+             "print(gpu_visible(), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    cpu_build = torch.version.cuda is None and torch.version.hip is None
+    assert out.stdout.split() == ([str(torch.cuda.is_available()), str(not cpu_build)])
+    assert vllm.gpu_visible() == torch.cuda.is_available()  # torch imported: asked directly
+
+
 @pytest.mark.integration
 def test_vllm_backend_schema_counts_and_seeded_reproducibility(vllm_tiny_dir, examples):
     cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",

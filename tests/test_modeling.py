@@ -34,6 +34,33 @@ def test_unknown_and_missing_models_name_the_reference(tmp_path):
         modeling.resolve_model(str(tmp_path / "empty"), str(tmp_path))
 
 
+def test_a_generic_tokenizer_loads_as_autotokenizer_loads_it_without_importing_torch(tiny_model_dir, demo, tmp_path):
+    """load_tokenizer takes the class tokenizer_config.json names when it is the generic one (what
+    AutoTokenizer picks, without its ~4 s import of the model registry and torch): same class, ids
+    and chat prompt; a model-specific class still goes through AutoTokenizer."""
+    import shutil
+    import subprocess
+    import sys
+
+    from transformers import AutoTokenizer
+
+    ours, auto = modeling.load_tokenizer(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert type(ours) is type(auto) and type(ours).__name__ == "TokenizersBackend"
+    for ex in demo[0][:3] + demo[1][:3]:
+        assert chat.prompt_ids(ours, ex, 512) == chat.prompt_ids(auto, ex, 512)
+        assert ours(ex.response)["input_ids"] == auto(ex.response)["input_ids"]
+    probe = ("import sys; from reset.models.loading import load_tokenizer; "
+             f"load_tokenizer({str(tiny_model_dir)!r}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]
+    specific = tmp_path / "specific"
+    shutil.copytree(tiny_model_dir, specific)
+    cfg = json.loads((specific / "tokenizer_config.json").read_text())
+    (specific / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": "LlamaTokenizerFast"}))
+    assert type(modeling.load_tokenizer(specific)).__name__ == type(AutoTokenizer.from_pretrained(specific)).__name__ \
+        == "LlamaTokenizer"
+
+
 def test_sft_labels_cover_the_response_only(tiny_model_dir, demo):
     _, tok = modeling.load(tiny_model_dir)
     ex = demo[1][0]  # a grounded example: context + instruction

@@ -143,12 +143,35 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
     _write_json(out / PROVENANCE_FILE, {"source": "builtin:tiny-llama", "seed": seed, "random_init": True})
 
 
-def load_tokenizer(path: str | os.PathLike[str]):
-    """The tokenizer of a local model directory, offline; a pad token and a chat template always set."""
-    from transformers import AutoTokenizer
+# tokenizer_config.json's tokenizer_class values that name transformers' generic tokenizer over a
+# tokenizer.json: the class AutoTokenizer would pick, loaded without AutoTokenizer's import cost.
+_GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
 
+
+def load_tokenizer(path: str | os.PathLike[str]):
+    """The tokenizer of a local model directory, offline; a pad token and a chat template always set.
+
+    Importing AutoTokenizer imports transformers' model registry and torch (about 4 s a process on
+    a 2-core machine, paid by steps that otherwise never touch torch: mix, and generate and evaluate
+    through a vLLM worker); a directory whose tokenizer_config.json names the generic class
+    (TokenizersBackend, what SmolLM2 and the tiny test model save) is loaded with that class
+    directly (0.7 s), the same class and token ids AutoTokenizer gives (tests/test_modeling.py).
+    Any other tokenizer class goes through AutoTokenizer."""
+    d = Path(path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        named = json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    try:
+        if named in _GENERIC_TOKENIZERS and (d / "tokenizer.json").is_file():
+            import transformers
+
+            cls = getattr(transformers, "TokenizersBackend", None) or transformers.PreTrainedTokenizerFast
+            tok = cls.from_pretrained(str(path), local_files_only=True)
+        else:
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load the tokenizer from {path}: {exc}") from None
     if tok.pad_token is None:
