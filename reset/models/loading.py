@@ -164,10 +164,9 @@ def load_tokenizer(path: str | os.PathLike[str]):
         named = None
     try:
         if named in _GENERIC_TOKENIZERS and (d / "tokenizer.json").is_file():
-            import transformers
+            from transformers import PreTrainedTokenizerFast  # (TokenizersBackend's other name)
 
-            cls = getattr(transformers, "TokenizersBackend", None) or transformers.PreTrainedTokenizerFast
-            tok = cls.from_pretrained(str(path), local_files_only=True)
+            tok = PreTrainedTokenizerFast.from_pretrained(str(path), local_files_only=True)
         else:
             from transformers import AutoTokenizer
 

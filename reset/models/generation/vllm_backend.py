@@ -520,20 +520,16 @@ def _run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], 
 
 
 def gpu_visible() -> bool:
-    """torch sees a CUDA or ROCm device. A CPU build of torch (its version.py names no cuda and no
-    hip) answers False without importing torch: about 1.6 s a step that never uses it (generate and
+    """torch sees a CUDA or ROCm device. A CPU build of torch (its version's local tag `+cpu`)
+    answers False without importing torch: about 1.6 s a step that never uses it (generate and
     evaluate through the vLLM worker)."""
     if "torch" not in sys.modules:
-        spec = importlib.util.find_spec("torch")
-        if spec is None or not spec.origin:
-            return False
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
-            version = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
-        except OSError:
-            version = ""
-        lines = [line.replace(" ", "") for line in version.splitlines()]
-        if all(any(line.startswith(f"{k}:Optional[str]=None") or line.startswith(f"{k}=None") for line in lines)
-               for k in ("cuda", "hip")):
+            if version("torch").endswith("+cpu"):
+                return False
+        except PackageNotFoundError:
             return False
     try:
         import torch
