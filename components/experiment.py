@@ -46,7 +46,7 @@ def control_data(selected_set: Input[Dataset], seen_prompts: Input[Dataset], con
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_arms(
-    heldout_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, tracking: dict, include_base: bool,
+    test_set: Input[Dataset], dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, tracking: dict, include_base: bool,
     reference: str, seed: int, scores: Output[Artifact], report: Output[Markdown], report_html: Output[HTML],
     samples: Output[Dataset],
     if_only: Optional[Input[Model]] = None, cd_only: Optional[Input[Model]] = None,
@@ -60,9 +60,9 @@ def evaluate_arms(
     given = {"if-only": if_only, "cd-only": cd_only, "cd-if": cd_if, "if-cd": if_cd, "mtl": mtl, "reset": reset,
              "reset-s": reset_s, "control": control}
     models = {name: art.path for name, art in given.items() if art is not None}
-    payload = steps.evaluate(models, heldout_set.path, evaluate, model, judge, tracking, "", out_metrics=scores.path,
+    payload = steps.evaluate(models, test_set.path, evaluate, model, judge, tracking, "", out_metrics=scores.path,
                              out_report=report.path, out_rows=samples.path, out_html=report_html.path,
-                             include_base=include_base, reference=reference, seed=seed)
+                             include_base=include_base, reference=reference, seed=seed, dev_path=dev_set.path)
     return payload["verdicts"]
 
 

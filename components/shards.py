@@ -55,33 +55,34 @@ def gather_judged(
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def answer_heldout(
-    mtl_model: Input[Model], reset_model: Input[Model], heldout_set: Input[Dataset], sections: Input[Artifact],
+    mtl_model: Input[Model], reset_model: Input[Model], test_set: Input[Dataset], dev_set: Input[Dataset], sections: Input[Artifact],
     tracking: dict, shard: int, shards: int, answers: Output[Dataset],
 ) -> dict:
     from reset import steps
 
     cfg = steps.read_sections(sections.path)
-    stats = steps.evaluate_answers({"mtl": mtl_model.path, "reset": reset_model.path}, heldout_set.path,
+    stats = steps.evaluate_answers({"mtl": mtl_model.path, "reset": reset_model.path}, test_set.path,
                                    cfg["evaluate"], cfg["model"], cfg["judge"], tracking, "", out_rows=answers.path,
-                                   register_cfg=cfg["register"], shard=shard, shards=shards)
+                                   register_cfg=cfg["register"], shard=shard, shards=shards,
+                                   dev_path=dev_set.path)
     answers.metadata["rows"] = stats["rows"]
     return stats
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_gathered(
-    mtl_model: Input[Model], reset_model: Input[Model], heldout_set: Input[Dataset], shard_answers: Input[List[Dataset]],
+    mtl_model: Input[Model], reset_model: Input[Model], test_set: Input[Dataset], dev_set: Input[Dataset], shard_answers: Input[List[Dataset]],
     evaluate: dict, model: dict, judge: dict, register: dict, tracking: dict,
     scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML],
     samples: Output[Dataset],
 ) -> dict:
     from reset import steps
 
-    payload = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path}, heldout_set.path, evaluate, model,
+    payload = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path}, test_set.path, evaluate, model,
                              judge, tracking, "", out_metrics=scores.path, out_report=report.path,
                              out_rows=samples.path, out_html=report_html.path, register_cfg=register,
-                             rows_paths=[a.path for a in shard_answers])
+                             rows_paths=[a.path for a in shard_answers], dev_path=dev_set.path)
     for name, values in payload["metrics"].items():
         for key, value in values.items():
             metrics.log_metric(f"{name}.{key}", value)
-    return {"verdicts": payload["verdicts"], "gates": payload["gates"]}
+    return {"verdicts": payload["verdicts"], "gates": payload["gates"], "decision": payload.get("decision", "")}

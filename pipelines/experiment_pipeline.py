@@ -79,7 +79,7 @@ def build_experiment(cfg: PipelineConfig):
                                       stage=arm, kinds=kinds, section=section, seed=seed, **extra)
                     ft.set_display_name(f"finetune-{arm}")
                     ckpt[arm] = ft.outputs["checkpoint"]
-                ev = evaluate_arms(heldout_set=mixed.outputs["heldout_set"], evaluate=base["evaluate"],
+                ev = evaluate_arms(test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], evaluate=base["evaluate"],
                                    model=base["model"], judge=base["judge"], tracking=tracking, include_base=True,
                                    reference=exp.reference, seed=seed,
                                    **{a.replace("-", "_"): ckpt[a] for a in evaluated})

@@ -171,20 +171,20 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
                 with dsl.ParallelFor(items=list(range(shards)), name="answer-shards") as k:
                     ans = answer_heldout(
                         mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
-                        heldout_set=mixed.outputs["heldout_set"], sections=c["sections"], tracking=tracking,
+                        test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], sections=c["sections"], tracking=tracking,
                         shard=k, shards=shards,
                     ).set_display_name("answer")
                 extra["answer"] = ans
                 ev = evaluate_gathered(
                     mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
-                    heldout_set=mixed.outputs["heldout_set"], shard_answers=dsl.Collected(ans.outputs["answers"]),
+                    test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], shard_answers=dsl.Collected(ans.outputs["answers"]),
                     evaluate=c["evaluate"], model=c["model"], judge=c["judge"], register=c["register"],
                     tracking=tracking,
                 ).set_display_name("evaluate")
             else:
                 ev = evaluate_models(
                     mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
-                    heldout_set=mixed.outputs["heldout_set"], evaluate=c["evaluate"], model=c["model"],
+                    test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], evaluate=c["evaluate"], model=c["model"],
                     judge=c["judge"], register=c["register"], tracking=tracking,
                 ).set_display_name("evaluate")
 

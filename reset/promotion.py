@@ -11,9 +11,11 @@ alias moved only when the gate passes, never by two promotions at once.
 3. Both versions' plain weights downloaded from the registry (registry.version_checkpoint) and
    answered and scored by the library's evaluation, one model at a time (reset.evaluation.evaluate),
    then paired on the same examples: summarize(rows_by_arm, reference="champion").
-4. The gate (reset.evaluation.gate): on each primary axis (instruction following, faithfulness) the
-   challenger's paired difference is >= -register.tolerance; with register.require_significant it
-   is also significantly better on one.
+4. The gate (reset.evaluation.gate, the rule against a champion): the challenger is non-inferior
+   on both primary axes (instruction following, faithfulness) within register.margin_*, and with
+   register.champion_superiority also superior on one; answers byte-identical to the champion's
+   never pass. This use of the frozen set is counted in the registry first (registry.reserve_test_use),
+   so repeated promotions against one set spend alpha (register.alpha_spending).
 5. Passed: registry.move_champion, under the promotion lock and only if the champion is still the
    version that was evaluated (compare-and-set); a promotion that lost a race ends "aborted".
 
@@ -37,6 +39,7 @@ from reset import config as C
 from reset import progress, registry, tracking
 from reset.data import storage
 from reset.data.records import Example, read_jsonl, write_jsonl
+from reset.models import loading
 
 Section = Mapping[str, Any] | None
 ROLE = "promotion"
@@ -84,6 +87,8 @@ def promote(register_cfg: Section, evaluate_cfg: Section, model_cfg: Section, ju
     import mlflow
 
     from reset.evaluation import evaluate, flat_metrics, gate, markdown_report, summarize, verdicts
+    from reset.evaluation.decision import CHAMPION, rules_from_config
+    from reset.evaluation.summary import identical_answers
 
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
     ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
@@ -120,13 +125,19 @@ def promote(register_cfg: Section, evaluate_cfg: Section, model_cfg: Section, ju
                 log(f"[promote] {name}: champion v{champ} vs challenger v{chall} on {len(examples)} frozen examples "
                     f"({rcfg.promotion_data}, sha256 {digest[:12]})")
                 rows: dict[str, list[dict[str, Any]]] = {}
+                digests: dict[str, str | None] = {}
                 for arm, version in (("champion", champ), ("challenger", chall)):
                     path = registry.version_checkpoint(client, name, version, cache)
+                    digests[arm] = loading.weights_digest(path)
                     _, rows[arm] = evaluate(path, examples, ecfg, mcfg, jcfg, model_name=arm, log=log)
                 summary = summarize(rows, reference="champion", selection_judges=jcfg.judges,
                                     labels={"champion": f"champion v{champ}", "challenger": f"challenger v{chall}"})
-                decision = gate(summary, "challenger", tolerance=rcfg.tolerance,
-                                require_significant=rcfg.require_significant)
+                use = registry.reserve_test_use(rcfg, digest, holder=holder, client=client)
+                decision = gate(summary, "challenger", rules_from_config(rcfg, use)[CHAMPION],
+                                identical=identical_answers(rows, "champion").get("challenger"),
+                                same_weights=digests["champion"] is not None
+                                and digests["champion"] == digests["challenger"])
+                mlflow.set_tag("reset.test_use", str(use))
                 report = markdown_report(summary)
                 lines = verdicts(summary)
                 mlflow.log_metrics({k: v for k, v in flat_metrics(summary).items()})

@@ -1,10 +1,12 @@
 """Model registry: log the ReSet model, alias it `challenger`, and move `champion` to it only
-when it passes the gates (reset.evaluation.gate): at least as good as this run's MTL model on both
-axes of the paper (instruction following and faithfulness), and as the current champion re-scored
-on the same held-out set (`champion_checkpoint` fetches it for the evaluate step). The decision,
-its reason and the deltas with their intervals are tagged on the version; its description states
-the verdict. Without gates (a caller that has no paired evaluation) the old rule applies: every
-primary axis >= the champion's stored metric - tolerance.
+when it passes the gates (reset.evaluation.gate) on the frozen test split: non-inferior to this
+run's MTL model on both axes of the paper (instruction following and faithfulness) and superior on
+at least one, and non-inferior to the current champion re-scored on the same split
+(`champion_checkpoint` fetches it for the evaluate step; stored figures from another run are never
+compared). The decision, its reason and the deltas with their intervals are tagged on the
+version; its description states the verdict. Without gates (no paired evaluation on a test
+split) nothing is promoted. Each use of a test split against a registered model is counted
+(`reserve_test_use`), so the gate can spend its alpha over uses.
 
 The model is exported once (`export_model`): merged into plain weights when it is a LoRA
 checkpoint, wrapped as an MLflow pyfunc and uploaded to `register.export_uri` (S3), and the version
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import RegisterConfig
-from reset.evaluation import PRIMARY, GateDecision
+from reset.evaluation import GateDecision
 
 METRIC_TAG = "metric."
 SOURCE_TAG = "reset.export_uri"  # where the version's MLflow model was exported (its source)
@@ -63,28 +65,31 @@ def champion_checkpoint(cfg: RegisterConfig, dest: str | os.PathLike[str]) -> tu
 
 
 def gated_decision(cfg: RegisterConfig, gates: Mapping[str, GateDecision], has_champion: bool) -> dict[str, Any]:
-    """Promote when every gate passed (and register.promote is on). `gates`: reference -> decision."""
+    """Promote when every gate passed (and register.promote is on). `gates`: reference -> decision.
+    The reason is the gates' outcome in words, then what the registry did."""
     failed = {ref: g for ref, g in gates.items() if not g.passed}
-    reasons = "; ".join(f"vs {ref}: {g.reason}" for ref, g in gates.items())
+    words = "; ".join(g.reason for g in gates.values())
     if not gates:
-        return {"promote": False, "reason": "no paired evaluation to gate on"}
+        return {"promote": False, "reason": f"no paired evaluation to gate on: stays {cfg.challenger_alias}"}
     if failed:
-        return {"promote": False, "reason": f"stays {cfg.challenger_alias}: {reasons}"}
+        return {"promote": False, "reason": f"{words}: stays {cfg.challenger_alias}, NOT promoted"}
     if not cfg.promote:
-        return {"promote": False, "reason": f"gates passed ({reasons}); register.promote is off: the promotion "
-                                            "pipeline decides"}
-    return {"promote": True, "reason": ("" if has_champion else f"no {cfg.champion_alias} yet; ") + reasons}
+        return {"promote": False, "reason": f"{words}; register.promote is off: the promotion pipeline decides"}
+    first = "" if has_champion else f"no {cfg.champion_alias} yet; "
+    return {"promote": True, "reason": f"{first}{words}: promoted to @{cfg.champion_alias}"}
 
 
 def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, float], cfg: RegisterConfig,
                      max_new_tokens: int = 64, system_prompt: str = "", *,
                      gates: Mapping[str, GateDecision] | None = None, description: str = "",
-                     evaluated_champion: str | None | object = UNKNOWN) -> dict[str, Any]:
+                     evaluated_champion: str | None | object = UNKNOWN,
+                     version_tags: Mapping[str, str] | None = None, no_gate_reason: str = "") -> dict[str, Any]:
     """Inside an active MLflow run: export the model once (`export_model`: a LoRA checkpoint merged
     into plain weights, one upload to `cfg.export_uri`), register a version whose source is that
-    location, alias it challenger, and move champion to it when the decision says so, under the
+    location, alias it challenger, and move champion to it when the gates say so, under the
     promotion lock and only if the champion is still `evaluated_champion` (the version the gates
-    compared against; UNKNOWN: the one read when deciding)."""
+    compared against; UNKNOWN: the one read when deciding). No gates: never promoted
+    (`no_gate_reason` says why)."""
     import mlflow
 
     run_id = mlflow.active_run().info.run_id
@@ -94,11 +99,14 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
     version = register_version(client, cfg.model_name, exported, run_id)
     for k, v in metrics.items():
         client.set_model_version_tag(cfg.model_name, version, METRIC_TAG + k, str(v))
+    for k, v in (version_tags or {}).items():
+        client.set_model_version_tag(cfg.model_name, version, k, v)
     set_alias(client, cfg.model_name, cfg.challenger_alias, version)
+    champion = _champion_version(client, cfg)
     if gates is None:
-        decision = decide(client, cfg, metrics)
+        decision = {"promote": False, "champion_version": champion,
+                    "reason": f"{no_gate_reason or 'no paired evaluation to gate on'}: stays {cfg.challenger_alias}"}
     else:
-        champion = _champion_version(client, cfg)
         decision = {**gated_decision(cfg, gates, champion is not None), "champion_version": champion}
         for ref, g in gates.items():
             for k, v in g.tags(f"gate.vs_{ref}").items():
@@ -109,11 +117,36 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
                                    reason=decision["reason"])
         if not moved:
             decision = {**decision, "promote": False, "reason": why}
-    client.set_model_version_tag(cfg.model_name, version, "promotion", decision["reason"])
+    client.set_model_version_tag(cfg.model_name, version, "promotion", decision["reason"][:5000])
     if description:
         client.update_model_version(cfg.model_name, version, description=description)
     return {"model_name": cfg.model_name, "version": version, "model_uri": f"models:/{cfg.model_name}/{version}",
             "source": exported.source, "weights_uri": exported.weights_uri, **decision}
+
+
+TEST_USES_TAG = "reset.test_uses."
+
+
+def reserve_test_use(cfg: RegisterConfig, digest: str, *, holder: str, client=None) -> int:
+    """Count one more use of the test split with SHA-256 `digest` against registered model
+    `cfg.model_name` (a tag on the registered model, `reset.test_uses.<digest[:16]>`, incremented
+    under the promotion lock) and return its number: 1 for the first use. The gate tests use k at
+    alpha * 6 / (pi^2 k^2)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client = client or mlflow.MlflowClient()
+    try:
+        client.create_registered_model(cfg.model_name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    key = TEST_USES_TAG + digest[:16]
+    with promotion_lock(client, cfg.model_name, holder):
+        tags = client.get_registered_model(cfg.model_name).tags or {}
+        use = int(tags.get(key, "0") or 0) + 1
+        client.set_registered_model_tag(cfg.model_name, key, str(use))
+    return use
 
 
 def _signature():
@@ -157,27 +190,6 @@ def _champion_version(client, cfg: RegisterConfig) -> str | None:
         return str(client.get_model_version_by_alias(cfg.model_name, cfg.champion_alias).version)
     except MlflowException:
         return None
-
-
-def decide(client, cfg: RegisterConfig, metrics: Mapping[str, float]) -> dict[str, Any]:
-    """Promote when there is no champion, or when every primary axis is >= champion - tolerance."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        champ = client.get_model_version_by_alias(cfg.model_name, cfg.champion_alias)
-    except MlflowException:
-        return {"promote": True, "reason": f"no {cfg.champion_alias} yet", "champion_version": None}
-    worse = []
-    for axis in PRIMARY:
-        old = float(champ.tags.get(METRIC_TAG + axis, "nan"))
-        new = float(metrics.get(axis, float("nan")))
-        if not (new >= old - cfg.tolerance):  # also true for NaN: a missing metric never promotes
-            worse.append(f"{axis} {new:.3f} < {old:.3f}")
-    if worse:
-        return {"promote": False, "reason": f"worse than champion v{champ.version}: " + "; ".join(worse),
-                "champion_version": str(champ.version)}
-    return {"promote": True, "reason": f"no worse than champion v{champ.version} on {', '.join(PRIMARY)}",
-            "champion_version": str(champ.version)}
 
 
 # ------------------------------------------------------------------------------------------ export

@@ -109,7 +109,7 @@ def finish_run(tracking_cfg: Section, job_id: str) -> str:
     return status
 
 
-def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: str, out_eval: str,
+def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: str, out_dev: str, out_test: str,
         out_seen: str, out_rejected: str, cache_dir: str = "", model: Section = None,
         out_card: str = "") -> dict[str, Any]:
     """Read every data source (any published format; local, s3:// or hf://), mix, write the
@@ -125,15 +125,15 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
 
         meter = length_meter(mcfg, cache_dir)
         _log(f"[mix] lengths in {meter.unit}: {meter.note}")
-        report = M.mix_to_files(cfg, out_train=out_train, out_eval=out_eval, out_seen=out_seen,
+        report = M.mix_to_files(cfg, out_train=out_train, out_dev=out_dev, out_test=out_test, out_seen=out_seen,
                                 out_rejected=out_rejected, meter=meter, cache_dir=cache_dir, title="mix")
         for rep in report.sources:
             _log(f"[mix] {rep.path}: {rep.format}, {rep.rows} rows, {rep.kept} examples kept, "
                  f"{sum(rep.rejected.values())} not kept {rep.rejected or ''}")
         stats = report.stats
         _log(f"[mix] {json.dumps(stats)}")
-        _note(f"{stats['train']} train, {stats['eval']} held-out, {stats['seen_prompts']} seen prompts, "
-              f"{stats['rejected']} rejected")
+        _note(f"{stats['train']} train, {stats['dev']} dev, {stats['test']} test, {stats['seen_prompts']} seen "
+              f"prompts, {stats['rejected']} rejected")
         for r in report.quarantine.first[:10]:
             _log(f"[mix] rejected {r}")
         card = report.card
@@ -154,8 +154,18 @@ def mix(data: Section, tracking_cfg: Section, parent_run_id: str, *, out_train: 
         for name, out in report.outputs.items():
             _log_input(_meta_dataset(out["path"], "seen_prompts" if name == "seen" else name, out["digest"]),
                              context="seen_prompts" if name == "seen" else name, tags={"rows": str(out["rows"])})
+        test_digest = report.outputs["test"]["digest"]
+        stats["test_digest"] = test_digest
+        _log(f"[mix] test split: {report.outputs['test']['rows']} rows, sha256 {test_digest} (frozen: read only by "
+             "the final evaluation and the gate)")
+        parent = mlflow.active_run().data.tags.get("mlflow.parentRunId", "")
+        if parent:
+            mlflow.MlflowClient().set_tag(parent, TEST_DIGEST_TAG, test_digest)
+        mlflow.set_tag(TEST_DIGEST_TAG, test_digest)
     return stats
 
+
+TEST_DIGEST_TAG = "reset.test_digest"  # the parent run's, the mix run's and the registered version's tag
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja", "config.json")
@@ -564,7 +574,7 @@ def _models_to_evaluate(models: Mapping[str, str], mcfg, rcfg, include_base: boo
 def evaluate_answers(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
                      judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_rows: str,
                      register_cfg: Section = None, include_base: bool = True, shard: int = 0,
-                     shards: int = 1) -> dict[str, Any]:
+                     shards: int = 1, dev_path: str = "") -> dict[str, Any]:
     """One shard of the evaluation: every model's greedy answers to shard `shard` of `shards`
     contiguous pieces of the held-out set, scored, one row per (model, example) to `out_rows`
     (the champion's rows carry its registry version). `evaluate(..., rows_paths=...)` gathers them."""
@@ -577,7 +587,7 @@ def evaluate_answers(models: Mapping[str, str], eval_path: str, evaluate_cfg: Se
     mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register") if register_cfg is not None else None
-    examples = _read(eval_path, Example)
+    examples = _read(split_path(ecfg, eval_path, dev_path), Example)
     lo, hi = bounds(len(examples), shard, shards)
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, shard_step("answer", shard, shards),
                            ecfg.model_dump()), tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
@@ -597,23 +607,35 @@ def evaluate_answers(models: Mapping[str, str], eval_path: str, evaluate_cfg: Se
     return {"rows": len(rows), "models": list(models), "prompts": hi - lo}
 
 
+def split_path(ecfg: C.EvaluateConfig, test_path: str, dev_path: str = "") -> str:
+    """The held-out file evaluate.split names (dev needs the mix step's dev split)."""
+    if ecfg.split == "dev":
+        if not dev_path or not Path(dev_path).exists() or not Path(dev_path).stat().st_size:
+            raise C.ConfigError("evaluate.split: dev, but the mix step wrote no dev split (data.dev_per_kind: 0?)")
+        return dev_path
+    return test_path
+
+
 def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, model_cfg: Section,
              judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
              out_report: str, out_rows: str, out_html: str = "", register_cfg: Section = None,
              include_base: bool = True, reference: str = "mtl", candidate: str = "reset",
-             seed: int | None = None, rows_paths: Sequence[str] = ()) -> dict[str, Any]:
+             seed: int | None = None, rows_paths: Sequence[str] = (), dev_path: str = "") -> dict[str, Any]:
     """Evaluate `models` (name -> checkpoint or reference, e.g. mtl, reset), the configured base
     model ("base", with `include_base`) and, when `register.compare_champion` and a champion exists,
-    the registry's champion ("champion"), all on the same held-out examples (one vLLM engine for
-    the models that share a base). Writes the point metrics, the gates and the verdicts
-    (`out_metrics`, JSON), the Markdown report (`out_report`), the rows (`out_rows`) and the HTML
-    report (`out_html`); logs one MLflow run per evaluated model (same metric keys, tag reset.model)
+    the registry's champion ("champion"), all on the same held-out split (`eval_path`, the test
+    split; `dev_path` when evaluate.split is dev), from one vLLM engine for the models that share a
+    base. The decision (reset.evaluation.decision): every figure with its interval, the gates of
+    `candidate` against `reference` and the champion; on the test split of a pipeline that
+    registers (`register_cfg`), this use of the split is counted in the registry first (the gate's
+    alpha spending). Writes the payload (`out_metrics`, JSON), the Markdown report (`out_report`),
+    the rows (`out_rows`) and the HTML report (`out_html`); logs one MLflow run per evaluated model
     and the headline figures on the parent run. With `rows_paths` (the outputs of
     `evaluate_answers` shards) nothing is generated: the shards' rows are gathered instead."""
     import tempfile
 
-    from reset.data.shards import ordered
-    from reset.evaluation import evaluate_models, gate, markdown_report, point_metrics, summarize, verdicts
+    from reset.evaluation import evaluate_models, markdown_report, point_metrics
+    from reset.evaluation.decision import rules_from_config, run_decision
     from reset.evaluation.html import html_report
     from reset.evaluation.plot import tradeoff_plot
     from reset.evaluation.summary import flat_metrics
@@ -623,59 +645,44 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
     jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
     rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register") if register_cfg is not None else None
     tcfg = _tracking(tracking_cfg)
+    eval_path = split_path(ecfg, eval_path, dev_path)
     examples = _read(eval_path, Example)
+    digest = _digest(eval_path)
     with tracking.step_run(tcfg, parent_run_id, "evaluate", ecfg.model_dump()) as run, \
             tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
         import mlflow
 
         parent = run.data.tags.get("mlflow.parentRunId", "")
-        _log_input(_meta_dataset(eval_path, "heldout", _digest(eval_path)), context="evaluation")
+        _log_input(_meta_dataset(eval_path, ecfg.split, digest), context="evaluation")
+        mlflow.set_tags({"reset.split": ecfg.split, f"reset.{ecfg.split}_digest": digest})
         if rows_paths:
-            ids = [e.id for e in examples]
-            gathered = ordered([r for p in rows_paths for r in _read_rows(p)], ids, lambda r: r["example_id"],
-                               lambda r: (r["model"], r["example_id"]))
-            rows_by_model = {}
-            for r in gathered:
-                rows_by_model.setdefault(r["model"], []).append(r)
-            short = {m: len(rs) for m, rs in rows_by_model.items() if len(rs) != len(examples)}
-            if short:
-                raise ValueError(f"the {len(rows_paths)} evaluation shards hold {short} rows per model, "
-                                 f"expected {len(examples)} each")
-            versions = {r.pop("registry_version", None) for r in rows_by_model.get("champion", [])}
-            if len(versions) > 1:
-                raise ValueError(f"the evaluation shards re-scored different champion versions: {sorted(versions)}")
-            champion_version = next(iter(versions), None)
+            rows_by_model, champion_version = _gathered_rows(rows_paths, examples)
             results = {name: point_metrics(rs) for name, rs in rows_by_model.items()}
-            gen_stats = {}
-            _log(f"[evaluate] gathered {len(gathered)} rows from {len(rows_paths)} shards: "
-                 f"{len(rows_by_model)} models x {len(examples)} held-out prompts")
+            gen_stats: dict[str, Any] = {}
         else:
             models, champion_version = _models_to_evaluate(models, mcfg, rcfg, include_base, tmp)
-            _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} held-out prompts")
+            _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} {ecfg.split} prompts")
             rows_by_model, results, gen_stats = evaluate_models(models, examples, ecfg, mcfg, jcfg, log=_log)
-        # every figure with its 95% interval; each model paired with the reference on the same examples
-        summary = summarize(rows_by_model, reference=reference, selection_judges=jcfg.judges)
-        lines = verdicts(summary) if summary.reference else []
-        gates = {}
-        if candidate in summary.comparisons:
-            tol, sig = (rcfg.tolerance, rcfg.require_significant) if rcfg else (0.0, False)
-            gates[reference] = gate(summary, candidate, tolerance=tol, require_significant=sig)
-            if "champion" in rows_by_model:
-                vs_champ = summarize(rows_by_model, reference="champion", selection_judges=jcfg.judges)
-                gates["champion"] = gate(vs_champ, candidate, tolerance=tol, require_significant=sig)
-                lines.append(next(x for x in verdicts(vs_champ) if x.startswith(vs_champ.label(candidate))))
-        # the candidate's verdict first (the CLI's verdict line), the other arms after it
-        lines.sort(key=lambda x: not x.startswith(summary.label(candidate) + " "))
+        use = _count_test_use(rcfg, ecfg.split, digest, candidate in rows_by_model)
+        same = {ref: _same_weights(models.get(candidate), models.get(ref)) for ref in (reference, "champion")}
+        decision = run_decision(rows_by_model, reference=reference, candidate=candidate,
+                                rules=rules_from_config(rcfg, use), selection_judges=jcfg.judges, same_weights=same,
+                                labels={"champion": f"champion v{champion_version}"} if champion_version else None,
+                                split=ecfg.split)
+        summary, lines = decision.summary, decision.lines
+        if decision.gates:
+            _log(f"[evaluate] decision on the {ecfg.split} split (use {use}): {decision.words()}")
         report = markdown_report(summary, extra=[f"Against the current champion: {x}" for x in lines
-                                                 if "vs champion" in x])
-        headline = headline_text(summary, lines)
-        _log("[evaluate] comparison on the held-out split:\n" + report)
-        _note(lines[0] if lines else f"{len(results)} models x {len(examples)} held-out prompts")
+                                                 if "vs champion" in x] + [f"Gate: {decision.words()}"]
+                                 if decision.gates else ())
+        headline = headline_text(summary, lines + ([f"Decision: {decision.words()}"] if decision.gates else []))
+        _log(f"[evaluate] comparison on the {ecfg.split} split:\n" + report)
+        _note(lines[0] if lines else f"{len(results)} models x {len(examples)} {ecfg.split} prompts")
         for out in (out_metrics, out_report):
             Path(out).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"seed": seed, "metrics": results, "verdicts": lines,
-                   "gates": {k: g.to_dict() for k, g in gates.items()},
-                   "champion_version": champion_version, "summary": summary.to_dict(), "generation": gen_stats}
+        payload = {"seed": seed, "metrics": results, **decision.to_dict(), "split_digest": digest,
+                   "champion_version": champion_version, "summary": summary.to_dict(), "generation": gen_stats,
+                   "units": _unit_values(summary, rows_by_model)}
         Path(out_metrics).write_text(json.dumps(payload, indent=2, default=str))
         Path(out_report).write_text(report)
         all_rows = [r for rows in rows_by_model.values() for r in rows]
@@ -688,6 +695,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         mlflow.log_metrics(_metrics({f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}))
         mlflow.log_text(report, "comparison.md")
         mlflow.log_dict(payload["summary"], "summary.json")
+        mlflow.log_dict(decision.to_dict(), "decision.json")
         mlflow.log_image(_png_image(png), "tradeoff.png")
         mlflow.log_text(html, "report.html")
         mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
@@ -704,11 +712,65 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             for i in range(0, len(head), 500):
                 client.log_batch(parent, metrics=[_metric(k, v) for k, v in head[i : i + 500]])
             client.set_tag(parent, "reset.verdict", lines[0] if lines else "")
+            client.set_tag(parent, "reset.decision", decision.words()[:5000])
             client.log_text(parent, headline, "headline.md")
             client.log_text(parent, report, "comparison.md")
             client.log_text(parent, html, "report.html")
             client.log_image(parent, _png_image(png), "tradeoff.png")
     return payload
+
+
+def _gathered_rows(rows_paths: Sequence[str], examples: Sequence[Example]) -> tuple[dict[str, list], str | None]:
+    """The evaluation shards' rows, in the unsharded step's order, by model; the champion version
+    they re-scored."""
+    from reset.data.shards import ordered
+
+    ids = [e.id for e in examples]
+    gathered = ordered([r for p in rows_paths for r in _read_rows(p)], ids, lambda r: r["example_id"],
+                       lambda r: (r["model"], r["example_id"]))
+    rows_by_model: dict[str, list] = {}
+    for r in gathered:
+        rows_by_model.setdefault(r["model"], []).append(r)
+    short = {m: len(rs) for m, rs in rows_by_model.items() if len(rs) != len(examples)}
+    if short:
+        raise ValueError(f"the {len(rows_paths)} evaluation shards hold {short} rows per model, "
+                         f"expected {len(examples)} each")
+    versions = {r.pop("registry_version", None) for r in rows_by_model.get("champion", [])}
+    if len(versions) > 1:
+        raise ValueError(f"the evaluation shards re-scored different champion versions: {sorted(versions)}")
+    _log(f"[evaluate] gathered {len(gathered)} rows from {len(rows_paths)} shards: "
+         f"{len(rows_by_model)} models x {len(examples)} held-out prompts")
+    return rows_by_model, next(iter(versions), None)
+
+
+def _count_test_use(rcfg, split: str, digest: str, has_candidate: bool) -> int:
+    """This evaluation's use number of the test split against the registered model (counted in the
+    registry: the gate's alpha spending); 1 where nothing is counted (no registry, dev)."""
+    if rcfg is None or split != "test" or not has_candidate:
+        return 1
+    from reset.registry import reserve_test_use
+
+    use = reserve_test_use(rcfg, digest, holder=f"evaluate {tracking.job_id('local')}")
+    if use > 1:
+        _log(f"[evaluate] use {use} of this test split against {rcfg.model_name} (sha256 {digest[:12]}): the gate "
+             "spends alpha over uses")
+    return use
+
+
+def _same_weights(a: str | None, b: str | None) -> bool:
+    if not a or not b:
+        return False
+    da, db = modeling.weights_digest(a), modeling.weights_digest(b)
+    return da is not None and da == db
+
+
+def _unit_values(summary, rows_by_model: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """arm -> primary metric -> {unit: value}: what the experiment's report pools across seeds."""
+    from reset.evaluation.metrics import PRIMARY
+
+    have = {m.key for m in summary.metrics}
+    return {arm: {k: summary.metric(k).values(rows) for k in PRIMARY if k in have}
+            for arm, rows in rows_by_model.items()}
 
 
 HEADLINE = ("if_prompt_acc", "faithfulness")
@@ -740,7 +802,8 @@ def _png_image(data: bytes):
 
 def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_cfg: Section, model_cfg: Section,
              tracking_cfg: Section, parent_run_id: str, *, candidate: str = "reset") -> dict[str, Any]:
-    """Register the candidate as challenger; champion only when the evaluate step's gates passed."""
+    """Register the candidate as challenger; champion only when the evaluate step's gates passed on
+    the test split (a run evaluated on dev never promotes)."""
     from reset.evaluation import GateDecision
     from reset.registry import UNKNOWN, log_and_register
 
@@ -751,22 +814,30 @@ def register(model_dir: str, metrics_path: str, register_cfg: Section, evaluate_
     results = payload.get("metrics", payload)
     if candidate not in results:
         raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
-    gates = ({ref: GateDecision(g["passed"], g["reason"], g.get("deltas", {})) for ref, g in payload["gates"].items()}
-             if "gates" in payload else None)
-    description = "\n".join(payload.get("verdicts", []))
+    split = payload.get("split", "test")
+    gates = ({ref: GateDecision.from_dict(g) for ref, g in payload["gates"].items()}
+             if payload.get("gates") and split == "test" else None)
+    why_not = "" if gates is not None else (
+        "evaluated on the dev split (evaluate.split: dev): a tuning run never promotes" if split == "dev"
+        else "no paired evaluation to gate on")
+    description = "\n".join(payload.get("verdicts", []) + ([f"Decision: {payload['decision']}"]
+                                                            if payload.get("decision") else []))
+    tags = {TEST_DIGEST_TAG if split == "test" else "reset.dev_digest": payload.get("split_digest", ""),
+            "reset.test_use": str(payload.get("test_use", "")), "reset.decision": payload.get("decision", "")[:5000]}
     # the champion the gates compared against: the alias moves only if it still points there
     evaluated = payload.get("champion_version") if gates is not None and rcfg.compare_champion else UNKNOWN
     with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "register", rcfg.model_dump()):
         import mlflow
 
         decision = log_and_register(model_dir, results[candidate], rcfg, ecfg.max_new_tokens, mcfg.system_prompt,
-                                    gates=gates, description=description, evaluated_champion=evaluated)
+                                    gates=gates, description=description, evaluated_champion=evaluated,
+                                    version_tags={k: v for k, v in tags.items() if v}, no_gate_reason=why_not)
         mlflow.log_metrics(_metrics({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
         mlflow.log_metric("promoted", int(decision["promote"]))
         mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
                          "promotion": decision["reason"]})
         verdict = "promoted to" if decision["promote"] else "NOT promoted to"
-        _note(f"{rcfg.model_name} v{decision['version']} @{rcfg.challenger_alias}, {verdict} @{rcfg.champion_alias}")
+        _note(f"{rcfg.model_name} v{decision['version']} @{rcfg.challenger_alias}: {decision['reason']}")
         _log(f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
              f"@{rcfg.champion_alias}: {decision['reason']}")
     return decision

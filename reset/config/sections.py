@@ -132,6 +132,14 @@ class DataSource(Section):
     cap: NonNegativeInt = 0
     """At most this many training examples from this source, after weighting (a seeded sample;
     0 = no cap)."""
+    split: Literal["pool", "test"] = "pool"
+    """pool: rows go into the pool that train, dev (and, without test sources, test) are drawn
+    from. test: a frozen test set: its rows feed only the test split of their kind (never trained
+    or tuned on), read after every pool source, so a test row that duplicates a pool prompt is
+    dropped from the test split."""
+    seed: Int | None = None
+    """Builtin demo sources only: the generator's seed (default data.seed). A test source with its
+    own seed draws new items (new names, numbers and combinations) that no run has looked at."""
 
     @model_validator(mode="before")
     @classmethod
@@ -179,8 +187,13 @@ class DataConfig(Section):
     train_size: NonNegativeInt = 0
     """Training examples in the mixture (0 = as many as the ratio allows)."""
     eval_per_kind: PositiveInt = 30
-    """Held-out evaluation examples per kind (instruction / grounded), stratified by source and
-    task; never trained on."""
+    """Test examples per kind (instruction / grounded): the frozen held-out split that only the
+    final evaluation and the promotion gate read; stratified by source and task; never trained or
+    tuned on. Drawn from the `split: test` sources of the kind when there are any, else from the
+    pool."""
+    dev_per_kind: NonNegativeInt = 30
+    """Dev examples per kind, from the pool (stratified like test): the held-out split to tune on
+    (`evaluate.split: dev`); 0 = no dev split."""
     seen_prompts_per_kind: PositiveInt = 40
     """Seen prompts sampled from the training mixture for self-instruct generation, per kind."""
     max_bad_fraction: Fraction = 0.05
@@ -223,14 +236,23 @@ class DataConfig(Section):
     number_words, number_sentences, existence, forbidden_words, number_bullet_lists,
     english_lowercase, english_capital, no_comma, end_checker, quotation, title, postscript."""
     eval_instruction: NonNegativeInt = 0
-    """Held-out IF examples (0 = eval_per_kind): sized for the IF effect to detect (docs/design.md)."""
+    """Test IF examples (0 = eval_per_kind): sized for the effect the gate must see (docs/design.md)."""
     eval_grounded: NonNegativeInt = 0
-    """Held-out grounded examples (0 = eval_per_kind)."""
+    """Test grounded examples (0 = eval_per_kind)."""
+    dev_instruction: NonNegativeInt = 0
+    """Dev IF examples (0 = dev_per_kind)."""
+    dev_grounded: NonNegativeInt = 0
+    """Dev grounded examples (0 = dev_per_kind)."""
 
     def eval_count(self, kind: str) -> int:
-        """Held-out examples of `kind` ("instruction" or "grounded")."""
+        """Test examples of `kind` ("instruction" or "grounded")."""
         n = self.eval_instruction if kind == "instruction" else self.eval_grounded
         return n or self.eval_per_kind
+
+    def dev_count(self, kind: str) -> int:
+        """Dev examples of `kind` ("instruction" or "grounded")."""
+        n = self.dev_instruction if kind == "instruction" else self.dev_grounded
+        return n or self.dev_per_kind
 
     @model_validator(mode="after")
     def _some_source(self) -> DataConfig:
@@ -557,7 +579,12 @@ class SelectConfig(Section):
 
 # ------------------------------------------------------------------------------------- evaluate
 class EvaluateConfig(Section):
-    """Greedy answers to the held-out prompts."""
+    """Greedy answers to the held-out prompts of one split."""
+
+    split: Literal["test", "dev"] = "test"
+    """Which held-out split the evaluate step scores. test: the frozen split, read only by this
+    final evaluation and the gate (each use against the registry is counted). dev: the split to
+    tune on (configs, thresholds, epochs); a run evaluated on dev never promotes."""
 
     max_new_tokens: PositiveInt = 64
     """Tokens generated per answer at most."""
@@ -569,9 +596,11 @@ class EvaluateConfig(Section):
 
 # ------------------------------------------------------------------------------------- register
 class RegisterConfig(Section):
-    """The MLflow model registry. The ReSet model is registered and aliased challenger; it becomes
-    champion only when this run's own verdict says it is at least as good as the run's MTL model on
-    both axes, and as the current champion re-scored on the same held-out set."""
+    """The MLflow model registry and the promotion gate. The ReSet model is registered and aliased
+    challenger; it becomes champion only when the gate passes on the test split (see
+    reset/evaluation/gate.py): non-inferior to this run's MTL model on both axes within the margins
+    and superior on at least one, and non-inferior to the current champion re-scored on the same
+    split. The gate's error rates at the default sizes: docs/design.md, "The promotion gate"."""
 
     model_name: Annotated[str, Field(min_length=1, pattern=r"\S")] = "reset-demo"
     """Registered model name."""
@@ -579,15 +608,30 @@ class RegisterConfig(Section):
     """Alias of every newly registered version."""
     champion_alias: Annotated[str, Field(min_length=1)] = "champion"
     """Alias moved to a version only when it passes the gates."""
-    tolerance: Fraction = 0.0
-    """A gate passes when each primary axis' paired difference is >= -tolerance."""
+    margin_if: Annotated[float, Field(ge=0.0, lt=0.5), NoBool] = 0.03
+    """Non-inferiority margin on instruction following (IF prompt accuracy): the one-sided lower
+    confidence bound of the paired difference must be above -margin. 0.03: three points of pass
+    rate, about half the effect ReSet showed at demo scale (docs/design.md)."""
+    margin_faithfulness: Annotated[float, Field(ge=0.0, lt=0.5), NoBool] = 0.03
+    """Non-inferiority margin on faithfulness (the gated faithfulness score)."""
+    alpha: Annotated[float, Field(gt=0.0, le=0.2), NoBool] = 0.05
+    """Two-sided level of the gate's intervals (its one-sided bounds and tests are at alpha / 2)."""
+    require_superiority: bool = True
+    """Against MTL, also require superiority on at least one axis (one-sided, Holm over the two
+    axes). Off, a candidate exactly as good as MTL passes whenever its non-inferiority is shown."""
+    champion_superiority: bool = False
+    """Against the current champion, also require superiority (default: non-inferiority only, so
+    a new model that beats its own MTL replaces a champion it is not worse than)."""
+    alpha_spending: bool = True
+    """Spend alpha over the uses of one test split against this registered model: use k is tested
+    at alpha * 6 / (pi^2 k^2) (the uses are counted in the registry by the split's digest), so
+    promoting again and again against one frozen split cannot raise the chance of ever promoting a
+    no-better model above alpha / 2. Off: every use at alpha (and that chance grows with each use)."""
     promote: bool = True
     """Move the champion alias in this run when the gates pass; false: register the challenger
     only (a separate promotion pipeline decides)."""
     compare_champion: bool = True
-    """Evaluate the current champion on this run's held-out set and gate against it too."""
-    require_significant: bool = False
-    """Also require a significant gain (paired p < 0.05) on at least one axis against each reference."""
+    """Evaluate the current champion on this run's test split and gate against it too."""
     export_uri: str = ""
     """Where the final model is exported, once: an s3:// prefix (e.g. s3://reset-models/exports); each
     version goes to <export_uri>/<model_name>/<MLflow run id>/ (the MLflow model, its plain merged
@@ -812,8 +856,10 @@ class ExperimentConfig(Section):
     arms: Annotated[list[Arm], Field(min_length=1)] = Field(default_factory=lambda: list(ARM_NAMES))
     """Arms to train and evaluate (their prerequisites run too): if-only, cd-only, cd-if, if-cd,
     mtl, reset, reset-s and control (MTL plus the same steps on the reference answers)."""
-    seeds: Annotated[list[Int], Field(min_length=1)] = Field(default_factory=lambda: [0])
-    """Training and sampling seeds; every arm runs once per seed on the same split and held-out set."""
+    seeds: Annotated[list[Int], Field(min_length=1)] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
+    """Training and sampling seeds; every arm runs once per seed on the same split and test set. The
+    method, not one trained model, is the unit of inference: the report pools the seeds (crossed
+    seed and prompt effects), so five seeds by default; one seed says something about one model."""
     overlays: dict[Arm, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """arm -> section -> values applied on top of the config for that arm (reset-s has a default:
     more aggressive sampling and select.mode reset-s)."""

@@ -117,7 +117,7 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
         src_rows.append([s["name"], s["slot"], s["format"], s["rows"], s["kept"], s.get("moved", 0),
                          s.get("rejected", {}), s.get("duplicates", {}), s.get("kinds", {}), s.get("splits", {})])
     out.append(("Sources", ["source", "slot", "format", "rows read", "kept", "moved to grounded", "not kept (by reason)",
-                            "duplicates", "kind/task kept", "in train / eval / seen"], src_rows,
+                            "duplicates", "kind/task kept", "in train / dev / test / seen"], src_rows,
                 [f"{s['name']}: {f['file']} ({f['layout']}, {_fmt(f['bytes'])} bytes, sha256 {f['digest'][:16]})"
                  for s in card.get("sources", []) for f in s.get("files", [])]))
     len_rows = []
@@ -141,9 +141,12 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
                                f"prompt + response > model.max_length ({lim.get('max_length')})"], trunc_rows,
                 ["every row is counted (rows that cannot reach a limit by their size are not tokenized)"]))
     split_rows = [[name, sp.get("rows", 0), sp.get("unique", sp.get("rows", 0)), sp.get("by_kind_task", {}),
-                   sp.get("by_source", {})] for name, sp in card.get("splits", {}).items()]
+                   sp.get("by_source", {}), (sp.get("digest") or "")[:16] or "-"]
+                  for name, sp in card.get("splits", {}).items()]
     if split_rows:
-        out.append(("Splits", ["split", "rows", "distinct examples", "kind/task", "source"], split_rows, []))
+        out.append(("Splits", ["split", "rows", "distinct examples", "kind/task", "source", "sha256"], split_rows,
+                    ["test is frozen: only the final evaluation and the promotion gate read it (its digest is "
+                     "recorded on the parent run and the registered model); everything chosen looks at dev"]))
     q = card.get("quarantine", {})
     q_rows = [[k, v] for k, v in q.get("by_category", {}).items()]
     q_notes = [f"{r}: {n}" for r, n in q.get("excluded_reasons", {}).items()] + q.get("first", [])
@@ -151,8 +154,8 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
                 q_rows, q_notes))
     ov = card.get("overlap")
     if ov:
-        out.append((f"Held-out / train overlap (word {ov['n']}-grams of the prompts)",
-                    ["held-out prompts", "measurable", "sharing any n-gram", "sharing at least half", "mean share"],
+        out.append((f"{ov.get('split', 'held-out').capitalize()} / train overlap (word {ov['n']}-grams of the prompts)",
+                    [f"{ov.get('split', 'held-out')} prompts", "measurable", "sharing any n-gram", "sharing at least half", "mean share"],
                     [[ov["heldout"], ov["measurable"], ov["any"], ov["half"], ov["mean_share"]]],
                     [f"{e['id']}: {e['share']:.2f}" for e in ov.get("worst", [])]))
     notes = card.get("notes", [])

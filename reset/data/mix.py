@@ -7,9 +7,13 @@ The recipe, in order (every random choice from one generator seeded with data.se
    rows that are not kept go to the quarantine with file, line and reason;
 2. deduplicate prompts across all sources, first occurrence kept (`reset.data.dedup`: repeated
    ids, exact, normalized and near-duplicate prompts, as data.dedupe says);
-3. hold out `eval_instruction` / `eval_grounded` (default `eval_per_kind`) examples of each
-   kind, stratified by source and task (each (source, task) stratum gets its proportional
-   share, largest remainders first);
+3. hold out, per kind, `dev_instruction` / `dev_grounded` (default `dev_per_kind`) dev examples
+   and `eval_instruction` / `eval_grounded` (default `eval_per_kind`) test examples, stratified by
+   source and task (each (source, task) stratum gets its proportional share, largest remainders
+   first). Test comes from the kind's `split: test` sources when it has any (read after every
+   pool source, so a test prompt that repeats a pool prompt is dropped; drawn with a generator of
+   its own, so the rest of the plan does not depend on the test sources), else from the pool
+   after dev;
 4. weight each source's remaining rows (`weight`: 0.5 a seeded half, 2 each row twice; `cap`
    at most so many), then trim each kind uniformly to the IF:CD ratio and data.train_size;
 5. sample the seen prompts from the distinct training examples, per kind;
@@ -51,10 +55,14 @@ TRUNC_PROMPT, TRUNC_SEQ = 1, 2
 RAW_CHARS = 20_000
 
 
+SPLITS = ("train", "dev", "test", "seen")
+
+
 @dataclass
 class MixResult:
     train: list[Example]
-    eval: list[Example]
+    dev: list[Example]
+    test: list[Example]
     seen: list[Example]
     rejected: list[Rejected]
     stats: dict[str, Any] = field(default_factory=dict)
@@ -200,6 +208,7 @@ class _Source:
     weight: float = 1.0
     cap: int = 0
     report: SourceReport | None = None
+    test: bool = False  # a `split: test` source: its rows feed only the test split
 
 
 class Mixer:
@@ -229,12 +238,13 @@ class Mixer:
         self.stats: dict[str, Any] = {}
         self.dups: dict[str, int] = {}
         self.notes: list[str] = []
+        self.digests: dict[str, str] = {}  # split -> sha256 of its file, once written
 
     # ----------------------------------------------------------------------------------- in
-    def source_index(self, name: str, slot: str = "", weight: float = 1.0, cap: int = 0) -> int:
+    def source_index(self, name: str, slot: str = "", weight: float = 1.0, cap: int = 0, test: bool = False) -> int:
         if name not in self._by_name:
             self._by_name[name] = len(self.sources)
-            self.sources.append(_Source(name, slot, weight, cap))
+            self.sources.append(_Source(name, slot, weight, cap, test=test))
         return self._by_name[name]
 
     def read(self, src: DataSource, slot: str, cache_dir: str = "") -> SourceReport:
@@ -242,7 +252,7 @@ class Mixer:
         name = source_name(src)
         if name in self._by_name:  # two sources with one name: tell them apart
             name = f"{name}-{len(self.sources) + 1}"
-        si = self.source_index(name, slot, src.weight, src.cap)
+        si = self.source_index(name, slot, src.weight, src.cap, test=src.split == "test")
         reader = SourceReader(src if src.name == name else src.model_copy(update={"name": name}), slot, self.cfg,
                               cache_dir)
         self.sources[si].report = reader.report
@@ -341,28 +351,44 @@ class Mixer:
     def _plan(self, alive: np.ndarray) -> dict[str, np.ndarray]:
         cfg = self.cfg
         rng = np.random.default_rng(cfg.seed)
+        test_rng = np.random.default_rng([cfg.seed, 7])  # test from test sources: a generator of its own
+        is_test_src = np.array([s.test for s in self.sources] or [False], bool)
+        from_test = is_test_src[self.src[alive]]
         kind = self.kind[alive]
-        evals: list[np.ndarray] = []
+        devs: list[np.ndarray] = []
+        tests: list[np.ndarray] = []
         pools: dict[int, list[np.ndarray]] = {0: [], 1: []}
         valid = {}
         for k in (0, 1):
-            rows = alive[kind == k]
-            valid[k] = len(rows)
-            if not len(rows):
+            rows = alive[(kind == k) & ~from_test]
+            test_rows = alive[(kind == k) & from_test]
+            has_test_src = any(s.test and s.slot == KINDS[k] for s in self.sources) or len(test_rows) > 0
+            valid[k] = len(rows) + len(test_rows)
+            n_dev, n_test = cfg.dev_count(KINDS[k]), cfg.eval_count(KINDS[k])
+            carve = 0 if has_test_src else n_test
+            if not len(rows) and not len(test_rows):
                 continue
-            want = cfg.eval_count(KINDS[k])
-            if len(rows) <= want:
-                key = f"eval_{KINDS[k]}" if want != cfg.eval_per_kind else "eval_per_kind"
+            if len(rows) <= n_dev + carve:
                 raise DataError(
-                    f"data.{key}: {want} held-out {KINDS[k]} examples requested but only "
-                    f"{len(rows)} valid {KINDS[k]} examples exist (training needs at least one more)")
+                    f"data: {n_dev} dev {'' if has_test_src else f'+ {n_test} test '}{KINDS[k]} examples requested "
+                    f"({self._size_keys(k, has_test_src)}) but only {len(rows)} valid {KINDS[k]} examples are in the "
+                    "pool (training needs at least one more)")
+            if has_test_src:
+                if len(test_rows) < n_test:
+                    raise DataError(
+                        f"data.{self._test_key(k)}: {n_test} test {KINDS[k]} examples requested but the `split: test` "
+                        f"sources hold only {len(test_rows)} valid ones that repeat no pool prompt")
+                tests.append(self._stratified(test_rows, n_test, test_rng))
             strata = self.src[rows].astype(np.int64) * 8 + self.task[rows]
             keys, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
-            alloc = _allocate(sizes, want)
+            alloc_dev = _allocate(sizes, n_dev) if n_dev else np.zeros(len(sizes), np.int64)
+            alloc_test = _allocate(sizes - alloc_dev, carve) if carve else np.zeros(len(sizes), np.int64)
             for j in range(len(keys)):
                 members = rng.permutation(rows[inverse == j])
-                evals.append(members[: alloc[j]])
-                pools[k].append(members[alloc[j]:])
+                a, b = alloc_dev[j], alloc_dev[j] + alloc_test[j]
+                devs.append(members[:a])
+                tests.append(members[a:b])
+                pools[k].append(members[b:])
         train_pool: dict[int, np.ndarray] = {}
         for k in (0, 1):
             rest = np.concatenate(pools[k]) if pools[k] else np.zeros(0, np.int64)
@@ -387,15 +413,34 @@ class Mixer:
             distinct = np.unique(train[self.kind[train] == k])
             if len(distinct):
                 seen.append(rng.choice(distinct, size=min(cfg.seen_prompts_per_kind, len(distinct)), replace=False))
-        eval_idx = np.concatenate(evals).astype(np.int64) if evals else np.zeros(0, np.int64)
-        seen_idx = np.concatenate(seen).astype(np.int64) if seen else np.zeros(0, np.int64)
+
+        def cat(parts: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+        dev_idx, test_idx, seen_idx = cat(devs), cat(tests), cat(seen)
         self.stats = {
             "valid_instruction": valid[0], "valid_grounded": valid[1],
             "train_instruction": int(n_if), "train_grounded": int(n_cd),
-            "train": int(len(train)), "eval": int(len(eval_idx)), "seen_prompts": int(len(seen_idx)),
-            "rejected": int(self.quarantine.total),
+            "train": int(len(train)), "dev": int(len(dev_idx)), "test": int(len(test_idx)),
+            "seen_prompts": int(len(seen_idx)), "rejected": int(self.quarantine.total),
         }
-        return {"train": train, "eval": eval_idx, "seen": seen_idx}
+        return {"train": train, "dev": dev_idx, "test": test_idx, "seen": seen_idx}
+
+    def _stratified(self, rows: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """`n` of `rows`, stratified by source and task (proportional shares, largest remainders)."""
+        strata = self.src[rows].astype(np.int64) * 8 + self.task[rows]
+        keys, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
+        alloc = _allocate(sizes, n) if n < len(rows) else sizes
+        return np.concatenate([rng.permutation(rows[inverse == j])[: alloc[j]] for j in range(len(keys))])
+
+    def _test_key(self, k: int) -> str:
+        cfg = self.cfg
+        return f"eval_{KINDS[k]}" if cfg.eval_count(KINDS[k]) != cfg.eval_per_kind else "eval_per_kind"
+
+    def _size_keys(self, k: int, has_test_src: bool) -> str:
+        cfg = self.cfg
+        dev = f"dev_{KINDS[k]}" if cfg.dev_count(KINDS[k]) != cfg.dev_per_kind else "dev_per_kind"
+        return f"data.{dev}" + ("" if has_test_src else f", data.{self._test_key(k)}")
 
     # ---------------------------------------------------------------------------------- out
     def examples(self, which: str) -> list[Example]:
@@ -414,6 +459,7 @@ class Mixer:
                     fh.write(line)
             os.replace(tmp, path)
             out[which] = {"path": path, "rows": int(len(self.plan[which])), "digest": h.hexdigest()}
+            self.digests[which] = h.hexdigest()
         return out
 
     def _lines(self, idx: np.ndarray) -> Iterator[bytes]:
@@ -424,11 +470,11 @@ class Mixer:
             for ex in self.store.get(idx.tolist()):
                 yield (json.dumps(to_row(ex), ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
 
-    def overlap(self) -> dict[str, Any] | None:
-        """The n-gram overlap of the held-out prompts with the distinct training prompts."""
-        if not self.plan or not len(self.plan["eval"]):
+    def overlap(self, which: str = "test") -> dict[str, Any] | None:
+        """The n-gram overlap of the `which` split's prompts with the distinct training prompts."""
+        if not self.plan or not len(self.plan[which]):
             return None
-        eval_idx = self.plan["eval"]
+        eval_idx = self.plan[which]
         heldout = self.store.get(eval_idx.tolist())
         distinct = np.unique(self.plan["train"])
         if self._spooled:
@@ -453,7 +499,7 @@ class Mixer:
         ok = ~np.isnan(shares)
         order = np.argsort(-np.where(ok, shares, -1.0), kind="stable")
         worst = [{"id": heldout[i].id, "share": float(shares[i])} for i in order[:5] if ok[i] and shares[i] > 0]
-        return {"n": self.cfg.overlap_ngram, "heldout": len(heldout), "measurable": int(ok.sum()),
+        return {"n": self.cfg.overlap_ngram, "split": which, "heldout": len(heldout), "measurable": int(ok.sum()),
                 "any": int((shares[ok] > 0).sum()), "half": int((shares[ok] >= 0.5).sum()),
                 "mean_share": round(float(shares[ok].mean()), 4) if ok.any() else 0.0, "worst": worst}
 
@@ -490,7 +536,8 @@ class Mixer:
                 entry["unknown_fields"] = dict(rep.unknown_fields)
                 entry["notes"] = dict(rep.notes)
             if self.plan:
-                entry["splits"] = {w: int((self.src[self.plan[w]] == si).sum()) for w in ("train", "eval", "seen")}
+                entry["splits"] = {w: int((self.src[self.plan[w]] == si).sum()) for w in SPLITS}
+            entry["split"] = "test" if s.test else "pool"
             sample = self._samples.get(si)
             if m is not None and sample is not None and sample.items:
                 lengths = m.measure(sample.items)
@@ -505,6 +552,7 @@ class Mixer:
             by_src = {self.sources[s].name: int(c) for s, c in zip(*np.unique(self.src[idx], return_counts=True),
                                                                     strict=True)}
             splits[w] = {"rows": int(len(idx)), "unique": int(len(np.unique(idx))), "by_kind_task": kt,
+                         "digest": self.digests.get(w, ""),
                          "by_source": by_src,
                          "truncated_prompt": int(((self.flag[idx] & TRUNC_PROMPT) > 0).sum()),
                          "truncated_sequence": int(((self.flag[idx] & TRUNC_SEQ) > 0).sum())}
@@ -531,7 +579,8 @@ class Mixer:
             "limits": {"max_length": m.max_length if m else 0, "max_prompt_length": m.max_prompt_length if m else 0},
             "card_sample": self.cfg.card_sample,
             "recipe": {k: getattr(self.cfg, k) for k in ("instruction_fraction", "train_size", "eval_per_kind",
-                                                        "eval_instruction", "eval_grounded", "seen_prompts_per_kind", "dedupe", "near_duplicate_threshold",
+                                                        "eval_instruction", "eval_grounded", "dev_per_kind",
+                                                        "dev_instruction", "dev_grounded", "seen_prompts_per_kind", "dedupe", "near_duplicate_threshold",
                                                         "max_bad_fraction", "unknown_fields")},
             "sources": srcs, "splits": splits, "dedupe": dict(self.dups),
             "quarantine": {"total": q.total, "by_category": dict(q.by_category), "excluded_reasons": excluded,
@@ -589,8 +638,9 @@ def mix(instruction: Sequence[Example], grounded: Sequence[Example], cfg: DataCo
         file, line = (origins or {}).get(id(ex), (ex.source, mixer.n + 1))
         mixer.add(ex, si, file, line)
     mixer.finish()
-    return MixResult(train=mixer.examples("train"), eval=mixer.examples("eval"), seen=mixer.examples("seen"),
-                     rejected=list(q.first), stats=mixer.stats, card=mixer.card(overlap=mixer.overlap()))
+    return MixResult(train=mixer.examples("train"), dev=mixer.examples("dev"), test=mixer.examples("test"),
+                     seen=mixer.examples("seen"), rejected=list(q.first), stats=mixer.stats,
+                     card=mixer.card(overlap=mixer.overlap()))
 
 
 @dataclass
@@ -602,18 +652,22 @@ class MixReport:
     quarantine: QuarantineWriter
 
 
-def mix_to_files(cfg: DataConfig, *, out_train: str, out_eval: str, out_seen: str, out_rejected: str,
+def mix_to_files(cfg: DataConfig, *, out_train: str, out_dev: str, out_test: str, out_seen: str, out_rejected: str,
                  meter: LengthMeter | None = None, cache_dir: str = "", title: str = "") -> MixReport:
-    """The mix step's work, streamed: read every configured source, mix, write the three splits and
-    the quarantine (JSONL), and build the data card. Peak memory does not grow with row size."""
+    """The mix step's work, streamed: read every configured source (the pool sources first, then
+    the `split: test` ones), mix, write the four splits (train, dev, test, seen prompts) and the
+    quarantine (JSONL), and build the data card (with each split's digest). Peak memory does not
+    grow with row size."""
     q = QuarantineWriter(out_rejected)
     mixer = Mixer(cfg, quarantine=q, meter=meter, spool_dir=os.path.dirname(os.path.abspath(out_train)))
     try:
-        for slot in KINDS:
-            for src in getattr(cfg, slot):
-                mixer.read(src, slot, cache_dir)
+        for split in ("pool", "test"):
+            for slot in KINDS:
+                for src in getattr(cfg, slot):
+                    if src.split == split:
+                        mixer.read(src, slot, cache_dir)
         mixer.finish()
-        outputs = mixer.write({"train": out_train, "eval": out_eval, "seen": out_seen})
+        outputs = mixer.write({"train": out_train, "dev": out_dev, "test": out_test, "seen": out_seen})
         card = mixer.card(title=title, overlap=mixer.overlap())
         q.close()
         mixer.stats["rejected"] = q.total

@@ -23,8 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reset.evaluation.statistics import Estimate, wilson_interval
-from reset.evaluation.summary import Summary, verdicts
+from reset.evaluation.statistics import Estimate, format_p, wilson_interval
+from reset.evaluation.summary import AXIS_NAMES, FamilyRow, Summary, holm_family, verdicts
 
 # The columns of the main tables (those with data are shown).
 TABLE_KEYS = (
@@ -98,7 +98,7 @@ def interval_table(summary: Summary, keys: Sequence[str] | None = None) -> str:
 
 def paired_table(summary: Summary, keys: Sequence[str] | None = None) -> str:
     """Markdown: one row per arm other than the reference, each cell the paired difference, its 95%
-    interval and p (exact McNemar for rates, paired bootstrap for means)."""
+    interval and p (McNemar's score test and Tango's interval for rates, the paired t for means)."""
     if summary.reference is None or not summary.comparisons:
         return "(no reference arm to compare with)"
     cols = table_keys(summary, keys)
@@ -114,7 +114,8 @@ def paired_table(summary: Summary, keys: Sequence[str] | None = None) -> str:
 def footnotes(summary: Summary, keys: Sequence[str] | None = None) -> list[str]:
     pct = f"{summary.confidence:.0%}"
     notes = [f"Intervals: {pct}; Wilson for rates, percentile bootstrap for means. Paired differences: rates by "
-             "exact McNemar (Newcombe's interval), means by paired bootstrap; units paired by example id."]
+             "McNemar's score test with Tango's interval, means by the paired t-test with its t interval (one "
+             "statistic each: an interval that excludes 0 goes with p < 0.05); units paired by example id."]
     by_judges: dict[tuple[str, ...], list[str]] = {}
     for k in table_keys(summary, keys):
         if k in summary.selection:
@@ -123,6 +124,19 @@ def footnotes(summary: Summary, keys: Sequence[str] | None = None) -> list[str]:
         notes.append(f"{DAGGER} shares its measure with the selection judge(s) {', '.join(judges)}: "
                      f"{', '.join(labels)}.")
     return notes
+
+
+def holm_table(rows: Sequence[FamilyRow], reference: str = "MTL", labels: Summary | None = None) -> str:
+    """Markdown: each comparison of the family with its difference, interval, raw and Holm p."""
+    if not rows:
+        return "(no other comparisons)"
+    name = labels.label if labels is not None else (lambda a: a)
+    lines = ["| Comparison | Axis | Difference [95%] | p | Holm p |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        who = r.arm if " vs " in r.arm else f"{name(r.arm)} vs {reference}"
+        lines.append(f"| {who} | {AXIS_NAMES.get(r.axis, r.axis)} | {r.test.format(3).rsplit(' (', 1)[0]} | "
+                     f"{format_p(r.test.p_value)} | {format_p(r.p_holm)} |")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -171,7 +185,7 @@ def keep_rate_table(keep_rates: Mapping[str, Any] | None) -> str:
 
 def markdown_report(summary: Summary, *, keep_rates: Mapping[str, Any] | None = None,
                     title: str = "ReSet: held-out comparison", keys: Sequence[str] | None = None,
-                    extra: Sequence[str] = ()) -> str:
+                    extra: Sequence[str] = (), primary: Sequence[str] = ("reset",)) -> str:
     """The report in Markdown (KFP's Markdown visualization renders it): verdicts, the interval
     table, the paired table, notes and keep rates."""
     parts = [f"# {title}", ""]
@@ -183,6 +197,13 @@ def markdown_report(summary: Summary, *, keep_rates: Mapping[str, Any] | None = 
     if summary.comparisons:
         parts += [f"## Paired against {summary.label(summary.reference or '')}", "", paired_table(summary, keys), ""]
     parts += [f"- {n}" for n in footnotes(summary, keys)] + [f"- {e}" for e in extra] + [""]
+    family = holm_family(summary, primary=primary)
+    if family:
+        parts += ["## Other comparisons (Holm-adjusted over the family)", "",
+                  f"The primary hypothesis ({', '.join(summary.label(a) for a in primary)} against "
+                  f"{summary.label(summary.reference or '')}) is the gate's; every other arm and axis is one "
+                  "family, its p-values Holm-adjusted.", "",
+                  holm_table(family, summary.label(summary.reference or ""), summary), ""]
     families = [m.key for m in summary.metrics if m.key.startswith("if_family.")]
     if families:
         parts += ["## Instruction following per constraint family", "", interval_table(summary, families), ""]

@@ -1,49 +1,43 @@
-"""Intervals, paired tests and sample sizes for comparing evaluated models on one held-out set.
+"""Intervals and paired tests for comparing evaluated models on one held-out set.
 
-Everything here is plain numpy / math (no scipy at run time); the tests check it against scipy and
-statsmodels. A figure is an `Estimate` (value, interval, n, method); a paired comparison of two
-models on the same units (prompts, instructions, grounded items) is a `PairedTest` (difference,
-its interval, a two-sided p-value, n).
+Everything here is plain numpy / math (no scipy at run time); the tests check it against scipy,
+statsmodels and published worked examples. A figure is an `Estimate` (value, interval, n,
+method); a paired comparison of two models on the same units (prompts, instructions, grounded
+items) is a `PairedTest`: the difference, its interval and a two-sided p-value that come from ONE
+test statistic, so they always agree (the interval excludes 0 exactly when p < 1 - confidence).
 
 Rates (pass / fail per unit)
-  wilson_interval(successes, n)          Wilson score interval (no continuity correction).
-  rate_estimate(flags)                   the rate with its Wilson interval.
-  mcnemar_exact(first, second)           exact McNemar: two-sided binomial test (p = 1/2) on the
-                                         discordant pairs; counts of each kind of discordance.
-  newcombe_paired_interval(table)        interval for the difference of two paired rates (Newcombe
-                                         1998, method 10: Wilson intervals of the two margins,
-                                         square-and-add with the continuity-corrected phi).
-  paired_rate_test(first, second)        difference of rates: Newcombe interval, exact McNemar p.
+  wilson_interval(successes, n)       Wilson score interval (no continuity correction).
+  rate_estimate(flags)                the rate with its Wilson interval.
+  paired_rate_test(first, second)     difference of paired rates: the asymptotic McNemar test (the
+                                      score test, no continuity correction) and Tango's (1998)
+                                      score interval, which inverts that same score statistic
+                                      (Fagerland, Lydersen & Laake 2013 / 2014 recommend both).
+  paired_rate_test_counts(b, c, n)    the same from the discordant counts.
 
 Means (a score per unit)
-  bootstrap_interval(values)             percentile bootstrap interval of the mean (seeded).
-  mean_estimate(values)                  the mean with its bootstrap interval.
-  paired_bootstrap(first, second)        mean of the paired differences, its percentile bootstrap
-                                         interval (the units are resampled together) and a
-                                         two-sided p-value: twice the smaller share of resampled
-                                         differences on either side of 0 (with the usual +1), the
-                                         smallest level at which the interval would exclude 0.
+  bootstrap_interval(values)          percentile bootstrap interval of one arm's mean (seeded).
+  mean_estimate(values)               the mean with its bootstrap interval.
+  paired_mean_test(first, second)     the mean paired difference: paired t-test and its t interval.
 
-Sample size and power (two-sided tests)
-  sample_size_paired_proportions(delta, discordant)   Connor (1987) for McNemar's test (exact=True:
-                                                      enough for the exact test's power).
-  power_paired_proportions(n, delta, discordant)      exact power of the exact McNemar test.
-  sample_size_paired_means(delta, sd_diff)            normal approximation with Guenther's
-                                                      correction (+ z_{a/2}^2 / 2) for the t-test.
-  power_paired_means(n, delta, sd_diff)               the same approximation, as power.
+Any PairedTest can be re-read at another level (`test.at(0.99)`: the gate's alpha spending) and
+against a shifted null (`test.p_above(-0.03)`: a non-inferiority p-value), from the sufficient
+statistics it keeps (the discordant counts, or the mean difference with its standard error).
+
+  holm(p_values)                      Holm's step-down adjusted p-values (a family of comparisons).
+  t_cdf(x, df), t_ppf(q, df)          Student's t distribution (df may be fractional or inf).
 
 Conventions: n = 0 gives a NaN value (a rate's Wilson interval is then the whole [0, 1]; a mean's
-interval NaN); a bootstrap interval needs n >= 2 (NaN below). The percentile bootstrap under-covers
-for small n (below about 20 units its 95% interval is too narrow): report n beside it. Seeds: every
-bootstrap takes `seed` (default 0) and draws its resamples from numpy's default_rng(seed), so the
-same input gives the same interval.
+interval NaN); a bootstrap interval and a paired t need n >= 2 (NaN below). Seeds: every
+bootstrap takes `seed` (default 0) and draws its resamples from numpy's default_rng(seed).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -52,6 +46,7 @@ import numpy as np
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 _CHUNK = 1_000  # bootstrap resamples drawn at a time (bounds memory for long inputs)
+_NORMAL = NormalDist()
 
 
 # ------------------------------------------------------------------------------------ results
@@ -80,11 +75,13 @@ class Estimate:
 
 @dataclass(frozen=True)
 class PairedTest:
-    """`first` minus `second` on the same units: the difference, its interval and a two-sided p.
+    """`first` minus `second` on the same units: the difference, its interval and a two-sided p,
+    all from one statistic.
 
-    test: "mcnemar-exact" (pass / fail; `wins` = units only `first` passes, `losses` = only
-    `second`) or "paired-bootstrap" (scores; wins / losses count units with a positive / negative
-    difference). interval: "newcombe" or "bootstrap-percentile"."""
+    test "mcnemar-score" (pass / fail; `wins` = units only `first` passes, `losses` = only
+    `second`), interval "tango-score"; or test "paired-t" (scores; wins / losses count units with a
+    positive / negative difference), interval "t". `statistic` is the score z or the t at 0; `se`
+    and `df` the standard error and degrees of freedom of a t (df inf: normal)."""
 
     diff: float
     low: float
@@ -96,21 +93,57 @@ class PairedTest:
     wins: int
     losses: int
     confidence: float = CONFIDENCE
+    statistic: float = math.nan
+    se: float = math.nan
+    df: float = math.inf
 
     @property
     def significant(self) -> bool:
-        """p below 1 - confidence (0.05 for 95% intervals)."""
+        """p below 1 - confidence (0.05 for 95% intervals): the interval excludes 0."""
         return not math.isnan(self.p_value) and self.p_value < 1.0 - self.confidence
 
     def format(self, digits: int = 2) -> str:
-        """'+0.07 [0.01, 0.13] (p=0.03)'; 'n/a' without paired units."""
+        """'+0.07 [+0.01, +0.13] (p=0.030)'; 'n/a' without paired units."""
         if self.n == 0 or math.isnan(self.diff):
             return "n/a"
         d = digits
+        if math.isnan(self.low):
+            return f"{self.diff:+.{d}f} [n/a]"
         return f"{self.diff:+.{d}f} [{self.low:+.{d}f}, {self.high:+.{d}f}] ({format_p(self.p_value)})"
 
+    def at(self, confidence: float) -> PairedTest:
+        """The same comparison with its interval at another confidence level (p is unchanged)."""
+        _check_confidence(confidence)
+        if self.n == 0 or math.isnan(self.diff):
+            return replace(self, confidence=confidence)
+        if self.test == "mcnemar-score":
+            low, high = tango_interval(self.wins, self.losses, self.n, confidence)
+        else:
+            low, high = _t_interval(self.diff, self.se, self.df, confidence)
+        return replace(self, low=low, high=high, confidence=confidence)
+
+    def p_above(self, delta0: float = 0.0) -> float:
+        """One-sided p-value of H0: difference <= delta0 against H1: difference > delta0 (delta0 =
+        -margin: non-inferiority; 0: superiority). Agrees with the intervals: the lower end of the
+        two-sided level-(1 - 2a) interval is above delta0 exactly when this p < a."""
+        if self.n == 0 or math.isnan(self.diff):
+            return math.nan
+        if self.test == "mcnemar-score":
+            return 1.0 - _NORMAL.cdf(tango_z(self.wins, self.losses, self.n, delta0))
+        if not self.se > 0:  # every paired difference equal: the difference is known exactly
+            return 0.0 if self.diff > delta0 else 1.0
+        return 1.0 - t_cdf((self.diff - delta0) / self.se, self.df)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-able: df inf (a normal statistic) as None."""
+        d = asdict(self)
+        d["df"] = None if math.isinf(self.df) else self.df
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PairedTest:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: (math.inf if k == "df" and v is None else v) for k, v in d.items() if k in names})
 
 
 def format_p(p: float) -> str:
@@ -127,12 +160,100 @@ def format_p(p: float) -> str:
 def z_value(confidence: float = CONFIDENCE) -> float:
     """The two-sided normal quantile of a confidence level (1.959964 for 0.95)."""
     _check_confidence(confidence)
-    return NormalDist().inv_cdf(1.0 - (1.0 - confidence) / 2.0)
+    return _NORMAL.inv_cdf(1.0 - (1.0 - confidence) / 2.0)
 
 
 def _check_confidence(confidence: float) -> None:
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+
+
+# ------------------------------------------------------------------------ Student's t, plainly
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_cdf(x: float, df: float) -> float:
+    """P(T <= x) for Student's t with `df` degrees of freedom (df > 0, fractional allowed; inf: normal)."""
+    if math.isnan(x) or math.isnan(df):
+        return math.nan
+    if math.isinf(df):
+        return _NORMAL.cdf(x)
+    if df <= 0:
+        raise ValueError(f"degrees of freedom must be > 0, got {df}")
+    if math.isinf(x):
+        return 1.0 if x > 0 else 0.0
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + x * x))
+    return 1.0 - tail if x > 0 else tail
+
+
+@functools.lru_cache(maxsize=4096)
+def t_ppf(q: float, df: float) -> float:
+    """The q-quantile of Student's t (bisection on t_cdf to 1e-12; inf df: normal)."""
+    if not 0.0 < q < 1.0:
+        raise ValueError(f"q must be in (0, 1), got {q}")
+    if math.isinf(df):
+        return _NORMAL.inv_cdf(q)
+    if q == 0.5:
+        return 0.0
+    lo, hi = -1.0, 1.0
+    while t_cdf(lo, df) > q:
+        lo *= 2.0
+    while t_cdf(hi, df) < q:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2.0
+        if t_cdf(mid, df) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, abs(mid)):
+            break
+    return (lo + hi) / 2.0
+
+
+def _t_interval(diff: float, se: float, df: float, confidence: float) -> tuple[float, float]:
+    if math.isnan(se):
+        return math.nan, math.nan
+    if se == 0:
+        return diff, diff
+    half = t_ppf(1.0 - (1.0 - confidence) / 2.0, df) * se
+    return diff - half, diff + half
 
 
 # -------------------------------------------------------------------------------------- rates
@@ -162,87 +283,75 @@ def rate_estimate(flags: Sequence[bool], confidence: float = CONFIDENCE) -> Esti
     return Estimate(k / n if n else math.nan, low, high, n, "wilson", confidence)
 
 
-def _binom_half_cdf(k: int, n: int) -> float:
-    """P(X <= k) for X ~ Binomial(n, 1/2), exactly (integer arithmetic, one rounding)."""
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    return sum(math.comb(n, i) for i in range(k + 1)) / (1 << n)
+def tango_z(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's (1998) score statistic for H0: p_first - p_second = delta on n pairs, b of which
+    only the first model passes and c only the second. At delta = 0 it is McNemar's statistic
+    (b - c) / sqrt(b + c). Decreasing in delta."""
+    if b < 0 or c < 0 or n < b + c or n <= 0:
+        raise ValueError(f"need 0 <= b, c and b + c <= n > 0, got b={b}, c={c}, n={n}")
+    if not -1.0 <= delta <= 1.0:
+        raise ValueError(f"delta must be in [-1, 1], got {delta}")
+    num = b - c - n * delta
+    if delta == 0.0:
+        return 0.0 if b + c == 0 else num / math.sqrt(b + c)
+    # the constrained MLE of the second-only cell (the positive root of A x^2 + B x + C = 0)
+    a_, b_ = 2.0 * n, -b - c + (2.0 * n - b + c) * delta
+    c_ = -c * delta * (1.0 - delta)
+    x = (-b_ + math.sqrt(max(b_ * b_ - 4.0 * a_ * c_, 0.0))) / (2.0 * a_)
+    var = n * (2.0 * x + delta * (1.0 - delta))
+    if var <= 0.0:
+        return math.copysign(math.inf, num) if num else 0.0
+    return num / math.sqrt(var)
 
 
-@dataclass(frozen=True)
-class McNemar:
-    """Exact McNemar test: first_only / second_only = discordant pairs of each kind."""
-
-    first_only: int
-    second_only: int
-    p_value: float
-    n: int
-
-
-def mcnemar_exact_counts(first_only: int, second_only: int, n: int | None = None) -> McNemar:
-    """Exact McNemar from the discordant counts: two-sided binomial test with p = 1/2 on
-    first_only out of first_only + second_only (p = 1.0 when there is no discordant pair)."""
-    if first_only < 0 or second_only < 0:
-        raise ValueError("discordant counts must be >= 0")
-    m = first_only + second_only
-    p = 1.0 if m == 0 else min(1.0, 2.0 * _binom_half_cdf(min(first_only, second_only), m))
-    return McNemar(first_only, second_only, p, m if n is None else n)
-
-
-def mcnemar_exact(first: Sequence[bool], second: Sequence[bool]) -> McNemar:
-    """Exact McNemar on paired pass / fail flags (same units, same order)."""
-    _same_length(first, second)
-    b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
-    c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
-    return mcnemar_exact_counts(b, c, len(first))
-
-
-def newcombe_paired_interval(both: int, first_only: int, second_only: int, neither: int,
-                             confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """Interval of p_first - p_second for paired rates (Newcombe 1998, method 10).
-
-    p_first = (both + first_only) / n, p_second = (both + second_only) / n. Each margin gets its
-    Wilson interval; the two are combined by square-and-add, corrected for the correlation of the
-    margins (phi, with Newcombe's continuity correction). NaN without units."""
-    counts = (both, first_only, second_only, neither)
-    if min(counts) < 0:
-        raise ValueError("counts must be >= 0")
-    n = sum(counts)
+def tango_interval(b: int, c: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Tango's score interval of p_first - p_second: every delta the two-sided score test at
+    1 - confidence does not reject. NaN without pairs."""
+    _check_confidence(confidence)
     if n == 0:
         return math.nan, math.nan
-    r1, r2 = both + first_only, both + second_only  # successes of first / second
-    p1, p2 = r1 / n, r2 / n
-    l1, u1 = wilson_interval(r1, n, confidence)
-    l2, u2 = wilson_interval(r2, n, confidence)
-    phi = 0.0
-    if 0 < r1 < n and 0 < r2 < n:
-        a = both * neither - first_only * second_only
-        if a > n / 2:
-            a -= n / 2
-        elif a >= 0:
-            a = 0.0
-        phi = a / math.sqrt(r1 * (n - r1) * r2 * (n - r2))
-    d = p1 - p2
-    low = d - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    high = d + math.sqrt(max(0.0, (p2 - l2) ** 2 - 2 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1) ** 2))
+    z = z_value(confidence)
+    d = (b - c) / n
+    eps = 1e-12
+
+    def root(lo: float, hi: float, target: float) -> float:
+        # tango_z is decreasing: find delta in [lo, hi] with tango_z(delta) = target
+        for _ in range(200):
+            mid = (lo + hi) / 2.0
+            if tango_z(b, c, n, mid) > target:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-13:
+                break
+        return (lo + hi) / 2.0
+
+    low = -1.0 if tango_z(b, c, n, -1.0 + eps) <= z else root(-1.0 + eps, d, z)
+    high = 1.0 if tango_z(b, c, n, 1.0 - eps) >= -z else root(d, 1.0 - eps, -z)
     return max(-1.0, low), min(1.0, high)
 
 
-def paired_rate_test(first: Sequence[bool], second: Sequence[bool], confidence: float = CONFIDENCE) -> PairedTest:
-    """rate(first) - rate(second) on the same units: Newcombe interval, exact McNemar p."""
-    _same_length(first, second)
-    pairs = list(zip(first, second, strict=True))
-    both = sum(1 for x, y in pairs if x and y)
-    b = sum(1 for x, y in pairs if x and not y)
-    c = sum(1 for x, y in pairs if y and not x)
-    n = len(pairs)
+def paired_rate_test_counts(b: int, c: int, n: int, confidence: float = CONFIDENCE) -> PairedTest:
+    """rate(first) - rate(second) from the discordant counts: McNemar's score test and Tango's
+    interval (they agree: the interval excludes 0 exactly when p < 1 - confidence)."""
+    if b < 0 or c < 0 or n < b + c:
+        raise ValueError(f"need 0 <= b, c and b + c <= n, got b={b}, c={c}, n={n}")
     if n == 0:
-        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, "mcnemar-exact", "newcombe", 0, 0, confidence)
-    low, high = newcombe_paired_interval(both, b, c, n - both - b - c, confidence)
-    p = mcnemar_exact_counts(b, c, n).p_value
-    return PairedTest((b - c) / n, low, high, p, n, "mcnemar-exact", "newcombe", b, c, confidence)
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, "mcnemar-score", "tango-score", 0, 0,
+                          confidence)
+    z0 = tango_z(b, c, n, 0.0)
+    p = 2.0 * (1.0 - _NORMAL.cdf(abs(z0)))
+    low, high = tango_interval(b, c, n, confidence)
+    return PairedTest((b - c) / n, low, high, min(1.0, p), n, "mcnemar-score", "tango-score", b, c, confidence,
+                      statistic=z0)
+
+
+def paired_rate_test(first: Sequence[bool], second: Sequence[bool], confidence: float = CONFIDENCE) -> PairedTest:
+    """rate(first) - rate(second) on the same units (same order)."""
+    _same_length(first, second)
+    b = sum(1 for x, y in zip(first, second, strict=True) if x and not y)
+    c = sum(1 for x, y in zip(first, second, strict=True) if y and not x)
+    return paired_rate_test_counts(b, c, len(first), confidence)
 
 
 # -------------------------------------------------------------------------------------- means
@@ -267,16 +376,12 @@ def _as_array(values: Sequence[float]) -> np.ndarray:
     return arr
 
 
-def _check_resamples(n_resamples: int) -> None:
-    if n_resamples < 100:
-        raise ValueError(f"n_resamples must be >= 100, got {n_resamples}")
-
-
 def bootstrap_interval(values: Sequence[float], *, confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
                        seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean (NaN for fewer than 2 values)."""
     _check_confidence(confidence)
-    _check_resamples(n_resamples)
+    if n_resamples < 100:
+        raise ValueError(f"n_resamples must be >= 100, got {n_resamples}")
     arr = _as_array(values)
     if arr.size < 2:
         return math.nan, math.nan
@@ -295,32 +400,28 @@ def mean_estimate(values: Sequence[float], *, confidence: float = CONFIDENCE, n_
     return Estimate(value, low, high, int(arr.size), "bootstrap", confidence)
 
 
-def paired_bootstrap(first: Sequence[float], second: Sequence[float], *, confidence: float = CONFIDENCE,
-                     n_resamples: int = N_RESAMPLES, seed: int = 0) -> PairedTest:
-    """mean(first - second) on the same units, its percentile bootstrap interval (units resampled
-    as pairs) and a two-sided p-value: min(1, 2 (1 + min(#{d* <= 0}, #{d* >= 0})) / (B + 1)) over
-    the B resampled mean differences d*. An interval that excludes 0 goes with p < 1 - confidence
-    (up to the +1), so the verdict's interval and p never disagree."""
+def paired_mean_test(first: Sequence[float], second: Sequence[float], confidence: float = CONFIDENCE) -> PairedTest:
+    """mean(first - second) on the same units: the paired t-test and its t interval (one statistic,
+    so the interval excludes 0 exactly when p < 1 - confidence). n < 2: no interval, no p."""
     _check_confidence(confidence)
-    _check_resamples(n_resamples)
     _same_length(first, second)
     d = _as_array(first) - _as_array(second)
     n = int(d.size)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     if n == 0:
-        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, "paired-bootstrap", "bootstrap-percentile",
-                          0, 0, confidence)
+        return PairedTest(math.nan, math.nan, math.nan, math.nan, 0, "paired-t", "t", 0, 0, confidence)
     diff = float(d.mean())
     if n < 2:
-        return PairedTest(diff, math.nan, math.nan, math.nan, n, "paired-bootstrap", "bootstrap-percentile",
-                          wins, losses, confidence)
-    means = _resampled_means(d, n_resamples, seed)
-    alpha = 1.0 - confidence
-    low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    tail = min(int((means <= 0).sum()), int((means >= 0).sum()))
-    p = min(1.0, 2.0 * (tail + 1) / (n_resamples + 1))
-    return PairedTest(diff, float(low), float(high), p, n, "paired-bootstrap", "bootstrap-percentile",
-                      wins, losses, confidence)
+        return PairedTest(diff, math.nan, math.nan, math.nan, n, "paired-t", "t", wins, losses, confidence)
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0.0 or se < 1e-12 * max(1.0, abs(diff)):  # every difference equal (up to rounding)
+        p, stat, se = (1.0 if diff == 0.0 else 0.0), (0.0 if diff == 0.0 else math.copysign(math.inf, diff)), 0.0
+    else:
+        stat = diff / se
+        p = min(1.0, 2.0 * (1.0 - t_cdf(abs(stat), n - 1)))
+    low, high = _t_interval(diff, se, n - 1, confidence)
+    return PairedTest(diff, low, high, p, n, "paired-t", "t", wins, losses, confidence, statistic=stat, se=se,
+                      df=float(n - 1))
 
 
 def _same_length(first: Sequence[Any], second: Sequence[Any]) -> None:
@@ -328,105 +429,15 @@ def _same_length(first: Sequence[Any], second: Sequence[Any]) -> None:
         raise ValueError(f"paired samples differ in length: {len(first)} vs {len(second)}")
 
 
-# ------------------------------------------------------------------------------- sample size
-def _z_power(alpha: float, power: float) -> tuple[float, float]:
-    if not 0.0 < alpha < 1.0 or not 0.0 < power < 1.0:
-        raise ValueError(f"alpha and power must be in (0, 1), got {alpha}, {power}")
-    nd = NormalDist()
-    return nd.inv_cdf(1 - alpha / 2), nd.inv_cdf(power)
-
-
-def _check_paired_props(delta: float, discordant: float) -> None:
-    if not 0.0 < discordant <= 1.0:
-        raise ValueError(f"discordant (the share of units whose verdict differs) must be in (0, 1], got {discordant}")
-    if not 0.0 < abs(delta) <= discordant:
-        raise ValueError(f"need 0 < |delta| <= discordant, got delta {delta}, discordant {discordant}")
-
-
-def sample_size_paired_proportions(delta: float, discordant: float, *, alpha: float = 0.05,
-                                   power: float = 0.8, exact: bool = False) -> int:
-    """Paired units for McNemar's test to detect a rate difference `delta` (Connor 1987):
-
-        n = (z_{1-a/2} sqrt(psi) + z_{power} sqrt(psi - delta^2))^2 / delta^2
-
-    psi = `discordant`: the share of units on which the two models' verdicts differ
-    (p10 + p01; delta = p10 - p01). That n gives the normal-approximation test its power; the
-    exact test is conservative (about 0.77 instead of 0.80 at that n). `exact=True`: the smallest
-    n from there on whose exact-test power (power_paired_proportions) reaches `power`."""
-    _check_paired_props(delta, discordant)
-    za, zb = _z_power(alpha, power)
-    n = math.ceil((za * math.sqrt(discordant) + zb * math.sqrt(discordant - delta * delta)) ** 2
-                  / (delta * delta) - 1e-9)
-    if exact:
-        while power_paired_proportions(n, delta, discordant, alpha=alpha) < power:
-            n += 1
-    return n
-
-
-def _log_binom_pmf(m: int, q: float) -> np.ndarray:
-    """log P(K = k), k = 0..m, K ~ Binomial(m, q) with 0 < q < 1."""
-    k = np.arange(m + 1)
-    log_comb = np.concatenate([[0.0], np.cumsum(np.log((m - k[1:] + 1) / k[1:]))])
-    return log_comb + k * math.log(q) + (m - k) * math.log1p(-q)
-
-
-def power_paired_proportions(n: int, delta: float, discordant: float, *, alpha: float = 0.05) -> float:
-    """Exact power of the two-sided exact McNemar test with n paired units, when a share
-    `discordant` of units differ and the rate difference is `delta` (computed, not simulated:
-    the number of discordant units is Binomial(n, psi), and given m of them the first model's
-    wins are Binomial(m, (psi + delta) / (2 psi)))."""
-    _check_paired_props(delta, discordant)
-    if n < 1:
-        raise ValueError("n must be >= 1")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    q = (discordant + delta) / (2 * discordant)  # share of discordant units the first model wins
-    if discordant >= 1.0:
-        m_probs = np.zeros(n + 1)
-        m_probs[n] = 1.0
-    else:
-        m_probs = np.exp(_log_binom_pmf(n, discordant))
-    total = 0.0
-    for m in range(1, n + 1):
-        if m_probs[m] < 1e-300:
-            continue
-        # the rejection region given m discordant units: first-model wins <= c or >= m - c, with c the
-        # largest count whose two-sided exact p-value 2 P(X <= c), X ~ Bin(m, 1/2), is <= alpha
-        half_cdf = np.cumsum(np.exp(_log_binom_pmf(m, 0.5)))
-        crit = int(np.searchsorted(half_cdf * 2, alpha * (1 + 1e-12), side="right")) - 1
-        if crit < 0:
-            continue
-        if q <= 0.0 or q >= 1.0:
-            reject = 1.0
-        else:
-            pmf = np.exp(_log_binom_pmf(m, q))
-            reject = float(pmf[: crit + 1].sum() + pmf[m - crit:].sum())
-        total += m_probs[m] * min(1.0, reject)
-    return min(1.0, total)
-
-
-def sample_size_paired_means(delta: float, sd_diff: float, *, alpha: float = 0.05, power: float = 0.8) -> int:
-    """Paired units for a two-sided paired t-test to detect a mean difference `delta` when the
-    paired differences have standard deviation `sd_diff`:
-
-        n = ((z_{1-a/2} + z_{power}) sd / delta)^2 + z_{1-a/2}^2 / 2
-
-    (the normal approximation plus Guenther's (1981) correction for the t distribution; within one
-    unit of the exact noncentral-t answer)."""
-    if sd_diff <= 0 or delta == 0:
-        raise ValueError(f"need sd_diff > 0 and delta != 0, got {sd_diff}, {delta}")
-    za, zb = _z_power(alpha, power)
-    n = ((za + zb) * sd_diff / abs(delta)) ** 2 + za * za / 2
-    return math.ceil(n - 1e-9)
-
-
-def power_paired_means(n: int, delta: float, sd_diff: float, *, alpha: float = 0.05) -> float:
-    """Power of a two-sided paired t-test of the mean difference: the normal approximation with
-    Guenther's correction, n taken as n - z_{1-a/2}^2 / 2 (the inverse of sample_size_paired_means;
-    within 0.01 of the noncentral-t power from n = 20 on)."""
-    if n < 2 or sd_diff <= 0:
-        raise ValueError("need n >= 2 and sd_diff > 0")
-    za, _ = _z_power(alpha, 0.5)
-    shift = abs(delta) * math.sqrt(max(n - za * za / 2, 0.0)) / sd_diff
-    nd = NormalDist()
-    return nd.cdf(shift - za) + nd.cdf(-shift - za)
+# ------------------------------------------------------------------------------- multiplicity
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the input's order (NaN stays NaN and does not
+    count towards the family): reject the i-th hypothesis at level a when its adjusted p <= a."""
+    idx = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(idx)
+    out = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: p_values[j])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out

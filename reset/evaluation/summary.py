@@ -9,10 +9,13 @@ every arm paired against a reference arm (default "mtl") on the same units.
     s.to_dict()           -> JSON-able, with the metric specs and which ones a selection judge shares
     flat_metrics(s)       -> {"reset.if_prompt_acc": ..., "reset.if_prompt_acc.low": ...,
                               "reset.vs_mtl.if_prompt_acc.diff": ..., ...} for MLflow
+    holm_family(s, primary=("reset",)) -> every other arm x axis against the reference with its raw
+                             and Holm-adjusted p (the primary comparison is the gate's, not in the family)
 
 Rows are evaluate()'s (one per model and example, see metrics.py). Rates get Wilson intervals and
-exact McNemar tests (with Newcombe's interval of the paired difference); means get percentile
-bootstrap intervals and paired bootstrap tests. Pairs are the units (examples, or instructions)
+McNemar's score test with Tango's interval of the paired difference; means get percentile
+bootstrap intervals and the paired t-test with its t interval (each pair from one statistic, so an
+interval that excludes 0 always goes with p < 0.05). Pairs are the units (examples, or instructions)
 both arms have; n says how many. A metric that shares its measure with a judge the selection step
 used (`selection_judges`, e.g. JudgeConfig.judges, plus any gate names) is listed in
 `Summary.selection[key]`: a gain there is partly the selection's own yardstick.
@@ -31,8 +34,9 @@ from reset.evaluation.statistics import (
     N_RESAMPLES,
     Estimate,
     PairedTest,
+    holm,
     mean_estimate,
-    paired_bootstrap,
+    paired_mean_test,
     paired_rate_test,
     rate_estimate,
 )
@@ -123,14 +127,14 @@ def summarize(
             if a == ref:
                 continue
             comparisons[a] = {}
-            for i, m in enumerate(specs):
+            for m in specs:
                 mine, theirs = values[a][m.key], values[ref][m.key]
                 ids = sorted(set(mine) & set(theirs))
                 if m.kind == "rate":
                     t = paired_rate_test([bool(mine[u]) for u in ids], [bool(theirs[u]) for u in ids], confidence)
                 else:
-                    t = paired_bootstrap([float(mine[u]) for u in ids], [float(theirs[u]) for u in ids],
-                                         confidence=confidence, n_resamples=n_resamples, seed=seed + i)
+                    t = paired_mean_test([float(mine[u]) for u in ids], [float(theirs[u]) for u in ids],
+                                         confidence)
                 comparisons[a][m.key] = t
     chosen = set(selection_judges)
     selection = {m.key: tuple(j for j in m.shared_with if j in chosen) for m in specs}
@@ -139,8 +143,8 @@ def summarize(
 
 
 def verdict(summary: Summary, arm: str = "reset", metrics: Sequence[str] = PRIMARY) -> str:
-    """One line: 'ReSet vs MTL: IF +0.07 [+0.01, +0.13] (p=0.03); faithfulness +0.09 [...] (p<0.01)'.
-    A metric without paired units reads 'n/a'."""
+    """One line: 'ReSet vs MTL: IF +0.070 [+0.012, +0.128] (p=0.030); faithfulness ...' (three
+    digits: an interval end near 0 shows on which side it lies). 'n/a' without paired units."""
     if summary.reference is None:
         raise ValueError("verdict: the summary has no reference arm")
     if arm not in summary.comparisons:
@@ -149,13 +153,35 @@ def verdict(summary: Summary, arm: str = "reset", metrics: Sequence[str] = PRIMA
     for key in metrics:
         name = AXIS_NAMES.get(key, summary.metric(key).label)
         t = summary.comparisons[arm].get(key)
-        parts.append(f"{name} {t.format() if t is not None else 'n/a'}")
+        parts.append(f"{name} {t.format(3) if t is not None else 'n/a'}")
     return f"{summary.label(arm)} vs {summary.label(summary.reference)}: " + "; ".join(parts)
 
 
 def verdicts(summary: Summary, metrics: Sequence[str] = PRIMARY) -> list[str]:
     """verdict() for every arm compared with the reference, in arm order."""
     return [verdict(summary, a, metrics) for a in summary.arms if a in summary.comparisons]
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """One comparison of the multiplicity family: arm vs the reference on one axis."""
+
+    arm: str
+    axis: str
+    test: PairedTest
+    p_holm: float
+
+
+def holm_family(summary: Summary, primary: Collection[str] = ("reset",), axes: Sequence[str] = PRIMARY,
+                extra: Mapping[str, Mapping[str, PairedTest]] | None = None) -> list[FamilyRow]:
+    """Every arm x axis comparison against the reference except the `primary` arms' (the gate tests
+    the pre-declared primary hypothesis), with Holm-adjusted p over the whole family. `extra`: more
+    comparisons by name (e.g. {"reset vs control": {axis: test}}) that join the family."""
+    rows = [(a, k, summary.comparisons[a][k]) for a in summary.arms if a in summary.comparisons
+            and a not in primary for k in axes if k in summary.comparisons[a]]
+    rows += [(name, k, t) for name, tests in (extra or {}).items() for k, t in tests.items() if k in axes]
+    adjusted = holm([t.p_value for _, _, t in rows])
+    return [FamilyRow(a, k, t, p) for (a, k, t), p in zip(rows, adjusted, strict=True)]
 
 
 def axis_outcome(test: PairedTest, higher_is_better: bool | None = True) -> str:

@@ -313,3 +313,22 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
     os.replace(tmp, path)
+
+
+def weights_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 over a checkpoint directory's weight files (*.safetensors, in name order, names
+    included): equal digests mean equal weights. None for anything that is not a local directory
+    holding safetensors (a builtin reference, an s3:// prefix)."""
+    import hashlib
+
+    p = Path(path)
+    files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()

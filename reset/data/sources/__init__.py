@@ -76,7 +76,7 @@ def source_name(src: DataSource) -> str:
     if src.name:
         return src.name
     if src.path.startswith("builtin:"):
-        return src.path.removeprefix("builtin:")
+        return src.path.removeprefix("builtin:") + ("-test" if src.split == "test" else "")
     base = src.path.rstrip("/").rsplit("/", 1)[-1].split("@")[0] or src.path
     for ext in (".gz", ".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"):
         base = base.removesuffix(ext)
@@ -302,10 +302,13 @@ class SourceReader:
         path = self.src.path
         if path not in BUILTINS:
             raise DataError(f"data.{self.slot}: unknown builtin dataset {path!r}; known: {list(BUILTINS)}")
-        ifs, cds = build_demo(seed=self.cfg.seed, n_instruction=self.cfg.demo_size,
+        seed = self.cfg.seed if self.src.seed is None else self.src.seed
+        ifs, cds = build_demo(seed=seed, n_instruction=self.cfg.demo_size,
                               n_grounded=self.cfg.demo_grounded_size or self.cfg.demo_size,
                               families=self.cfg.demo_constraints)
         rows = ifs if path.endswith("instruction") else cds
+        if seed != self.cfg.seed:  # another draw of the generator: ids of its own (repeated ids are dropped)
+            rows = [replace(ex, id=f"{ex.id}-s{seed}") for ex in rows]
         self.report.format = "builtin"
         digest = hashlib.sha256()
         for ex in rows:  # the content's digest, as for a file (it depends on data.seed and demo_size)
