@@ -36,10 +36,13 @@ def _error(path: Path, overrides: list[str] | None = None) -> str:
 def test_demo_config_loads() -> None:
     cfg = load_config(REPO / "configs" / "demo.yaml")
     assert isinstance(cfg, PipelineConfig)
-    assert cfg.data.instruction == [DataSource(path="builtin:demo-instruction")]
-    assert cfg.data.grounded == [DataSource(path="builtin:demo-grounded")]
+    assert cfg.data.instruction == [DataSource(path="builtin:demo-instruction"),
+                                    DataSource(path="builtin:demo-instruction", split="test", seed=2026)]
+    assert cfg.data.grounded == [DataSource(path="builtin:demo-grounded"),
+                                 DataSource(path="builtin:demo-grounded", split="test", seed=2026)]
     assert cfg.data.train_size == 240 and isinstance(cfg.data.train_size, int)
-    assert cfg.data.eval_count("instruction") == 200 and cfg.data.eval_count("grounded") == 100
+    assert cfg.data.eval_count("instruction") == 400 and cfg.data.eval_count("grounded") == 200
+    assert cfg.data.dev_count("instruction") == 200 and cfg.data.dev_count("grounded") == 100
     assert cfg.train.learning_rate == pytest.approx(1e-3)  # written 1e-3 in the file: YAML reads a string
     assert isinstance(cfg.train.epochs, float)
     assert [(d.temperature, d.top_p) for d in cfg.generate.grid] == [(0.7, 0.95), (1.0, 0.95)]

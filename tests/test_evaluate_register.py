@@ -11,7 +11,7 @@ from reset.config import EvaluateConfig, JudgeConfig, ModelConfig, RegisterConfi
 from reset.data.records import Candidate, Example
 from reset.evaluation import comparison_table, evaluate, point_metrics, score_example
 from reset.judging import default_judges, judge
-from reset.registry import decide, log_and_register
+from reset.registry import log_and_register
 
 WEIGHTS = {"instruction": 1.0, "faithfulness": 1.0, "task": 1.0}
 
@@ -96,41 +96,6 @@ def _register(model_dir, exp, metrics, cfg):
         return log_and_register(model_dir, metrics, cfg, max_new_tokens=4)
 
 
-def test_promotion_needs_both_axes_no_worse(tiny_model_dir, local_mlflow):
-    cfg = RegisterConfig(model_name="m")
-    client = mlflow.MlflowClient()
-    first = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.5, "faithfulness": 0.5}, cfg)
-    assert first["promote"] and first["version"] == "1"
-    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-
-    # Better IF, worse faithfulness: challenger only.
-    second = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.9, "faithfulness": 0.4}, cfg)
-    assert not second["promote"] and "faithfulness" in second["reason"]
-    assert str(client.get_model_version_by_alias("m", "challenger").version) == "2"
-    assert str(client.get_model_version_by_alias("m", "champion").version) == "1"
-
-    # No worse on both: promoted.
-    third = _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.5, "faithfulness": 0.6}, cfg)
-    assert third["promote"]
-    assert str(client.get_model_version_by_alias("m", "champion").version) == "3"
-    assert client.get_model_version("m", "3").tags["metric.faithfulness"] == "0.6"
-
-
-def test_tolerance_and_missing_metrics(local_mlflow, tmp_path):
-    client = mlflow.MlflowClient()
-    client.create_registered_model("t")
-    assert decide(client, RegisterConfig(model_name="t"), {})["promote"]  # no champion yet
-    v = client.create_model_version("t", source=(tmp_path / "src").as_uri())
-    client.set_model_version_tag("t", v.version, "metric.if_prompt_acc", "0.5")
-    client.set_model_version_tag("t", v.version, "metric.faithfulness", "0.5")
-    client.set_registered_model_alias("t", "champion", v.version)
-    slightly_worse = {"if_prompt_acc": 0.48, "faithfulness": 0.6}
-    assert not decide(client, RegisterConfig(model_name="t"), slightly_worse)["promote"]
-    assert decide(client, RegisterConfig(model_name="t", tolerance=0.05), slightly_worse)["promote"]
-    # A missing metric never promotes.
-    assert not decide(client, RegisterConfig(model_name="t", tolerance=1.0), {"faithfulness": 0.9})["promote"]
-
-
 def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow):
     import pandas as pd
 
@@ -138,7 +103,7 @@ def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow
     from reset.models.generation import generate
 
     _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
-    model = mlflow.pyfunc.load_model("models:/srv@champion")
+    model = mlflow.pyfunc.load_model("models:/srv@challenger")
     rows = [{"instruction": "Say hello.", "context": None}, {"instruction": "Who?", "context": "Ada wrote it."}]
     out = model.predict(pd.DataFrame(rows))
     # The served model answers exactly as the checkpoint does with greedy decoding (max_new_tokens 4).

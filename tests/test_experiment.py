@@ -120,15 +120,23 @@ def test_the_report_shows_per_seed_spread():
                "faithfulness": {"value": 0.6, "low": 0.5, "high": 0.7, "n": 50}}
         mtl = {"if_prompt_acc": {"value": 0.4, "low": 0.3, "high": 0.5, "n": 100},
                "faithfulness": {"value": 0.5, "low": 0.4, "high": 0.6, "n": 50}}
-        comp = {"if_prompt_acc": {"diff": reset_if - 0.4, "low": 0.0, "high": 0.2, "p_value": 0.04, "n": 100},
-                "faithfulness": {"diff": 0.1, "low": 0.05, "high": 0.15, "p_value": 0.001, "n": 50}}
-        return {"seed": seed, "verdicts": [f"ReSet vs MTL (seed {seed})"],
+        n_up = round((reset_if - 0.4) * 100)
+        units = {"mtl": {"if_prompt_acc": {f"i{u}": u < 40 for u in range(100)},
+                         "faithfulness": {f"f{u}": 0.5 + 0.01 * (u % 3) for u in range(50)}},
+                 "reset": {"if_prompt_acc": {f"i{u}": u < 40 + n_up for u in range(100)},
+                           "faithfulness": {f"f{u}": 0.6 + 0.01 * (u % 3) for u in range(50)}}}
+        return {"seed": seed, "verdicts": [f"ReSet vs MTL (seed {seed})"], "units": units,
                 "summary": {"arms": ["mtl", "reset"], "reference": "mtl", "estimates": {"mtl": mtl, "reset": est},
-                            "comparisons": {"reset": comp}}}
+                            "metrics": [{"key": "if_prompt_acc", "kind": "rate"},
+                                        {"key": "faithfulness", "kind": "mean"}]}}
 
     text, data = seed_report({0: payload(0, 0.5), 1: payload(1, 0.44)})
     assert data["arms"]["reset"]["if_prompt_acc"]["per_seed"] == [0.5, 0.44]
     assert "seeds 0.44-0.50" in text and "sd 0.04" in text
-    assert "seed 0: ReSet vs MTL: IF +0.10" in text and "seed 1: ReSet vs MTL: IF +0.04" in text
+    # the per-seed paired differences and their spread, pooled
+    pooled = data["pooled"]["reset"]["if_prompt_acc"]
+    assert pooled["per_seed"] == pytest.approx([0.10, 0.04]) and pooled["seed_sd"] == pytest.approx(0.0424, abs=1e-3)
+    assert "+0.100, +0.040" in text
     one, _ = seed_report({0: payload(0, 0.5)})
     assert "0.50 [0.40, 0.60]" in one  # one seed: the interval
+    assert "one seed: one trained model" in one

@@ -1,5 +1,6 @@
-"""Data loading and mixing: ratio, held-out split, seen prompts, determinism, dedupe and the
-rejections that load_source keeps (local JSONL and s3://)."""
+"""Data loading and mixing: ratio, the dev and test splits (test from its own sources, disjoint,
+digests), seen prompts, determinism, dedupe and the rejections that load_source keeps (local JSONL
+and s3://)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ N = 40
 
 
 def _cfg(**kw) -> DataConfig:
-    base = {"eval_per_kind": 5, "seen_prompts_per_kind": 4, "train_size": 0, "instruction_fraction": 0.5, "seed": 0}
+    base = {"eval_per_kind": 5, "dev_per_kind": 0, "seen_prompts_per_kind": 4, "train_size": 0,
+            "instruction_fraction": 0.5, "seed": 0}
     base.update(kw)
     return DataConfig(**base)
 
@@ -61,10 +63,10 @@ def test_demo_fixture_has_no_duplicates(demo) -> None:
 def test_mix_half_and_half_uses_everything(demo) -> None:
     res = mix(*demo, _cfg())
     # 5 of each kind held out, the other 35 of each kind in the 1:1 mixture
-    assert _kinds(res.eval) == {"instruction": 5, "grounded": 5}
+    assert _kinds(res.test) == {"instruction": 5, "grounded": 5}
     assert _kinds(res.train) == {"instruction": N - 5, "grounded": N - 5}
     assert res.stats["train_instruction"] == res.stats["train_grounded"] == N - 5
-    assert res.stats["train"] == len(res.train) and res.stats["eval"] == 10
+    assert res.stats["train"] == len(res.train) and res.stats["test"] == 10 and res.stats["dev"] == 0
     assert res.stats["valid_instruction"] == res.stats["valid_grounded"] == N
     assert res.rejected == [] and res.stats["rejected"] == 0
 
@@ -87,19 +89,19 @@ def test_mix_one_kind_only(demo, fraction: float, kinds: dict) -> None:
     res = mix(*demo, _cfg(instruction_fraction=fraction))
     assert _kinds(res.train) == kinds
     # the held-out set still covers both kinds
-    assert _kinds(res.eval) == {"instruction": 5, "grounded": 5}
+    assert _kinds(res.test) == {"instruction": 5, "grounded": 5}
 
 
 def test_mix_with_one_source_empty(demo) -> None:
     ifs, _ = demo
     res = mix(ifs, [], _cfg(instruction_fraction=1.0))
-    assert _kinds(res.train) == {"instruction": N - 5} and _kinds(res.eval) == {"instruction": 5}
+    assert _kinds(res.train) == {"instruction": N - 5} and _kinds(res.test) == {"instruction": 5}
 
 
 def test_eval_is_held_out_from_train(demo) -> None:
     res = mix(*demo, _cfg(eval_per_kind=8))
-    assert not set(_ids(res.eval)) & set(_ids(res.train))
-    assert not {_prompt(e) for e in res.eval} & {_prompt(e) for e in res.train}
+    assert not set(_ids(res.test)) & set(_ids(res.train))
+    assert not {_prompt(e) for e in res.test} & {_prompt(e) for e in res.train}
     assert len(set(_ids(res.train))) == len(res.train)
 
 
@@ -108,7 +110,7 @@ def test_eval_is_held_out_even_for_near_duplicate_prompts(demo) -> None:
     # a re-cased, re-spaced copy of every example under a new id: all must be rejected as duplicates
     copies = [dataclasses.replace(e, id=e.id + "-copy", instruction="  " + e.instruction.upper() + " ") for e in ifs]
     res = mix(ifs + copies, cds, _cfg(eval_per_kind=8))
-    norm = {(" ".join(e.instruction.lower().split()), e.context) for e in res.eval}
+    norm = {(" ".join(e.instruction.lower().split()), e.context) for e in res.test}
     assert not norm & {(" ".join(e.instruction.lower().split()), e.context) for e in res.train}
     assert len(res.rejected) == N
 
@@ -127,9 +129,9 @@ def test_seen_prompts_are_a_sample_of_train(demo) -> None:
 
 def test_mix_is_deterministic_per_seed(demo) -> None:
     a, b = mix(*demo, _cfg(seed=3)), mix(*demo, _cfg(seed=3))
-    assert (_ids(a.train), _ids(a.eval), _ids(a.seen)) == (_ids(b.train), _ids(b.eval), _ids(b.seen))
+    assert (_ids(a.train), _ids(a.test), _ids(a.seen)) == (_ids(b.train), _ids(b.test), _ids(b.seen))
     c = mix(*demo, _cfg(seed=4))
-    assert set(_ids(a.eval)) != set(_ids(c.eval))
+    assert set(_ids(a.test)) != set(_ids(c.test))
     assert _ids(a.train) != _ids(c.train)
 
 
@@ -159,21 +161,89 @@ def test_mix_quarantines_duplicates(demo) -> None:
     res = mix(ifs, cds + [dup], _cfg())
     assert len(res.rejected) == 1 and res.stats["rejected"] == 1
     assert res.rejected[0].reason == f"duplicate prompt of {cds[3].id!r}"
-    assert "dup-of-cd3" not in _ids(res.train) + _ids(res.eval)
+    assert "dup-of-cd3" not in _ids(res.train) + _ids(res.test)
 
 
 # ----------------------------------------------------------------------------------- size errors
 def test_too_few_examples_for_eval(demo) -> None:
     ifs, cds = demo
-    with pytest.raises(DataError, match=r"^data\.eval_per_kind: ") as err:
+    with pytest.raises(DataError, match=r"^data: 0 dev \+ 5 test instruction examples requested "
+                                        r"\(data\.dev_per_kind, data\.eval_per_kind\)") as err:
         mix(ifs[:5], cds, _cfg(eval_per_kind=5))
-    assert "instruction" in str(err.value) and "only 5" in str(err.value)
+    assert "only 5 valid instruction examples" in str(err.value)
 
 
 def test_train_size_too_large(demo) -> None:
     with pytest.raises(DataError, match=r"^data\.train_size: 100") as err:
         mix(*demo, _cfg(train_size=100))
     assert "50 instruction" in str(err.value) and "35 and 35" in str(err.value)
+
+
+# ------------------------------------------------------------------------------- dev and test
+def test_dev_and_test_are_disjoint_from_train_and_each_other(demo) -> None:
+    res = mix(*demo, _cfg(eval_per_kind=5, dev_per_kind=6))
+    assert _kinds(res.dev) == {"instruction": 6, "grounded": 6} and _kinds(res.test) == {"instruction": 5, "grounded": 5}
+    train, dev, test = set(_ids(res.train)), set(_ids(res.dev)), set(_ids(res.test))
+    assert not (train & dev or train & test or dev & test)
+    assert _kinds(res.train) == {"instruction": N - 11, "grounded": N - 11}
+    assert res.stats["dev"] == 12 and res.stats["test"] == 10
+    # dev is drawn first with the plan's own generator: asking for a test split does not move it
+    assert _ids(mix(*demo, _cfg(eval_per_kind=3, dev_per_kind=6)).dev) == _ids(res.dev)
+
+
+def _files(tmp_path: Path, cfg: DataConfig) -> dict:
+    from reset.data.mix import mix_to_files
+
+    out = {k: str(tmp_path / f"{k}.jsonl") for k in ("train", "dev", "test", "seen", "rejected")}
+    rep = mix_to_files(cfg, out_train=out["train"], out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"],
+                       out_rejected=out["rejected"])
+    rows = {k: [json.loads(x) for x in Path(out[k]).read_text().splitlines()] for k in ("train", "dev", "test", "seen")}
+    return {"rep": rep, "rows": rows, "paths": out}
+
+
+def test_test_sources_feed_only_the_test_split_and_leave_the_rest_of_the_plan_alone(tmp_path: Path) -> None:
+    import hashlib
+
+    pool = {"instruction": ["builtin:demo-instruction"], "grounded": ["builtin:demo-grounded"]}
+    base = dict(demo_size=60, eval_per_kind=6, dev_per_kind=5, seen_prompts_per_kind=4, train_size=20)
+    carved = _files(tmp_path / "a", DataConfig(**pool, **base))
+    fresh_src = {k: v + [{"path": v[0], "split": "test", "seed": 77}] for k, v in pool.items()}
+    fresh = _files(tmp_path / "b", DataConfig(**fresh_src, **base))
+    rows = fresh["rows"]
+    # every test row comes from the test draw (ids of their own), none from the pool
+    assert rows["test"] and all(r["id"].endswith("-s77") for r in rows["test"])
+    assert len(rows["test"]) == 12 and Counter(r["kind"] for r in rows["test"]) == {"instruction": 6, "grounded": 6}
+    assert not any(r["id"].endswith("-s77") for w in ("train", "dev", "seen") for r in rows[w])
+    # no test prompt repeats a training or dev prompt (the test sources are read last: their duplicates go)
+    seen_prompts = {(r["instruction"], r.get("context")) for w in ("train", "dev") for r in rows[w]}
+    assert not {(r["instruction"], r.get("context")) for r in rows["test"]} & seen_prompts
+    # dev is the same draw whether test is carved from the pool or read from test sources
+    assert carved["rows"]["dev"] == rows["dev"]
+    # the digests in the card and the outputs are the files' SHA-256
+    test_path = fresh["paths"]["test"]
+    digest = hashlib.sha256(Path(test_path).read_bytes()).hexdigest()
+    assert fresh["rep"].outputs["test"]["digest"] == digest == fresh["rep"].card["splits"]["test"]["digest"]
+    card_sources = {s["name"]: s for s in fresh["rep"].card["sources"]}
+    assert card_sources["demo-instruction-test"]["split"] == "test"
+    assert card_sources["demo-instruction-test"]["splits"]["train"] == 0
+
+
+def test_too_few_test_rows_in_test_sources_is_an_error_naming_the_key() -> None:
+    from reset.data.mix import Mixer
+
+    cfg = DataConfig(instruction=["builtin:demo-instruction", {"path": "builtin:demo-instruction", "split": "test",
+                                                               "seed": 5, "limit": 3}],
+                     grounded=["builtin:demo-grounded"], demo_size=40, eval_per_kind=4, dev_per_kind=2,
+                     train_size=10, seen_prompts_per_kind=2)
+    m = Mixer(cfg)
+    for split in ("pool", "test"):
+        for slot in ("instruction", "grounded"):
+            for src in getattr(cfg, slot):
+                if src.split == split:
+                    m.read(src, slot)
+    with pytest.raises(DataError, match=r"data\.eval_per_kind: 4 test instruction examples requested but the "
+                                        r"`split: test` sources hold only 3"):
+        m.finish()
 
 
 # ---------------------------------------------------------------------------------- load_source

@@ -30,17 +30,18 @@ def _cfg(fx, **kw) -> DataConfig:
         "instruction": [{"path": str(fx["dolly"].path)}, {"path": str(fx["alpaca"].path)},
                         {"path": str(fx["sharegpt"].path)}, {"path": str(fx["self_instruct"].path)}],
         "grounded": [{"path": str(fx["nq_simplified"].path)}, {"path": str(fx["cnn_csv"].path)}],
-        "eval_per_kind": 12, "seen_prompts_per_kind": 10, "seed": 0,
+        "eval_per_kind": 12, "dev_per_kind": 0, "seen_prompts_per_kind": 10, "seed": 0,
     }
     base.update(kw)
     return DataConfig(**base)
 
 
 def _run(tmp: Path, cfg: DataConfig, meter=None):
-    out = {k: str(tmp / f"{k}.jsonl") for k in ("train", "eval", "seen", "rejected")}
-    rep = mix_to_files(cfg, out_train=out["train"], out_eval=out["eval"], out_seen=out["seen"],
+    out = {k: str(tmp / f"{k}.jsonl") for k in ("train", "dev", "test", "seen", "rejected")}
+    rep = mix_to_files(cfg, out_train=out["train"], out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"],
                        out_rejected=out["rejected"], meter=meter)
-    rows = {k: read_jsonl(out[k], Example)[0] for k in ("train", "eval", "seen")}
+    rows = {k: read_jsonl(out[k], Example)[0] if Path(out[k]).stat().st_size else []
+            for k in ("train", "dev", "test", "seen")}
     return rep, rows, read_quarantine(out["rejected"])
 
 
@@ -57,7 +58,7 @@ def test_streamed_and_list_mix_are_one_recipe(fx, tmp_path) -> None:
             lists[slot] += kept
             bad += rejected
     res = mix(lists["instruction"], lists["grounded"], cfg, origins)
-    for name, split in (("train", res.train), ("eval", res.eval), ("seen", res.seen)):
+    for name, split in (("train", res.train), ("dev", res.dev), ("test", res.test), ("seen", res.seen)):
         assert [e.id for e in rows[name]] == [e.id for e in split], name
     assert [(r.file, r.line, r.reason) for r in quarantine] == [(r.file, r.line, r.reason) for r in bad + res.rejected]
     assert rep.stats == {**res.stats, "rejected": len(bad) + len(res.rejected)}
@@ -69,7 +70,7 @@ def test_outputs_are_seeded(fx, tmp_path) -> None:
     c = _run(tmp_path / "c", _cfg(fx, seed=1))
     assert a[0].outputs["train"]["digest"] == b[0].outputs["train"]["digest"]
     assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
-    assert {e.id for e in a[1]["eval"]} != {e.id for e in c[1]["eval"]}
+    assert {e.id for e in a[1]["test"]} != {e.id for e in c[1]["test"]}
     assert not list(tmp_path.glob("*/.mix-spool-*"))  # the spool is gone
 
 
@@ -79,11 +80,11 @@ def test_held_out_is_stratified_by_source_and_task(fx, tmp_path) -> None:
     card = rep.card
     for kind in ("instruction", "grounded"):
         sizes = {s["name"]: s["after_dedupe"] for s in card["sources"] if s["slot"] == kind}
-        got = Counter(card_src for card_src in (e.source for e in rows["eval"] if e.kind == kind))
+        got = Counter(card_src for card_src in (e.source for e in rows["test"] if e.kind == kind))
         total = sum(sizes.values())
         for name, n in sizes.items():  # each source gets its proportional share, within one
             assert abs(got[name] - 40 * n / total) < 1, (name, got, sizes)
-    assert not {e.id for e in rows["eval"]} & {e.id for e in rows["train"]}
+    assert not {e.id for e in rows["test"]} & {e.id for e in rows["train"]}
 
 
 def test_weights_and_caps(fx, tmp_path) -> None:
@@ -96,10 +97,10 @@ def test_weights_and_caps(fx, tmp_path) -> None:
     sources[3]["cap"] = 7           # self-instruct: at most 7
     rep, rows, _ = _run(tmp_path, _cfg(fx, instruction=sources, instruction_fraction=1.0))
     by = {s["name"]: s for s in rep.card["sources"]}
-    pool = {n: by[n]["after_dedupe"] - by[n]["splits"]["eval"] for n in by}
+    pool = {n: by[n]["after_dedupe"] - by[n]["splits"]["test"] for n in by}
     train = Counter(e.source for e in rows["train"])
     assert train["dolly"] == 2 * pool["dolly"]
-    assert "alpaca" not in train and by["alpaca"]["splits"]["eval"] > 0
+    assert "alpaca" not in train and by["alpaca"]["splits"]["test"] > 0
     assert train["sharegpt"] == round(0.5 * pool["sharegpt"])
     assert train["self_instruct"] == 7
     ids = Counter(e.id for e in rows["train"] if e.source == "dolly")
@@ -207,7 +208,7 @@ def test_the_card_counts_what_happened(fx, tmp_path) -> None:
     assert by["cnn_dailymail"]["lengths"]["prompt"]["max"] > 5000
     assert card["length_unit"] == "words"
     # the n-gram overlap of held-out and training prompts is reported
-    assert card["overlap"]["heldout"] == len(rows["eval"])
+    assert card["overlap"]["heldout"] == len(rows["test"])
     md, html = to_markdown(card), to_html(card)
     for name in by:
         assert name in md and name in html
@@ -246,10 +247,10 @@ def test_the_mix_step_logs_sources_splits_and_the_card_to_mlflow(fx, tmp_path, c
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = {"instruction": [{"path": str(fx["alpaca"].path)}], "grounded": [{"path": str(fx["nq_common"].path)}],
-            "eval_per_kind": 5, "seen_prompts_per_kind": 5}
-    out = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "eval", "seen", "rejected")}
+            "eval_per_kind": 5, "dev_per_kind": 3, "seen_prompts_per_kind": 5}
+    out = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "dev", "test", "seen", "rejected")}
     stats = steps.mix(data, {"tracking_uri": uri, "experiment": "mix-test"}, "", out_train=out["train"],
-                      out_eval=out["eval"], out_seen=out["seen"], out_rejected=out["rejected"],
+                      out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"], out_rejected=out["rejected"],
                       cache_dir=str(cache_dir), model={"base": "builtin:tiny-llama", "max_length": 64,
                                                        "max_prompt_length": 48},
                       out_card=str(tmp_path / "out" / "card.md"))
@@ -259,7 +260,10 @@ def test_the_mix_step_logs_sources_splits_and_the_card_to_mlflow(fx, tmp_path, c
     digests = {f.path.name: __import__("hashlib").sha256(f.path.read_bytes()).hexdigest()[:16]
                for f in (fx["alpaca"], fx["nq_common"])}
     assert ("alpaca", digests["alpaca.json"], "local") in inputs and ("nq", digests["nq.jsonl"], "local") in inputs
-    assert {n for n, _, _ in inputs} >= {"train", "eval", "seen_prompts"}
+    assert {n for n, _, _ in inputs} >= {"train", "dev", "test", "seen_prompts"}
+    # the test split's digest is the file's, recorded on the run
+    test_digest = __import__("hashlib").sha256(Path(out["test"]).read_bytes()).hexdigest()
+    assert run.data.tags["reset.test_digest"] == stats["test_digest"] == test_digest
     m = run.data.metrics
     assert m["train"] == stats["train"] and m["source.alpaca.kept"] == fx["alpaca"].kept_examples
     assert m["rejected.invalid"] == fx["alpaca"].count("invalid") + fx["nq_common"].count("invalid")
@@ -351,6 +355,6 @@ def test_near_dedupe_leaves_no_near_pair_behind_in_the_demo_set() -> None:
 
 def test_held_out_sizes_per_kind(fx, tmp_path) -> None:
     rep, rows, _ = _run(tmp_path, _cfg(fx, eval_instruction=30, eval_grounded=7))
-    assert Counter(e.kind for e in rows["eval"]) == {"instruction": 30, "grounded": 7}
-    with pytest.raises(Exception, match=r"^data\.eval_grounded: 5000 held-out grounded"):
+    assert Counter(e.kind for e in rows["test"]) == {"instruction": 30, "grounded": 7}
+    with pytest.raises(Exception, match=r"^data: 0 dev \+ 5000 test grounded examples requested \(data\.dev_per_kind, data\.eval_grounded\)"):
         _run(tmp_path / "x", _cfg(fx, eval_grounded=5000))

@@ -94,7 +94,9 @@ def test_parameters_default_to_the_config(compiled):
     defaults = {k: v.get("defaultValue") for k, v in params.items()}
     merged = apply_run_parameters({k: defaults[k] for k in sections}, defaults)
     assert merged["train"]["epochs"] == cfg.train.epochs and merged["model"]["base"] == cfg.model.base
-    assert merged["data"]["instruction"] == [s.path for s in cfg.data.instruction]
+    from reset.config import DataSource
+
+    assert [DataSource.model_validate(x) for x in merged["data"]["instruction"]] == cfg.data.instruction
 
 
 def test_kubernetes_settings_are_in_the_platform_document(compiled):

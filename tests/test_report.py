@@ -59,7 +59,8 @@ def test_summary_pairs_by_example_and_counts_flips(arms):
     wins = sum(1 for k in mine if mine[k] and not ref[k])
     losses = sum(1 for k in mine if ref[k] and not mine[k])
     assert (t.wins, t.losses, t.n) == (wins, losses, len(mine)) and wins > 0
-    assert t.p_value == pytest.approx(stats.binomtest(wins, wins + losses).pvalue)
+    # McNemar's score test (no continuity correction): z = (wins - losses) / sqrt(wins + losses)
+    assert t.p_value == pytest.approx(2 * stats.norm.sf(abs(wins - losses) / (wins + losses) ** 0.5))
     assert t.diff == pytest.approx((wins - losses) / len(mine))
     # the same rows in another order give the same comparison: pairs are by example id, not position
     shuffled = dict(rows, reset=list(reversed(rows["reset"])))
@@ -89,7 +90,7 @@ def test_verdict_line_and_selection_marks(arms):
     _, rows = arms
     s = summarize(rows, reference="mtl", selection_judges=["rules", "k-precision"], n_resamples=2000)
     line = verdict(s, "reset")
-    num = r"[+-]\d\.\d\d"
+    num = r"[+-]\d\.\d\d\d"  # three digits: an interval end near 0 shows on which side it lies
     p = r"\(p(=\d\.\d+|<0\.01|<0\.001)\)"
     assert re.fullmatch(rf"ReSet vs MTL: IF {num} \[{num}, {num}\] {p}; faithfulness {num} \[{num}, {num}\] {p}",
                         line), line
@@ -217,9 +218,12 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
         assert set(results) == {"mtl", "reset"} and results["mtl"]["n_examples"] == 6
         report = (tmp_path / "out_report.out").read_text()
         # the same model twice: no difference, and the report says so with p = 1
-        assert "- ReSet vs MTL: IF +0.00 [" in report and "(p=1.00)" in report
-        assert payload["verdicts"][0].startswith("ReSet vs MTL: IF +0.00")
-        assert payload["gates"]["mtl"]["passed"]  # a tie is "at least as good"
+        assert "- ReSet vs MTL: IF +0.000 [" in report and "(p=1.00)" in report
+        assert payload["verdicts"][0].startswith("ReSet vs MTL: IF +0.000")
+        # ... and the gate never passes it: the same weights (and the same answers)
+        assert not payload["gates"]["mtl"]["passed"]
+        assert payload["gates"]["mtl"]["reason"].startswith("weights identical to MTL's")
+        assert payload["identical_answers"]["reset"] == [6, 6] and payload["split"] == "test"
         assert json.loads((tmp_path / "out_metrics.out").read_text())["metrics"]["reset"]["n_examples"] == 6
         assert len((tmp_path / "out_rows.out").read_text().splitlines()) == 12
         client = mlflow.MlflowClient()
@@ -228,7 +232,8 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"comparison.md", "summary.json", "tradeoff.png", "report.html", "eval_samples.json"} <= names
         assert run.data.metrics["reset.if_prompt_acc"] == results["reset"]["if_prompt_acc"]
-        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["heldout"]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["test"]
+        assert run.data.tags["reset.split"] == "test"
         # one run per evaluated model with the same keys (MLflow's compare view lines them up)
         per_model = client.search_runs([exp], "tags.`reset.model` != ''")
         assert sorted(r.data.tags["reset.model"] for r in per_model) == ["mtl", "reset"]

@@ -113,8 +113,9 @@ def apply_run_parameters(sections: Mapping[str, Any], values: Mapping[str, Any])
         value = values[p.name]
         if isinstance(value, str) and not value.strip():
             continue
-        if p.path[0] == "data":
-            value = [s.strip() for s in str(value).split(",") if s.strip()]
+        if p.path[0] == "data":  # the pool sources; a frozen test source of the section stays
+            kept = [src for src in _get(out, p.path) or [] if isinstance(src, Mapping) and src.get("split") == "test"]
+            value = [s.strip() for s in str(value).split(",") if s.strip()] + kept
         d = out.setdefault(p.path[0], {})
         for k in p.path[1:-1]:
             d = d.setdefault(k, {})

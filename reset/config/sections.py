@@ -137,8 +137,8 @@ class DataSource(Section):
     from. test: a frozen test set: its rows feed only the test split of their kind (never trained
     or tuned on), read after every pool source, so a test row that duplicates a pool prompt is
     dropped from the test split."""
-    seed: Int | None = None
-    """Builtin demo sources only: the generator's seed (default data.seed). A test source with its
+    seed: Annotated[int, Field(ge=-1), NoBool] = -1
+    """Builtin demo sources only: the generator's seed (-1 = data.seed). A test source with its
     own seed draws new items (new names, numbers and combinations) that no run has looked at."""
 
     @model_validator(mode="before")

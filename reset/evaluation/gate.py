@@ -157,8 +157,9 @@ def decide(tests: Mapping[str, PairedTest], rule: GateRule, *, against: str = "t
             superior.append(f"{AXIS_NAMES.get(a, a)} (Holm p={p:.3g})")
     if not superior:
         ps = ", ".join(f"{AXIS_NAMES.get(a, a)} {p:.3g}" for a, p in zip(rule.axes, adjusted, strict=True))
+        use = f", use {rule.use} of this test split" if rule.use > 1 and rule.spending else ""
         return GateDecision(False, f"{head}, but not superior on either (one-sided Holm p: {ps}; needs <= "
-                                   f"{level / 2:.3g})", deltas, info)
+                                   f"{level / 2:.3g}{use})", deltas, info)
     return GateDecision(True, f"{head}, superior on {', '.join(superior)}", deltas, info)
 
 

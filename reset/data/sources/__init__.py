@@ -302,7 +302,7 @@ class SourceReader:
         path = self.src.path
         if path not in BUILTINS:
             raise DataError(f"data.{self.slot}: unknown builtin dataset {path!r}; known: {list(BUILTINS)}")
-        seed = self.cfg.seed if self.src.seed is None else self.src.seed
+        seed = self.cfg.seed if self.src.seed < 0 else self.src.seed
         ifs, cds = build_demo(seed=seed, n_instruction=self.cfg.demo_size,
                               n_grounded=self.cfg.demo_grounded_size or self.cfg.demo_size,
                               families=self.cfg.demo_constraints)
