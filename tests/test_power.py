@@ -76,8 +76,8 @@ DEFAULT = rules_from_config(RegisterConfig())["reference"]
 
 
 def test_the_default_rule_is_the_documented_one():
-    assert DEFAULT == GateRule(margins={"if_prompt_acc": 0.03, "faithfulness": 0.03}, alpha=0.05, superiority=True,
-                               spending=True, use=1)
+    assert GateRule(margins={"if_prompt_acc": 0.03, "faithfulness": 0.03}, alpha=0.05, superiority=True,
+                               spending=True, use=1) == DEFAULT
     assert spent_alpha(0.05, 1) == pytest.approx(0.05 * 6 / math.pi ** 2)
     assert sum(spent_alpha(0.05, k) for k in range(1, 100_000)) == pytest.approx(0.05, rel=1e-4)
 
