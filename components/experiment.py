@@ -45,24 +45,39 @@ def control_data(selected_set: Input[Dataset], seen_prompts: Input[Dataset], con
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def answer_base(test_set: Input[Dataset], dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict,
+                tracking: dict, answers: Output[Dataset]) -> dict:
+    """The base model's scored answers on the held-out split, once for every seed (it has no seed)."""
+    from reset import steps
+
+    return steps.evaluate_answers({}, test_set.path, evaluate, model, judge, tracking, "", out_rows=answers.path,
+                                  include_base=True, dev_path=dev_set.path)
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_arms(
-    test_set: Input[Dataset], dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, tracking: dict, include_base: bool,
+    test_set: Input[Dataset], dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, tracking: dict,
     reference: str, seed: int, scores: Output[Artifact], report: Output[Markdown], report_html: Output[HTML],
-    samples: Output[Dataset],
+    samples: Output[Dataset], base_answers: Optional[Input[Dataset]] = None,
     if_only: Optional[Input[Model]] = None, cd_only: Optional[Input[Model]] = None,
     cd_if: Optional[Input[Model]] = None, if_cd: Optional[Input[Model]] = None, mtl: Optional[Input[Model]] = None,
     reset: Optional[Input[Model]] = None, reset_s: Optional[Input[Model]] = None,
-    control: Optional[Input[Model]] = None,
+    control: Optional[Input[Model]] = None, reset_selection: Optional[Input[Artifact]] = None,
+    reset_s_selection: Optional[Input[Artifact]] = None,
 ) -> list:
-    """Every arm given (and the base model) on the held-out split, from one engine; the verdicts."""
+    """Every arm given on the held-out split, from one engine, with the base model's answers scored
+    once (`base_answers`); the verdicts and the selections' keep rates."""
     from reset import steps
 
     given = {"if-only": if_only, "cd-only": cd_only, "cd-if": cd_if, "if-cd": if_cd, "mtl": mtl, "reset": reset,
              "reset-s": reset_s, "control": control}
     models = {name: art.path for name, art in given.items() if art is not None}
+    keep = {a: art.path for a, art in (("reset", reset_selection), ("reset-s", reset_s_selection)) if art is not None}
     payload = steps.evaluate(models, test_set.path, evaluate, model, judge, tracking, "", out_metrics=scores.path,
                              out_report=report.path, out_rows=samples.path, out_html=report_html.path,
-                             include_base=include_base, reference=reference, seed=seed, dev_path=dev_set.path)
+                             include_base=base_answers is None, reference=reference, seed=seed,
+                             dev_path=dev_set.path, keep_rates_paths=keep,
+                             extra_rows_paths={"base": base_answers.path} if base_answers is not None else None)
     return payload["verdicts"]
 
 

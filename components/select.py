@@ -1,7 +1,7 @@
 """Reject sampling: keep the best candidate per prompt (ReSet) or a stricter top set (ReSet-S)."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Output
+from kfp.dsl import Artifact, Dataset, Input, Output
 
 from components.image import BASE_IMAGE
 
@@ -9,11 +9,15 @@ from components.image import BASE_IMAGE
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def select_samples(
     seen_prompts: Input[Dataset], candidates: Input[Dataset], judgments: Input[Dataset], select: dict,
-    tracking: dict, selected_set: Output[Dataset],
+    tracking: dict, selected_set: Output[Dataset], selection_report: Output[Artifact],
+    generate: dict = {},  # noqa: B006 - a KFP parameter default (the component never mutates it)
 ) -> dict:
+    """`generate` (an arm sharing a larger generation): select among the candidates its own
+    sampling plan would have drawn."""
     from reset import steps
 
     report = steps.select(seen_prompts.path, candidates.path, judgments.path, select, tracking, "",
-                          out_selected=selected_set.path)
+                          out_selected=selected_set.path, generate_cfg=generate or None,
+                          out_report=selection_report.path)
     selected_set.metadata["rows"] = report["selected"]
     return {k: v for k, v in report.items() if not isinstance(v, dict)}

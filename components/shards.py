@@ -72,7 +72,7 @@ def answer_heldout(
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
 def evaluate_gathered(
     mtl_model: Input[Model], reset_model: Input[Model], test_set: Input[Dataset], dev_set: Input[Dataset], shard_answers: Input[List[Dataset]],
-    evaluate: dict, model: dict, judge: dict, register: dict, tracking: dict,
+    selection_report: Input[Artifact], evaluate: dict, model: dict, judge: dict, register: dict, tracking: dict,
     scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML],
     samples: Output[Dataset],
 ) -> dict:
@@ -81,7 +81,8 @@ def evaluate_gathered(
     payload = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path}, test_set.path, evaluate, model,
                              judge, tracking, "", out_metrics=scores.path, out_report=report.path,
                              out_rows=samples.path, out_html=report_html.path, register_cfg=register,
-                             rows_paths=[a.path for a in shard_answers], dev_path=dev_set.path)
+                             rows_paths=[a.path for a in shard_answers], dev_path=dev_set.path,
+                             keep_rates_paths={"reset": selection_report.path})
     for name, values in payload["metrics"].items():
         for key, value in values.items():
             metrics.log_metric(f"{name}.{key}", value)

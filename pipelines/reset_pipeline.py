@@ -178,13 +178,14 @@ def build_pipeline(cluster: "ClusterConfig | None" = None, *, llm_judges: bool =
                 ev = evaluate_gathered(
                     mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
                     test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], shard_answers=dsl.Collected(ans.outputs["answers"]),
-                    evaluate=c["evaluate"], model=c["model"], judge=c["judge"], register=c["register"],
-                    tracking=tracking,
+                    selection_report=chosen.outputs["selection_report"], evaluate=c["evaluate"], model=c["model"],
+                    judge=c["judge"], register=c["register"], tracking=tracking,
                 ).set_display_name("evaluate")
             else:
                 ev = evaluate_models(
                     mtl_model=mtl.outputs["mtl_model"], reset_model=rs.outputs["reset_model"],
-                    test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"], evaluate=c["evaluate"], model=c["model"],
+                    test_set=mixed.outputs["test_set"], dev_set=mixed.outputs["dev_set"],
+                    selection_report=chosen.outputs["selection_report"], evaluate=c["evaluate"], model=c["model"],
                     judge=c["judge"], register=c["register"], tracking=tracking,
                 ).set_display_name("evaluate")
 

@@ -23,8 +23,29 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reset.config import SelectConfig
+from reset.config import GenerateConfig, SelectConfig
 from reset.data.records import Candidate, Example, Judgment, check_references
+
+
+def sampled_by(candidates: Sequence[Candidate], cfg: GenerateConfig) -> list[Candidate]:
+    """The candidates a generation with `cfg` would have sampled: those whose decoding setting is
+    in its grid, at most its samples per setting (greedy: one), the reference when it includes
+    it. Lets arms that sample from the same model share one larger generation (the experiment's
+    ReSet and ReSet-S: ReSet's candidates are a subset of ReSet-S's)."""
+    want = {(float(d.temperature), float(d.top_p) if d.temperature else 1.0) for d in cfg.grid}
+    out = []
+    for c in candidates:
+        d = c.decoding
+        if d.get("strategy") == "reference":
+            if cfg.include_reference:
+                out.append(c)
+            continue
+        temp = float(d.get("temperature", 0.0))
+        key = (temp, float(d.get("top_p", 1.0)) if temp else 1.0)
+        limit = 1 if temp == 0 else cfg.samples_per_setting
+        if key in want and int(d.get("sample", 0)) < limit:
+            out.append(c)
+    return out
 
 
 class SelectionError(RuntimeError):

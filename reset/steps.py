@@ -491,14 +491,23 @@ def gather(seen_path: str, candidate_paths: Sequence[str], judgment_paths: Seque
     return {"shards": len(candidate_paths), "candidates": len(cands), "judgments": len(judgments)}
 
 def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg: Section, tracking_cfg: Section,
-           parent_run_id: str, *, out_selected: str) -> dict[str, Any]:
+           parent_run_id: str, *, out_selected: str, generate_cfg: Section = None, name: str = "select",
+           out_report: str = "") -> dict[str, Any]:
+    """Reject sampling over the judged candidates; with `generate_cfg`, only over the candidates a
+    generation with that config would have sampled (an arm that shares a larger generation)."""
+    from reset.selection import sampled_by
     from reset.selection import select as run_select
 
     scfg = C.section(C.SelectConfig, dict(select_cfg or {}), "select")
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
     judgments = _read(judgments_path, Judgment)
-    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, "select", scfg.model_dump()):
+    if generate_cfg is not None:
+        mine = sampled_by(cands, C.section(C.GenerateConfig, dict(generate_cfg), "generate"))
+        _log(f"[select] {len(mine)} of the {len(cands)} shared candidates are this arm's sampling plan")
+        ids = {c.id for c in mine}
+        cands, judgments = mine, [j for j in judgments if j.candidate_id in ids]
+    with tracking.step_run(_tracking(tracking_cfg), parent_run_id, name, scfg.model_dump()):
         import mlflow
 
         sel = run_select(examples, cands, judgments, scfg)
@@ -521,6 +530,9 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, select_cfg
         mlflow.log_metrics(_metrics(rep))
         ranks = rep.pop("ranks", {})
         mlflow.log_dict(rep, "selection_report.json")
+        if out_report:  # the keep rates, for the evaluate step's report
+            Path(out_report).parent.mkdir(parents=True, exist_ok=True)
+            Path(out_report).write_text(json.dumps(rep, indent=2, default=str))
         rep["ranks"] = ranks
         mlflow.log_table(_judged_table(examples, cands, judgments, ranks), artifact_file="judged_samples.json")
         kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in _by_kind(rep).items())
@@ -620,7 +632,9 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
              judge_cfg: Section, tracking_cfg: Section, parent_run_id: str, *, out_metrics: str,
              out_report: str, out_rows: str, out_html: str = "", register_cfg: Section = None,
              include_base: bool = True, reference: str = "mtl", candidate: str = "reset",
-             seed: int | None = None, rows_paths: Sequence[str] = (), dev_path: str = "") -> dict[str, Any]:
+             seed: int | None = None, rows_paths: Sequence[str] = (), dev_path: str = "",
+             keep_rates_paths: Mapping[str, str] | None = None,
+             extra_rows_paths: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Evaluate `models` (name -> checkpoint or reference, e.g. mtl, reset), the configured base
     model ("base", with `include_base`) and, when `register.compare_champion` and a champion exists,
     the registry's champion ("champion"), all on the same held-out split (`eval_path`, the test
@@ -631,7 +645,10 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
     alpha spending). Writes the payload (`out_metrics`, JSON), the Markdown report (`out_report`),
     the rows (`out_rows`) and the HTML report (`out_html`); logs one MLflow run per evaluated model
     and the headline figures on the parent run. With `rows_paths` (the outputs of
-    `evaluate_answers` shards) nothing is generated: the shards' rows are gathered instead."""
+    `evaluate_answers` shards) nothing is generated: the shards' rows are gathered instead.
+    `keep_rates_paths`: arm -> its select step's report (the keep rates in the reports);
+    `extra_rows_paths`: model -> rows scored once elsewhere (the experiment's base model, evaluated
+    once for every seed), joined as they are."""
     import tempfile
 
     from reset.evaluation import evaluate_models, markdown_report, point_metrics
@@ -663,6 +680,13 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
             models, champion_version = _models_to_evaluate(models, mcfg, rcfg, include_base, tmp)
             _log(f"[evaluate] {len(models)} models ({', '.join(models)}) x {len(examples)} {ecfg.split} prompts")
             rows_by_model, results, gen_stats = evaluate_models(models, examples, ecfg, mcfg, jcfg, log=_log)
+        for name, path in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split
+            extra = _read_rows(path)
+            if {r["example_id"] for r in extra} != {e.id for e in examples}:
+                raise ValueError(f"{path}: the {name} rows are not this {ecfg.split} split's")
+            rows_by_model = {name: extra, **rows_by_model}
+            results = {name: point_metrics(extra), **results}
+        keep_rates = _keep_rates(keep_rates_paths)
         use = _count_test_use(rcfg, ecfg.split, digest, candidate in rows_by_model)
         same = {ref: _same_weights(models.get(candidate), models.get(ref)) for ref in (reference, "champion")}
         decision = run_decision(rows_by_model, reference=reference, candidate=candidate,
@@ -672,9 +696,9 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         summary, lines = decision.summary, decision.lines
         if decision.gates:
             _log(f"[evaluate] decision on the {ecfg.split} split (use {use}): {decision.words()}")
-        report = markdown_report(summary, extra=[f"Against the current champion: {x}" for x in lines
-                                                 if "vs champion" in x] + [f"Gate: {decision.words()}"]
-                                 if decision.gates else ())
+        report = markdown_report(summary, keep_rates=keep_rates,
+                                 extra=[f"Against the current champion: {x}" for x in lines if "vs champion" in x]
+                                 + [f"Gate: {decision.words()}"] if decision.gates else ())
         headline = headline_text(summary, lines + ([f"Decision: {decision.words()}"] if decision.gates else []))
         _log(f"[evaluate] comparison on the {ecfg.split} split:\n" + report)
         _note(lines[0] if lines else f"{len(results)} models x {len(examples)} {ecfg.split} prompts")
@@ -688,7 +712,7 @@ def evaluate(models: Mapping[str, str], eval_path: str, evaluate_cfg: Section, m
         all_rows = [r for rows in rows_by_model.values() for r in rows]
         write_jsonl(out_rows, all_rows)
         png = tradeoff_plot(summary)
-        html = html_report(summary, rows_by_model, examples=examples, plot_png=png)
+        html = html_report(summary, rows_by_model, examples=examples, plot_png=png, keep_rates=keep_rates)
         if out_html:
             Path(out_html).parent.mkdir(parents=True, exist_ok=True)
             Path(out_html).write_text(html, encoding="utf-8")
@@ -741,6 +765,14 @@ def _gathered_rows(rows_paths: Sequence[str], examples: Sequence[Example]) -> tu
     _log(f"[evaluate] gathered {len(gathered)} rows from {len(rows_paths)} shards: "
          f"{len(rows_by_model)} models x {len(examples)} held-out prompts")
     return rows_by_model, next(iter(versions), None)
+
+
+def _keep_rates(paths: Mapping[str, str] | None) -> dict[str, Any] | None:
+    """The select steps' reports by arm (one arm: its report alone), for the keep-rate tables."""
+    reports = {arm: json.loads(Path(p).read_text()) for arm, p in (paths or {}).items() if p and Path(p).exists()}
+    if not reports:
+        return None
+    return next(iter(reports.values())) if len(reports) == 1 else reports
 
 
 def _count_test_use(rcfg, split: str, digest: str, has_candidate: bool) -> int:

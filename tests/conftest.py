@@ -83,6 +83,22 @@ def tiny_model_dir(cache_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def other_tiny_models(cache_dir) -> dict[int, Path]:
+    """Tiny random Llamas of the same shape and tokenizer as tiny_model_dir, other weights (seeds 1, 2):
+    challengers whose answers differ from the champion's."""
+    from reset.models.loading import build_tiny_llama
+
+    out = {}
+    for seed in (1, 2):
+        path = cache_dir / f"tiny-llama-seed{seed}"
+        if not (path / "config.json").exists():
+            path.mkdir(parents=True, exist_ok=True)
+            build_tiny_llama(path, seed=seed)
+        out[seed] = path
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo():
     """(instruction examples, grounded examples): a small seeded demo set."""
     return build_demo(seed=0, n_instruction=40, n_grounded=40)

@@ -112,7 +112,14 @@ def test_parent_and_child_runs_with_metrics(pipeline_run):
     for model in ("base", "mtl", "reset"):
         for axis in ("if_prompt_acc", "faithfulness", "task"):
             assert 0.0 <= ev[f"{model}.{axis}"] <= 1.0
-    assert steps["register"].data.metrics["promoted"] == 1.0
+    # the registry decision follows the evaluate step's gate (a random tiny model is not better than its
+    # MTL: the gate says why and the registry keeps it a challenger)
+    decision = client.download_artifacts(steps["evaluate"].info.run_id, "decision.json", str(tmp / "d"))
+    gates = json.loads(Path(decision).read_text())["gates"]
+    assert steps["register"].data.metrics["promoted"] == float(all(g["passed"] for g in gates.values()))
+    assert steps["register"].data.tags["promotion"].startswith(gates["mtl"]["reason"])
+    assert parent.data.tags["reset.decision"].startswith(gates["mtl"]["reason"])
+    assert parent.data.tags["reset.test_digest"] == steps["mix"].data.tags["reset.test_digest"]
 
     # The summary the CLI wrote agrees with MLflow.
     summary = json.loads((tmp / "runs" / "last_run.json").read_text())
@@ -142,12 +149,14 @@ def test_quarantine_names_the_s3_file_and_line(pipeline_run):
 
 
 def test_registry_aliases_and_offline_load(pipeline_run):
-    client, _, _ = pipeline_run
-    champ = client.get_model_version_by_alias("reset-e2e", "champion")
+    client, exp, _ = pipeline_run
     chall = client.get_model_version_by_alias("reset-e2e", "challenger")
-    assert str(champ.version) == str(chall.version) == "1"
-    assert float(champ.tags["metric.faithfulness"]) >= 0.0
-    model = mlflow.pyfunc.load_model("models:/reset-e2e@champion")
+    assert str(chall.version) == "1" and float(chall.tags["metric.faithfulness"]) >= 0.0
+    # the version records the test split it was judged on, and which use of it this was
+    mix = client.search_runs([exp.experiment_id], "tags.`reset.step` = 'mix'")[0]
+    assert chall.tags["reset.test_digest"] == mix.data.tags["reset.test_digest"] and chall.tags["reset.test_use"] == "1"
+    assert client.get_registered_model("reset-e2e").tags["reset.test_uses." + chall.tags["reset.test_digest"][:16]] == "1"
+    model = mlflow.pyfunc.load_model("models:/reset-e2e@challenger")
     out = model.predict([{"instruction": "Say hello."}])
     assert len(out) == 1 and isinstance(out[0], str)
 

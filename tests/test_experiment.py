@@ -55,12 +55,14 @@ def test_every_arm_and_the_control_in_dependency_order(compiled):
     tasks = _loop(compiled)
     names = set(_by_display(tasks))
     assert {f"finetune-{a}" for a in ARMS} <= names
-    assert {"generate-reset", "judge-reset", "select-reset", "generate-reset-s", "select-reset-s",
+    # ReSet and ReSet-S share one generation and one judging per seed (ReSet's plan is a subset)
+    assert {"generate-reset+reset-s", "judge-reset+reset-s", "select-reset", "select-reset-s",
             "control-data", "evaluate"} <= names
+    assert not {"generate-reset", "generate-reset-s"} & names
     up = {n: _upstream(tasks, n) for n in names}
     assert up["finetune-cd-if"] == {"finetune-cd-only"} and up["finetune-if-cd"] == {"finetune-if-only"}
     assert up["finetune-mtl"] == set() and up["finetune-if-only"] == set()
-    assert {"finetune-mtl", "generate-reset", "judge-reset", "select-reset"} <= up["finetune-reset"]
+    assert {"finetune-mtl", "generate-reset+reset-s", "judge-reset+reset-s", "select-reset"} <= up["finetune-reset"]
     assert {"finetune-mtl", "select-reset-s"} <= up["finetune-reset-s"] and "select-reset" not in up["finetune-reset-s"]
     # the control: MTL plus the references of the prompts ReSet kept
     assert {"finetune-mtl", "control-data", "select-reset"} <= up["finetune-control"]
@@ -72,20 +74,53 @@ def test_every_arm_and_the_control_in_dependency_order(compiled):
     loop = next(spec for spec in root.values() if "parameterIterator" in spec)
     assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1]
     assert "experiment-report" in root
+    # the base model has no seed: its answers are scored once, outside the loop, for every seed's evaluation
+    assert "answer-base" in {spec["taskInfo"]["name"] for spec in root.values()}
+    ev = _by_display(tasks)["evaluate"][1]
+    assert ev["inputs"]["artifacts"]["base_answers"]["componentInputArtifact"]
+    assert {"reset_selection", "reset_s_selection"} <= set(ev["inputs"]["artifacts"])
 
 
 def test_reset_s_is_sampled_harder_and_filtered_stricter(compiled):
     tasks = _loop(compiled)
-    gen = _by_display(tasks)["generate-reset-s"][1]["inputs"]["parameters"]["generate"]["runtimeValue"]["constant"]
-    sel = _by_display(tasks)["select-reset-s"][1]["inputs"]["parameters"]["select"]["runtimeValue"]["constant"]
-    plain = _by_display(tasks)["select-reset"][1]["inputs"]["parameters"]["select"]["runtimeValue"]["constant"]
-    base = _by_display(tasks)["generate-reset"][1]["inputs"]["parameters"]["generate"]["runtimeValue"]["constant"]
+
+    def param(task, name):
+        return _by_display(tasks)[task][1]["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+
+    shared = param("generate-reset+reset-s", "generate")
+    gen, base = param("select-reset-s", "generate"), param("select-reset", "generate")
+    sel, plain = param("select-reset-s", "select"), param("select-reset", "select")
 
     def per_prompt(g):
         return sum(1 if s["temperature"] == 0 else g["samples_per_setting"] for s in g["grid"])
 
     assert per_prompt(gen) > per_prompt(base) and max(g["temperature"] for g in gen["grid"]) > 1.0
     assert sel["mode"] == "reset-s" and plain["mode"] == "reset" and sel["top_fraction"] < 1
+    # the shared generation draws everything both plans draw, and no more
+    assert per_prompt(shared) == per_prompt(gen) and all(s in shared["grid"] for s in base["grid"] + gen["grid"])
+
+
+def test_an_arm_selects_only_among_the_candidates_its_own_plan_draws():
+    from reset.config import GenerateConfig
+    from reset.data.records import Example
+    from reset.models.generation.common import candidates, plan
+    from reset.selection import sampled_by
+
+    exs = [Example(id=f"e{i}", source="s", kind="instruction", instruction=f"Say {i}.", response="x") for i in range(3)]
+    big = GenerateConfig(grid=[{"temperature": 0.7, "top_p": 0.95}, {"temperature": 1.0, "top_p": 0.95},
+                               {"temperature": 0.0}, {"temperature": 1.2, "top_p": 0.95}], samples_per_setting=4)
+    small = GenerateConfig(grid=[{"temperature": 0.7, "top_p": 0.95}, {"temperature": 1.0, "top_p": 0.95}],
+                           samples_per_setting=2)
+    reqs = plan(exs, big)
+    cands = candidates(reqs, [[f"{r.example.id}-{r.setting_index}-{k}" for k in range(r.n)] for r in reqs], big,
+                       backend="hf", model_name="m", order=exs)
+    mine = sampled_by(cands, small)
+    assert len(cands) == 3 * 13 and len(mine) == 3 * 4
+    assert {c.id.split("/")[1] for c in mine} == {"g0s0", "g0s1", "g1s0", "g1s1"}
+    # the same requests (setting index and seed) a generation with the small plan makes itself
+    own = {(r.example.id, r.setting_index, r.seed) for r in plan(exs, small)}
+    assert {(c.example_id, int(c.id.split("/g")[1][0]), c.decoding["seed"]) for c in mine} == own
+    assert sampled_by(cands, big) == cands
 
 
 def test_needed_arms_bring_their_prerequisites():

@@ -96,7 +96,9 @@ def test_the_final_model_is_exported_once_merged_and_registered_by_its_s3_locati
     assert sum(k.endswith(".safetensors") for k in _keys(s3, "exports")) == 1
     # ... and not a second time into the MLflow run's artifacts
     assert not [p for p in (root / "art").rglob("*.safetensors")]
-    assert str(client.get_model_version_by_alias("exp", "champion").version) == out["version"]  # the first one
+    # no gates, no promotion: a challenger only (the alias moves on a gate's outcome, below by hand)
+    assert not out["promote"] and str(client.get_model_version_by_alias("exp", "challenger").version) == out["version"]
+    assert registry.move_champion(client, cfg, out["version"], expected=None, holder="test", reason="first")[0]
     # the registered model loads from that location and answers; champion_location names the weights
     model = mlflow.pyfunc.load_model("models:/exp@champion")
     answers = model.predict([{"instruction": "Say hello."}])
@@ -106,34 +108,42 @@ def test_the_final_model_is_exported_once_merged_and_registered_by_its_s3_locati
 
 
 # ------------------------------------------------------------------------------------------ the step
-def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_model_dir, store, frozen, s3):
+def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_model_dir, other_tiny_models, store,
+                                                                          frozen, s3):
     s3.create_bucket(Bucket="frozen")
     upload(frozen[0], "s3://frozen/sets/v1.jsonl")
     uri, exp, root = store
     base = RegisterConfig(model_name="m", promotion_data="s3://frozen/sets/v1.jsonl", promotion_data_sha256=frozen[1])
     v1 = _register(tiny_model_dir, exp, base, champion=True)
-    v2 = _register(tiny_model_dir, exp, base)
+    same = _register(tiny_model_dir, exp, base)
+    v2 = _register(other_tiny_models[1], exp, base)
     tracking = {"tracking_uri": uri, "experiment": "promo"}
     client = mlflow.MlflowClient()
 
-    # the same weights: never significantly better, so with require_significant it is kept
-    strict = {**base.model_dump(), "require_significant": True}
-    kept = promote(strict, FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"), log=lambda _: None)
-    assert kept["outcome"] == "kept" and "not significantly better" in kept["reason"]
+    # the same weights: never promoted, whatever the margins, and the reason says why
+    loose = {**base.model_dump(), "margin_if": 0.99, "margin_faithfulness": 0.99}
+    kept = promote(loose, FAST, {}, {}, tracking, challenger=same, cache_dir=str(root / "cache"), log=lambda _: None)
+    assert kept["outcome"] == "kept" and kept["reason"].startswith("weights identical to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v1
-    assert kept["gate"]["deltas"]["if_prompt_acc"]["n"] > 0 and kept["gate"]["deltas"]["faithfulness"]["n"] > 0
 
-    # no worse on both axes (a tie): promoted; the run and the version record the decision
-    done = promote(base.model_dump(), FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"),
-                   log=lambda _: None)
-    assert done["outcome"] == "promoted" and done["champion_version"] == v1
+    # other weights, but 8 examples cannot show non-inferiority within 0.03: kept, naming the bound
+    strict = promote(base.model_dump(), FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"),
+                     log=lambda _: None)
+    assert strict["outcome"] == "kept" and "not shown non-inferior to champion" in strict["reason"]
+    assert strict["gate"]["deltas"]["if_prompt_acc"]["n"] > 0 and strict["gate"]["deltas"]["faithfulness"]["n"] > 0
+
+    # margins wide enough for 8 examples: non-inferior, promoted; the run and the version record it
+    done = promote(loose, FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"), log=lambda _: None)
+    assert done["outcome"] == "promoted" and done["champion_version"] == v1, done["reason"]
+    assert done["reason"].startswith("non-inferior to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v2
     assert client.get_model_version("m", v2).tags["promotion.outcome"] == "promoted"
     run = client.get_run(done["run_id"])
     assert run.data.tags["reset.role"] == "promotion" and run.data.tags["reset.promotion_data_sha256"] == frozen[1]
-    assert run.data.tags["gate.vs_champion.faithfulness"].startswith("+0.000")
-    assert run.data.metrics["challenger.vs_champion.if_prompt_acc.diff"] == 0.0
-    assert run.data.metrics["promoted"] == 1.0
+    assert "gate.vs_champion.faithfulness" in run.data.tags and run.data.metrics["promoted"] == 1.0
+    # each use of the frozen set was counted (three gates so far: alpha spent over them)
+    assert run.data.tags["reset.test_use"] == "3"
+    assert client.get_registered_model("m").tags["reset.test_uses." + frozen[1][:16]] == "3"
     assert not [m for m in client.search_registered_models() if m.name.endswith(registry.LOCK_SUFFIX)]
 
     # again: the challenger is the champion now, nothing to evaluate
@@ -235,7 +245,8 @@ def test_concurrent_moves_over_http_on_postgres_let_exactly_one_through(pg_mlflo
 
 
 @pytest.mark.integration
-def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_model_dir, frozen, s3, tmp_path):
+def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_model_dir, other_tiny_models, frozen, s3,
+                                                             tmp_path):
     """Two `python -m pipelines promote` (kfp.local) processes started together, each with its own
     challenger, both evaluated against the same champion and both passing the gate: one moves
     the alias, the other finds it moved and stops."""
@@ -249,10 +260,12 @@ def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_mod
         upload(frozen[0], "s3://frozen/race/v1.jsonl")
         cfg = RegisterConfig(model_name="race", export_uri="s3://exports/race")
         v1 = _register(tiny_model_dir, exp, cfg, champion=True)
-        v2, v3 = _register(tiny_model_dir, exp, cfg), _register(tiny_model_dir, exp, cfg)
+        v2, v3 = _register(other_tiny_models[1], exp, cfg), _register(other_tiny_models[2], exp, cfg)
     finally:
         mlflow.set_tracking_uri(None)
+    # margins wide enough for the 8-example frozen set: both challengers pass the gate
     args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"tracking.tracking_uri={pg_mlflow}",
+            "--set", "register.margin_if=0.99", "--set", "register.margin_faithfulness=0.99",
             "--set", "tracking.experiment=race", "--set", "register.model_name=race",
             "--set", "register.promotion_data=s3://frozen/race/v1.jsonl",
             "--set", f"register.promotion_data_sha256={frozen[1]}", "--set", "evaluate.max_new_tokens=4"]

@@ -608,11 +608,11 @@ class RegisterConfig(Section):
     """Alias of every newly registered version."""
     champion_alias: Annotated[str, Field(min_length=1)] = "champion"
     """Alias moved to a version only when it passes the gates."""
-    margin_if: Annotated[float, Field(ge=0.0, lt=0.5), NoBool] = 0.03
+    margin_if: Annotated[float, Field(ge=0.0, lt=1.0), NoBool] = 0.03
     """Non-inferiority margin on instruction following (IF prompt accuracy): the one-sided lower
     confidence bound of the paired difference must be above -margin. 0.03: three points of pass
     rate, about half the effect ReSet showed at demo scale (docs/design.md)."""
-    margin_faithfulness: Annotated[float, Field(ge=0.0, lt=0.5), NoBool] = 0.03
+    margin_faithfulness: Annotated[float, Field(ge=0.0, lt=1.0), NoBool] = 0.03
     """Non-inferiority margin on faithfulness (the gated faithfulness score)."""
     alpha: Annotated[float, Field(gt=0.0, le=0.2), NoBool] = 0.05
     """Two-sided level of the gate's intervals (its one-sided bounds and tests are at alpha / 2)."""

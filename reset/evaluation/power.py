@@ -187,5 +187,54 @@ def error_table(rule: GateRule, n_if: int, n_faith: int, scenarios: Sequence[tup
     return out
 
 
+SCENARIOS: list[tuple[str, Scenario]] = [
+    ("exactly as good as MTL (14% of IF verdicts differ)", Scenario()),
+    ("exactly as good, 60% of grounded answers unchanged", Scenario(faith_zero=0.6)),
+    ("identical answers", Scenario(identical=True)),
+    ("worse by the margin on IF (-0.03), equal faithfulness", Scenario(if_delta=-0.03)),
+    ("better IF (+0.05), worse faithfulness by the margin (-0.03)", Scenario(if_delta=0.05, faith_delta=-0.03)),
+    ("better on IF only (+0.05)", Scenario(if_delta=0.05)),
+    ("better on faithfulness only (+0.03)", Scenario(faith_delta=0.03)),
+    ("the effects the experiment observed (IF +0.05, faithfulness +0.03)", Scenario(if_delta=0.05, faith_delta=0.03)),
+    ("twice those effects (IF +0.10, faithfulness +0.06)", Scenario(if_delta=0.10, if_discordance=0.2,
+                                                                     faith_delta=0.06)),
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Print the default gate's promotion rates by simulation (the table in docs/design.md):
+
+        python -m reset.evaluation.power [--n-if 450] [--n-faith 200] [--reps 4000]"""
+    import argparse
+
+    from reset.config import RegisterConfig
+    from reset.evaluation.decision import rules_from_config
+
+    ap = argparse.ArgumentParser(prog="python -m reset.evaluation.power", description=main.__doc__)
+    ap.add_argument("--n-if", type=int, default=450, help="test prompts that count for IF (default: the demo's)")
+    ap.add_argument("--n-faith", type=int, default=200, help="test items that count for faithfulness")
+    ap.add_argument("--reps", type=int, default=4000)
+    ap.add_argument("--uses", type=int, default=10, help="promotions against one test split, for the last rows")
+    args = ap.parse_args(argv)
+    rule = rules_from_config(RegisterConfig())["reference"]
+    print(f"gate: {rule.describe()}; {args.n_if} IF prompts, {args.n_faith} grounded items; "
+          f"faithfulness SD of paired differences 0.23; {args.reps} simulated evaluations per row\n")
+    print("| true state of the candidate | promoted | 95% MC interval |\n|---|---:|---:|")
+    for name, r, se in error_table(rule, args.n_if, args.n_faith, SCENARIOS, reps=args.reps):
+        print(f"| {name} | {r:.3f} | [{max(0.0, r - 1.96 * se):.3f}, {min(1.0, r + 1.96 * se):.3f}] |")
+    reps = max(200, args.reps // 5)
+    for label, this in (("with alpha spending (default)", rule),
+                        ("without spending", GateRule(rule.margins, rule.alpha, rule.superiority, False))):
+        r = simulate_gate(this, args.n_if, args.n_faith, Scenario(), reps=reps, uses=args.uses, seed=99)
+        se = math.sqrt(r * (1 - r) / reps)
+        print(f"| exactly as good, {args.uses} promotions against one test split, {label} | {r:.3f} | "
+              f"[{max(0.0, r - 1.96 * se):.3f}, {min(1.0, r + 1.96 * se):.3f}] |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
 __all__ = ["Scenario", "error_table", "power_paired_means", "power_paired_proportions", "sample_size_paired_means",
            "sample_size_paired_proportions", "simulate_gate", "t_cdf"]

@@ -94,14 +94,33 @@ def arm_config(cfg: PipelineConfig, arm: str, overlays: Mapping[str, Mapping[str
     return out
 
 
-def training_examples(arm: str, train: Sequence[Example]) -> list[Example]:
-    """The part of the training mixture an arm trains on (for arms that train on the mixture)."""
-    data = ARMS[arm][1]
-    if data == "all":
-        return list(train)
-    if data in ("instruction", "grounded"):
-        return [e for e in train if e.kind == data]
-    raise ValueError(f"arm {arm!r} trains on {data}, not on the mixture")
+def shared_generation(configs: Mapping[str, PipelineConfig]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Arms that sample from the same model with the same judges share one generation: arm ->
+    (the group's first arm, the group's generate section: the union of their grids, the largest
+    samples per setting). Each arm then selects among the candidates its own plan would have drawn
+    (reset.selection.sampled_by), so ReSet's candidates are a subset of ReSet-S's: one engine run
+    and one judging instead of two. Arms whose other generation settings differ are not grouped."""
+    groups: dict[str, list[str]] = {}
+    for arm, cfg in configs.items():
+        if ARMS[arm][1] != "selected":
+            continue
+        g = cfg.generate.model_dump(mode="json", exclude={"grid", "samples_per_setting", "include_reference"})
+        key = repr((ARMS[arm][0], sorted(g.items()), cfg.judge.model_dump(mode="json"), cfg.model.model_dump(mode="json")))
+        groups.setdefault(key, []).append(arm)
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for arms in groups.values():
+        grid: list[dict[str, Any]] = []
+        for arm in arms:
+            for d in configs[arm].generate.grid:
+                item = d.model_dump(mode="json")
+                if item not in grid:
+                    grid.append(item)
+        union = {**configs[arms[0]].generate.model_dump(mode="json"), "grid": grid,
+                 "samples_per_setting": max(configs[a].generate.samples_per_setting for a in arms),
+                 "include_reference": any(configs[a].generate.include_reference for a in arms)}
+        for arm in arms:
+            out[arm] = (arms[0], union)
+    return out
 
 
 def control_examples(selected: Sequence[Example], seen: Sequence[Example]) -> list[Example]:

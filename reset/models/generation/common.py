@@ -88,6 +88,7 @@ def candidates(reqs: Sequence[Request], texts: Sequence[Sequence[str]], cfg: Gen
                     "temperature": r.setting.temperature,
                     "top_p": r.setting.top_p,
                     "seed": r.seed,
+                    "sample": k,
                     "max_new_tokens": cfg.max_new_tokens,
                     "backend": backend,
                 },
