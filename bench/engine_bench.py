@@ -107,7 +107,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
     from reset.config import GenerateConfig
-    from reset.models.generation.vllm_backend import worker_python
+    from reset.models.generation.vllm_server import worker_python
     from reset.models.loading import resolve_model
 
     python = worker_python(GenerateConfig())

@@ -1,4 +1,8 @@
-"""Evaluate base, MTL, ReSet (and the current champion) on the held-out split: the report."""
+"""Evaluation: every model's answers to the held-out split (or one shard of them), and the
+comparison with its decision: the report, the gate, the verdicts. One component serves the ReSet
+pipeline (MTL and ReSet, sharded or not) and the experiment (every arm, the base answered once)."""
+
+from typing import List, Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
@@ -7,18 +11,53 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def evaluate_models(
-    mtl_model: Input[Model], reset_model: Input[Model], test_set: Input[Dataset], dev_set: Input[Dataset],
-    selection_report: Input[Artifact], evaluate: dict, model: dict, judge: dict, register: dict, tracking: dict,
-    scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown], report_html: Output[HTML],
-    samples: Output[Dataset],
+def answer_heldout(
+    test_set: Input[Dataset], dev_set: Input[Dataset], tracking: dict, answers: Output[Dataset],
+    mtl_model: Optional[Input[Model]] = None, reset_model: Optional[Input[Model]] = None,
+    evaluate: dict = {}, model: dict = {}, judge: dict = {}, register: dict = {},  # noqa: B006
+    sections: Optional[Input[Artifact]] = None, shard: int = 0, shards: int = 1, with_register: bool = True,
+    include_base: bool = True,
 ) -> dict:
+    """Scored answers of the models given (and the base model, and the champion with `with_register`)
+    to shard `shard` of `shards` of the held-out split; the experiment's base answers (no models)."""
     from reset import steps
 
-    payload = steps.evaluate({"mtl": mtl_model.path, "reset": reset_model.path}, test_set.path, evaluate, model,
-                             judge, tracking, "", out_metrics=scores.path, out_report=report.path,
-                             out_rows=samples.path, out_html=report_html.path, register_cfg=register, dev_path=dev_set.path,
-                             keep_rates_paths={"reset": selection_report.path})
+    cfg = steps.config(sections.path if sections is not None else "", tracking=tracking, evaluate=evaluate,
+                       model=model, judge=judge, register=register)
+    models = {name: art.path for name, art in (("mtl", mtl_model), ("reset", reset_model)) if art is not None}
+    stats = steps.evaluate_answers(models, test_set.path, cfg, out_rows=answers.path, with_register=with_register,
+                                   include_base=include_base, shard=shard, shards=shards, dev_path=dev_set.path)
+    answers.metadata["rows"] = stats["rows"]
+    return stats
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def evaluate_models(
+    test_set: Input[Dataset], dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, register: dict,
+    tracking: dict, scores: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown],
+    report_html: Output[HTML], samples: Output[Dataset],
+    mtl: Optional[Input[Model]] = None, reset: Optional[Input[Model]] = None, if_only: Optional[Input[Model]] = None,
+    cd_only: Optional[Input[Model]] = None, cd_if: Optional[Input[Model]] = None, if_cd: Optional[Input[Model]] = None,
+    reset_s: Optional[Input[Model]] = None, control: Optional[Input[Model]] = None,
+    reset_selection: Optional[Input[Artifact]] = None, reset_s_selection: Optional[Input[Artifact]] = None,
+    shard_answers: Optional[Input[List[Dataset]]] = None, base_answers: Optional[Input[Dataset]] = None,
+    with_register: bool = True, reference: str = "mtl", seed: int = -1,
+) -> dict:
+    """The arms given on the held-out split from one engine (or the shards' answers, gathered), and
+    the decision; the figures also as KFP metrics (the run compare view)."""
+    from reset import steps
+
+    cfg = steps.config(evaluate=evaluate, model=model, judge=judge, register=register, tracking=tracking)
+    given = {"mtl": mtl, "reset": reset, "if-only": if_only, "cd-only": cd_only, "cd-if": cd_if, "if-cd": if_cd,
+             "reset-s": reset_s, "control": control}
+    keep = {a: art.path for a, art in (("reset", reset_selection), ("reset-s", reset_s_selection)) if art is not None}
+    payload = steps.evaluate({n: art.path for n, art in given.items() if art is not None}, test_set.path, cfg,
+                             out_metrics=scores.path, out_report=report.path, out_rows=samples.path,
+                             out_html=report_html.path, with_register=with_register,
+                             include_base=base_answers is None, reference=reference,
+                             seed=seed if seed >= 0 else None, dev_path=dev_set.path, keep_rates_paths=keep,
+                             rows_paths=[a.path for a in shard_answers] if shard_answers else (),
+                             extra_rows_paths={"base": base_answers.path} if base_answers is not None else None)
     for name, values in payload["metrics"].items():
         for key, value in values.items():
             metrics.log_metric(f"{name}.{key}", value)

@@ -1,9 +1,12 @@
-"""LoRA SFT: the MTL checkpoint from the base model, and ReSet's continued fine-tuning from it.
+"""Fine-tuning: the MTL checkpoint from the base model, ReSet's continued fine-tuning from it, and
+every experiment arm (from the base model or another arm's checkpoint, on a part of the mixture).
 
 On a cluster with `cluster.training.engine` set to pytorchjob or trainjob, the step hands the
 training to Kubeflow's training engine (reset.handoff) and waits for it; `run_volume` is then the
 run's PVC, which the training pods mount too.
 """
+
+from typing import Optional
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -12,35 +15,23 @@ from components.image import BASE_IMAGE
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def finetune_mtl(
-    train_set: Input[Dataset], train: dict, model: dict, tracking: dict, mtl_model: Output[Model],
+def finetune(
+    train_set: Input[Dataset], train: dict, model: dict, tracking: dict, stage: str, checkpoint: Output[Model],
+    start_model: Optional[Input[Model]] = None, section: str = "train", kinds: list = [], seed: int = -1,  # noqa: B006
     run_volume: str = "",
 ) -> dict:
-    """Fine-tune the base model (model["base"]: builtin:..., a directory or s3://) on the mixture."""
+    """Fine-tune with the `section` config (`train` holds it) from `start_model` (none: model.base)
+    on the training set (only examples of `kinds` when given); `seed` >= 0 overrides its seed."""
     from reset import handoff, steps
 
+    cfg = steps.config(**{section: {**train, **({"seed": seed} if seed >= 0 else {})}}, model=model,
+                       tracking=tracking)
+    start = start_model.path if start_model is not None else None
     if handoff.engine():
-        m = handoff.finetune(None, train_set.path, train, model, tracking, stage="mtl", out_dir=mtl_model.path,
-                             run_volume=run_volume)
+        m = handoff.finetune(start, train_set.path, cfg, stage=stage, out_dir=checkpoint.path, section=section,
+                             kinds=kinds, run_volume=run_volume)
     else:
-        m = steps.finetune(None, train_set.path, train, model, tracking, "", stage="mtl", out_dir=mtl_model.path)
-    mtl_model.metadata.update({"stage": "mtl", "final_loss": m["final_loss"]})
-    return {k: v for k, v in m.items() if k != "loss_history"}
-
-
-@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
-def finetune_reset(
-    mtl_model: Input[Model], selected_set: Input[Dataset], continued_train: dict, model: dict,
-    tracking: dict, reset_model: Output[Model], run_volume: str = "",
-) -> dict:
-    """Continue fine-tuning the MTL checkpoint on the reject-sampled set (ReSet)."""
-    from reset import handoff, steps
-
-    if handoff.engine():
-        m = handoff.finetune(mtl_model.path, selected_set.path, continued_train, model, tracking, stage="reset",
-                             out_dir=reset_model.path, run_volume=run_volume)
-    else:
-        m = steps.finetune(mtl_model.path, selected_set.path, continued_train, model, tracking, "",
-                           stage="reset", out_dir=reset_model.path)
-    reset_model.metadata.update({"stage": "reset", "final_loss": m["final_loss"]})
+        m = steps.finetune(start, train_set.path, cfg, stage=stage, out_dir=checkpoint.path, section=section,
+                           kinds=kinds)
+    checkpoint.metadata.update({"stage": stage, "final_loss": m["final_loss"]})
     return {k: v for k, v in m.items() if k != "loss_history"}

@@ -14,9 +14,9 @@ def mix_data(
 ) -> dict:
     from reset import steps
 
-    stats = steps.mix(data, tracking, "", out_train=train_set.path, out_dev=dev_set.path, out_test=test_set.path,
-                      out_seen=seen_prompts.path, out_rejected=rejected_rows.path, model=model,
-                      out_card=data_card.path)
+    stats = steps.mix(steps.config(data=data, model=model, tracking=tracking), out_train=train_set.path,
+                      out_dev=dev_set.path, out_test=test_set.path, out_seen=seen_prompts.path,
+                      out_rejected=rejected_rows.path, out_card=data_card.path)
     for art, key in ((train_set, "train"), (dev_set, "dev"), (test_set, "test"), (seen_prompts, "seen_prompts"),
                      (rejected_rows, "rejected")):
         art.metadata["rows"] = stats[key]

@@ -12,7 +12,7 @@ def promote_challenger(
     register: dict, evaluate: dict, model: dict, judge: dict, tracking: dict, challenger: str,
     report: Output[Markdown], summary: Output[Artifact],
 ) -> dict:
-    from reset import promotion
+    from reset import promotion, steps
 
-    return promotion.promote(register, evaluate, model, judge, tracking, challenger=challenger,
-                             out_report=report.path, out_summary=summary.path)
+    cfg = steps.config(register=register, evaluate=evaluate, model=model, judge=judge, tracking=tracking)
+    return promotion.promote(cfg, challenger=challenger, out_report=report.path, out_summary=summary.path)

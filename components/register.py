@@ -1,4 +1,4 @@
-"""Register the ReSet model (alias challenger) and promote it to champion when it is no worse."""
+"""Register the ReSet model (alias challenger); champion when the evaluate step's gates passed."""
 
 from kfp import dsl
 from kfp.dsl import Artifact, Input, Model
@@ -13,4 +13,5 @@ def register_model(
 ) -> dict:
     from reset import steps
 
-    return steps.register(reset_model.path, scores.path, register, evaluate, model, tracking, "")
+    cfg = steps.config(register=register, evaluate=evaluate, model=model, tracking=tracking)
+    return steps.register(reset_model.path, scores.path, cfg)

@@ -14,16 +14,15 @@ def start_run(
     data: dict, model: dict, train: dict, continued_train: dict, generate: dict, judge: dict,
     select: dict, evaluate: dict, register: dict, tracking: dict,
     base_model: str, instruction_data: str, grounded_data: str, mode: str, epochs: float, learning_rate: float,
-    samples_per_prompt: int, judge_endpoint: str, judge_model: str, registered_model_name: str,
+    samples_per_setting: int, judge_endpoint: str, judge_model: str, registered_model_name: str,
     kfp_job_id: str, kfp_job_name: str, sections: Output[Artifact],
 ) -> NamedTuple("Sections", [
-    ("parent_run_id", str), ("data", dict), ("model", dict), ("train", dict), ("continued_train", dict),
-    ("generate", dict), ("judge", dict), ("select", dict), ("evaluate", dict), ("register", dict),
+    ("data", dict), ("model", dict), ("train", dict), ("continued_train", dict), ("generate", dict),
+    ("judge", dict), ("select", dict), ("evaluate", dict), ("register", dict),
 ]):
-    """Validate the whole config (sections + the run form's parameters), create the parent MLflow
-    run tagged with the KFP run id, and hand the effective sections to the steps (as outputs, and
-    as one JSON artifact for the shard tasks inside a ParallelFor: kfp.local 2.17 replaces a loop
-    task's task-output parameters by the loop item, artifacts pass through)."""
+    """Validate the whole config once (sections + the run form's parameters), create the parent
+    MLflow run tagged with the KFP run id, and hand the effective sections to the steps (as
+    outputs, and as one JSON artifact for the tasks inside a ParallelFor: components/__init__.py)."""
     from collections import namedtuple
 
     from reset import steps
@@ -34,14 +33,12 @@ def start_run(
         {"data": data, "model": model, "train": train, "continued_train": continued_train, "generate": generate,
          "judge": judge, "select": select, "evaluate": evaluate, "register": register, "tracking": tracking},
         {"base_model": base_model, "instruction_data": instruction_data, "grounded_data": grounded_data,
-         "mode": mode, "epochs": epochs, "learning_rate": learning_rate, "samples_per_prompt": samples_per_prompt,
+         "mode": mode, "epochs": epochs, "learning_rate": learning_rate, "samples_per_setting": samples_per_setting,
          "judge_endpoint": judge_endpoint, "judge_model": judge_model,
          "registered_model_name": registered_model_name})
-    run_id = steps.start_run(tracking, config, tr.job_id(kfp_job_id), {"kfp.job_name": kfp_job_name})
-    steps.write_sections(sections.path, config)
+    steps.start_run(config, tr.job_id(kfp_job_id), {"kfp.job_name": kfp_job_name}, out_sections=sections.path)
     names = ["data", "model", "train", "continued_train", "generate", "judge", "select", "evaluate", "register"]
-    out = namedtuple("Sections", ["parent_run_id", *names])
-    return out(run_id, *[config[k] for k in names])
+    return namedtuple("Sections", names)(*[config[k] for k in names])
 
 
 @dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
@@ -50,4 +47,4 @@ def finish_run(tracking: dict, kfp_job_id: str) -> str:
     from reset import steps
     from reset import tracking as tr
 
-    return steps.finish_run(tracking, tr.job_id(kfp_job_id))
+    return steps.finish_run(steps.config(tracking=tracking), tr.job_id(kfp_job_id))

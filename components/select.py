@@ -10,14 +10,14 @@ from components.image import BASE_IMAGE
 def select_samples(
     seen_prompts: Input[Dataset], candidates: Input[Dataset], judgments: Input[Dataset], select: dict,
     tracking: dict, selected_set: Output[Dataset], selection_report: Output[Artifact],
-    generate: dict = {},  # noqa: B006 - a KFP parameter default (the component never mutates it)
+    generate: dict = {},  # noqa: B006 - a KFP parameter default (never mutated)
 ) -> dict:
-    """`generate` (an arm sharing a larger generation): select among the candidates its own
+    """`generate` (an arm that shares a larger generation): select among the candidates its own
     sampling plan would have drawn."""
     from reset import steps
 
-    report = steps.select(seen_prompts.path, candidates.path, judgments.path, select, tracking, "",
-                          out_selected=selected_set.path, generate_cfg=generate or None,
-                          out_report=selection_report.path)
+    cfg = steps.config(select=select, generate=generate, tracking=tracking)
+    report = steps.select(seen_prompts.path, candidates.path, judgments.path, cfg, out_selected=selected_set.path,
+                          out_report=selection_report.path, own_plan=bool(generate))
     selected_set.metadata["rows"] = report["selected"]
     return {k: v for k, v in report.items() if not isinstance(v, dict)}

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from pipelines.tasks import display
 from reset import progress
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -99,6 +100,7 @@ class Console(io.TextIOBase):
     def _switch(self, task: str) -> None:
         if self._task_log:
             self._task_log.close()
+        task = display(task)  # kfp names a task by its component; the log by its step
         self._task = task
         path = self.log_dir / f"{task}.log"
         self.task_logs[task] = path
@@ -206,7 +208,7 @@ _EXCEPTION = re.compile(r"^\s*((?:[\w.]+\.)?\w*(?:Error|Exception|Interrupt)\w*:
 def _failed_task(error: str) -> str:
     """The innermost task kfp.local names in its failure message ("" if none)."""
     m = _INNER.search(_ANSI.sub("", error))
-    return m.group(1) if m else ""
+    return display(m.group(1)) if m else ""
 
 
 def _last_exception(lines: list[str]) -> str:

@@ -1,37 +1,45 @@
-"""The paper's experiment as one pipeline: seven arms and a control from the same components.
+"""The paper's experiment as one pipeline: seven arms and a control from the ReSet pipeline's components.
 
     mix ─┬─ finetune if-only ── finetune if-cd
          ├─ finetune cd-only ── finetune cd-if
-         └─ finetune mtl ─┬─ generate ── judge ── select (reset)   ── finetune reset
-                          ├─ generate ── judge ── select (reset-s) ── finetune reset-s
+         └─ finetune mtl ─┬─ generate + judge (shared) ─┬─ select (reset)   ── finetune reset
+                          │                             └─ select (reset-s) ── finetune reset-s
                           └─ control data (ReSet's prompts, references) ── finetune control
        the base model's answers, scored once ── evaluate every arm on the test split, per seed
        ── report across seeds (pooled: reset.experiments.report)
 
-Read it like reset_pipeline.py: the arms are config overlays (reset.experiments.arms), decided
-when the pipeline is built from a config (`experiment.arms`, `.seeds`, `.overlays`); shared work
-runs once (the mixture; the base model's answers; per seed the MTL checkpoint that feeds ReSet,
-ReSet-S and the control, and one generation and judging that ReSet and ReSet-S share: ReSet's
-candidates are the part of ReSet-S's larger sample its own plan draws, reset.experiments.arms).
-Seeds run as a ParallelFor (each seed trains and samples with its own seed, on the same split and
-held-out set) and the report collects them. Each arm's config sections are compiled in as
-constants, so the run form only holds tracking. Runs locally through kfp.local like the ReSet
-pipeline (`python -m pipelines experiment --config configs/experiment.yaml`).
+Read it like reset_pipeline.py: the arms are config overlays (reset.experiments.arms), decided when
+the pipeline is built from a config (`experiment.arms`, `.overlays`); each arm's sections are
+compiled in as constants. Shared work runs once: the mixture; the base model's answers; per seed
+the MTL checkpoint that feeds ReSet, ReSet-S and the control, and one generation and one judging
+that ReSet and ReSet-S share (ReSet's candidates are the part of ReSet-S's larger sample its own
+plan draws). Seeds run as a ParallelFor over the `seeds` parameter (the run form; default
+experiment.seeds) with `experiment.parallelism` seeds at once, and the report collects them. The
+same cluster settings as the ReSet pipeline (pipelines/cluster.py): locally through kfp.local
+(`python -m pipelines experiment`), on a cluster through compile / upload / submit / schedule.
 """
 
 
+from typing import Any
+
 from kfp import dsl
 
-from components import finish_run, judge_candidates, mix_data, select_samples, start_run
-from components.experiment import (
-    answer_base,
+from components import (
+    answer_heldout,
     control_data,
-    evaluate_arms,
+    evaluate_models,
     experiment_report,
-    finetune_arm,
-    generate_arm,
+    finetune,
+    finish_run,
+    generate_candidates,
+    judge_candidates,
+    mix_data,
+    select_samples,
+    start_run,
 )
-from reset.config import SECTIONS, PipelineConfig, to_dict
+from pipelines import cluster as k8s
+from pipelines.tasks import Tasks
+from reset.config import SECTIONS, ClusterConfig, PipelineConfig, to_dict
 from reset.config.run_parameters import split_run_parameters
 from reset.experiments.arms import ARMS, arm_config, needed, shared_generation
 
@@ -42,8 +50,9 @@ def _sections(cfg: PipelineConfig) -> dict[str, dict]:
     return {name: to_dict(getattr(cfg, name)) for name in SECTIONS}
 
 
-def build_experiment(cfg: PipelineConfig):
-    """The experiment pipeline for `cfg.experiment` (arms, seeds, overlays) on top of `cfg`."""
+def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, *, llm_judges: bool = False):
+    """The experiment pipeline for `cfg.experiment` (arms, overlays) on top of `cfg`; with `cluster`,
+    its Kubernetes settings are applied."""
     exp = cfg.experiment
     order = needed(exp.arms)
     evaluated = [a for a in order if a in exp.arms or a == exp.reference]
@@ -53,23 +62,28 @@ def build_experiment(cfg: PipelineConfig):
     arm_sections = {arm: _sections(c) for arm, c in arm_cfgs.items()}
     sharing = shared_generation(arm_cfgs)  # ReSet and ReSet-S: one generation and one judging per seed
 
-    def experiment_pipeline(tracking: dict):
+    def experiment_pipeline(tracking: dict, seeds: list = list(exp.seeds)):  # noqa: B006 - the form's default
         finish = finish_run(tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        finish.set_display_name("finish-run").set_caching_options(False)
+        tasks = Tasks({"finish-run": finish.set_display_name("finish-run")})
+        step = tasks.add
+
         with dsl.ExitHandler(finish, name="experiment-steps"):
-            start = start_run(tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                              kfp_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **sections, **form)
-            start.set_display_name("start-run").set_caching_options(False)
-            mixed = mix_data(data=base["data"], model=base["model"], tracking=tracking).set_display_name("mix")
-            mixed.after(start)
+            pvc, volume = k8s.run_volume(cluster)
+            handoff = {"run_volume": volume} if k8s.hands_off(cluster) else {}
+            start = step("start-run", start_run, tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                         kfp_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **sections, **form)
+            if pvc is not None:
+                start.after(pvc)
+            mixed = step("mix", mix_data, data=base["data"], model=base["model"], tracking=tracking).after(start)
             seen = mixed.outputs["seen_prompts"]
             splits = {"test_set": mixed.outputs["test_set"], "dev_set": mixed.outputs["dev_set"]}
+            judging = {"evaluate": base["evaluate"], "model": base["model"], "judge": base["judge"]}
             # the base model has no seed: its answers are scored once for every seed
-            base_ans = answer_base(**splits, evaluate=base["evaluate"], model=base["model"], judge=base["judge"],
-                                   tracking=tracking).set_display_name("answer-base")
-            with dsl.ParallelFor(list(exp.seeds), name="seeds") as seed:
-                ckpt: dict[str, object] = {}
-                judged_by: dict[str, tuple[object, object]] = {}
+            base_ans = step("answer-base", answer_heldout, **splits, **judging, tracking=tracking,
+                            with_register=False, include_base=True)
+            with dsl.ParallelFor(seeds, name="seeds", parallelism=exp.parallelism) as seed:
+                ckpt: dict[str, Any] = {}
+                judged_by: dict[str, tuple[Any, Any]] = {}
                 for arm in order:
                     s = arm_sections[arm]
                     start_from, data = ARMS[arm]
@@ -79,41 +93,57 @@ def build_experiment(cfg: PipelineConfig):
                         lead, union = sharing[arm]
                         shared = [a for a, (g, _) in sharing.items() if g == lead]
                         if lead not in judged_by:  # one generation and one judging for the arms that share it
-                            gen = generate_arm(mtl_model=ckpt[start_from], seen_prompts=seen, generate=union,
-                                               model=s["model"], tracking=tracking, seed=seed)
-                            judged = judge_candidates(seen_prompts=seen, candidates=gen.outputs["candidates"],
-                                                      judge=s["judge"], tracking=tracking)
                             name = "+".join(shared)
-                            gen.set_display_name(f"generate-{name}")
-                            judged.set_display_name(f"judge-{name}")
+                            gen = step(f"generate-{name}", generate_candidates, mtl_model=ckpt[start_from],
+                                       seen_prompts=seen, tracking=tracking, generate=union, model=s["model"],
+                                       seed=seed)
+                            judged = step(f"judge-{name}", judge_candidates, seen_prompts=seen,
+                                          candidates=gen.outputs["candidates"], tracking=tracking, judge=s["judge"])
                             judged_by[lead] = (gen.outputs["candidates"], judged.outputs["judgments"])
                         cands, judgments = judged_by[lead]
-                        chosen = select_samples(seen_prompts=seen, candidates=cands, judgments=judgments,
-                                                select=s["select"], tracking=tracking,
-                                                generate=s["generate"] if len(shared) > 1 else {})
-                        chosen.set_display_name(f"select-{arm}")
+                        chosen = step(f"select-{arm}", select_samples, seen_prompts=seen, candidates=cands,
+                                      judgments=judgments, select=s["select"], tracking=tracking,
+                                      generate=s["generate"] if len(shared) > 1 else {})
                         ckpt[f"{arm}:selected"] = chosen.outputs["selected_set"]
                         ckpt[f"{arm}:report"] = chosen.outputs["selection_report"]
                         train_set, kinds, section = chosen.outputs["selected_set"], [], "continued_train"
                     else:  # the control: the references of the prompts ReSet kept, the same steps
-                        ctl = control_data(selected_set=ckpt["reset:selected"], seen_prompts=seen)
-                        ctl.set_display_name("control-data")
+                        ctl = step("control-data", control_data, selected_set=ckpt["reset:selected"],
+                                   seen_prompts=seen)
                         train_set, kinds, section = ctl.outputs["control_set"], [], "continued_train"
                     extra = {} if start_from == "base" else {"start_model": ckpt[start_from]}
-                    ft = finetune_arm(train_set=train_set, train=s[section], model=s["model"], tracking=tracking,
-                                      stage=arm, kinds=kinds, section=section, seed=seed, **extra)
-                    ft.set_display_name(f"finetune-{arm}")
+                    ft = step(f"finetune-{arm}", finetune, train_set=train_set, train=s[section], model=s["model"],
+                              tracking=tracking, stage=arm, kinds=kinds, section=section, seed=seed, **extra,
+                              **handoff)
                     ckpt[arm] = ft.outputs["checkpoint"]
                 reports = {f"{a.replace('-', '_')}_selection": ckpt[f"{a}:report"] for a in ("reset", "reset-s")
                            if f"{a}:report" in ckpt}
-                ev = evaluate_arms(**splits, evaluate=base["evaluate"], model=base["model"], judge=base["judge"],
-                                   tracking=tracking, reference=exp.reference, seed=seed,
-                                   base_answers=base_ans.outputs["answers"], **reports,
-                                   **{a.replace("-", "_"): ckpt[a] for a in evaluated})
-                ev.set_display_name("evaluate")
-            report = experiment_report(scores=dsl.Collected(ev.outputs["scores"]), tracking=tracking)
-            report.set_display_name("report").set_caching_options(False)
+                ev = step("evaluate", evaluate_models, **splits, **judging, register=base["register"],
+                          tracking=tracking, with_register=False, reference=exp.reference, seed=seed,
+                          base_answers=base_ans.outputs["answers"], **reports,
+                          **{a.replace("-", "_"): ckpt[a] for a in evaluated})
+            report = step("report", experiment_report, scores=dsl.Collected(ev.outputs["scores"]), tracking=tracking)
+            k8s.delete_volume(cluster, pvc, after=report)
 
-    experiment_pipeline.__doc__ = "The paper's seven arms and a control (reset.experiments)."
+        k8s.set_caching(tasks, cluster)
+        if cluster is not None:
+            k8s.apply(cluster, tasks, volume, llm_judges=llm_judges)
+
+    experiment_pipeline.__doc__ = f"""The paper's seven arms and a control (reset.experiments): {', '.join(order)}.
+
+    Args:
+        tracking: The tracking config section (JSON): the MLflow server and experiment.
+        seeds: Training and sampling seeds (a JSON list); every arm runs once per seed, and the report pools them.
+    """
     return dsl.pipeline(name=PIPELINE_NAME, description="ReSet: the paper's arms and a control, with a report "
                                                         "across seeds")(experiment_pipeline)
+
+
+def experiment_arguments(cfg: PipelineConfig) -> dict[str, Any]:
+    """The experiment pipeline's parameters from a config: tracking and the seeds."""
+    return {"tracking": to_dict(cfg.tracking), "seeds": list(cfg.experiment.seeds)}
+
+
+def build_for(cfg: PipelineConfig, local: bool = False):
+    """The experiment pipeline a config compiles to, with its cluster settings (none locally)."""
+    return build_experiment(cfg, None if local else cfg.cluster, llm_judges=k8s.uses_llm_judges(cfg))

@@ -9,8 +9,10 @@
     python -m pipelines promote  --config C --host H [...as submit] [--wait]      (the promotion pipeline)
     python -m pipelines champion --config C [--env-file manifests/serving/champion.env]
 
-upload: both pipelines (the training pipeline `reset` and the promotion pipeline `reset-promotion`),
-compiled from the config, each as a pipeline version named by the git commit (HEAD; a dirty tree
+The pipeline a command runs follows the config (pipelines/definitions.py): the experiment
+(`reset-experiment`) for a config with an `experiment:` section such as configs/experiment.yaml,
+else the ReSet pipeline (`reset`); `--pipeline` names one. upload: that pipeline and the promotion
+pipeline (`reset-promotion`), compiled from the config, each as a pipeline version named by the git commit (HEAD; a dirty tree
 adds "-dirty-<UTC time>"), in the namespace when given; a version that exists is reused.
 submit / schedule / promote --host: a run (or a recurring run) in an experiment of the namespace,
 with the service account and pipeline root given, parameters from the config; the pipeline is an
@@ -34,11 +36,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import local_runs
+from pipelines import definitions, local_runs
+from pipelines.definitions import EXPERIMENT, PROMOTION, TRAINING
+from reset import tracking
 from reset.config import ConfigError, PipelineConfig
 
 COMMANDS = ("upload", "submit", "schedule", "promote", "champion")
-TRAINING, PROMOTION = "reset", "reset-promotion"
 FINAL = ("SUCCEEDED", "FAILED", "SKIPPED", "CANCELED")
 DEFAULT_TIMEOUT_S = 3 * 24 * 3600
 
@@ -66,21 +69,30 @@ def add_parsers(sub, common) -> None:
         sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, help="seconds --wait waits (default 3 days)")
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between two looks at the run (default 30)")
 
-    u = sub.add_parser("upload", help="upload both pipelines as versions named by the git commit")
+    def which(sp):
+        sp.add_argument("--pipeline", choices=["auto", TRAINING, EXPERIMENT], default="auto",
+                        help="the ReSet pipeline or the experiment (default: the experiment for a config with an "
+                             "experiment section, e.g. configs/experiment.yaml)")
+
+    u = sub.add_parser("upload", help="upload the config's pipeline and the promotion pipeline as versions named by "
+                                      "the git commit")
     common(u)
     kfp(u)
+    which(u)
     u.add_argument("--version", default="", help="version name (default: the git commit of this checkout)")
 
-    s = sub.add_parser("submit", help="start a run of the training pipeline on a Kubeflow Pipelines host")
+    s = sub.add_parser("submit", help="start a run of the config's pipeline on a Kubeflow Pipelines host")
     common(s)
     kfp(s)
+    which(s)
     run_opts(s)
     s.add_argument("--run-name", default="", help="the run's name (default: reset <commit> <UTC time>)")
     wait_opts(s)
 
-    sc = sub.add_parser("schedule", help="create a recurring run of the training pipeline")
+    sc = sub.add_parser("schedule", help="create a recurring run of the config's pipeline")
     common(sc)
     kfp(sc)
+    which(sc)
     run_opts(sc)
     sc.add_argument("--cron", required=True, help='KFP cron, 6 fields with seconds first ("0 0 2 * * 6": Saturdays '
                     '02:00) or @daily / @weekly / @every 24h')
@@ -107,11 +119,13 @@ def main(args: argparse.Namespace, cfg: PipelineConfig) -> int:
     if args.command == "upload":
         return upload(cfg, args)
     if args.command == "submit":
-        return submit(cfg, args, TRAINING)
+        return submit(cfg, args, definitions.for_config(cfg, args.pipeline))
     if args.command == "schedule":
         return schedule(cfg, args)
     if args.command == "promote":
-        return submit(cfg, args, PROMOTION) if args.host else promote_local(cfg, args)
+        if args.host:
+            return submit(cfg, args, PROMOTION)
+        return local_runs.promote_local(cfg, args.output_dir, args.challenger)
     if args.command == "champion":
         return champion(cfg, args.env_file)
     raise ValueError(args.command)
@@ -145,35 +159,12 @@ def client(args: argparse.Namespace):
 def _check_cluster_config(cfg: PipelineConfig, preflight: bool = False) -> None:
     """Refuse what cannot work on a cluster before contacting the host; with `preflight`, also check
     from here what a training run needs (reset/preflight.py; the first task checks the rest)."""
-    from pipelines.cli import cluster_tracking_problem
-
-    if problem := cluster_tracking_problem(cfg):
+    if problem := tracking.cluster_store_problem(cfg.tracking.tracking_uri):
         raise ConfigError(problem)
     if preflight:
         from reset import preflight as pf
 
         pf.run(cfg, where="submit")  # PreflightError: one line per problem (the CLI prints them)
-
-
-def _compile(cfg: PipelineConfig, which: str, path: str, challenger: str = "") -> None:
-    if which == TRAINING:
-        from pipelines.cli import compile_pipeline
-
-        compile_pipeline(cfg, path)
-    else:
-        from pipelines.promotion_pipeline import compile_promotion
-
-        compile_promotion(cfg, path, challenger)
-
-
-def _arguments(cfg: PipelineConfig, which: str, challenger: str = "") -> dict[str, Any]:
-    if which == TRAINING:
-        from pipelines.cli import pipeline_arguments
-
-        return pipeline_arguments(cfg)
-    from pipelines.promotion_pipeline import promotion_arguments
-
-    return promotion_arguments(cfg, challenger)
 
 
 def _by_name(items, name: str):
@@ -206,9 +197,9 @@ def upload(cfg: PipelineConfig, args: argparse.Namespace) -> int:
         print(f"warning: uncommitted changes: uploading as {version}", file=sys.stderr)
     kc = client(args)
     with tempfile.TemporaryDirectory() as tmp:
-        for which in (TRAINING, PROMOTION):
+        for which in (definitions.for_config(cfg, args.pipeline), PROMOTION):
             path = os.path.join(tmp, f"{which}.yaml")
-            _compile(cfg, which, path)
+            definitions.compile_to(cfg, which, path)
             pid = find_pipeline(kc, which, args.namespace)
             if pid is None:
                 pid = kc.upload_pipeline(path, pipeline_name=which, namespace=args.namespace or None,
@@ -238,17 +229,17 @@ def _pipeline_ref(kc, args, which: str) -> tuple[str, str]:
 def _job(kc, cfg: PipelineConfig, args, which: str, tmp: str) -> dict[str, Any]:
     """The pipeline (an uploaded version or a package compiled here) and its parameters."""
     challenger = getattr(args, "challenger", "")
-    params = _arguments(cfg, which, challenger)
+    params = definitions.get(which).arguments(cfg, challenger=challenger)
     if args.pipeline_version:
         pid, vid = _pipeline_ref(kc, args, which)
         return {"pipeline_id": pid, "version_id": vid, "params": params}
     path = os.path.join(tmp, f"{which}.yaml")
-    _compile(cfg, which, path, challenger)
+    definitions.compile_to(cfg, which, path, challenger=challenger)
     return {"pipeline_package_path": path, "params": params}
 
 
 def submit(cfg: PipelineConfig, args: argparse.Namespace, which: str = TRAINING) -> int:
-    _check_cluster_config(cfg, preflight=which == TRAINING)  # before contacting the host
+    _check_cluster_config(cfg, preflight=which != PROMOTION)  # before contacting the host
     kc = client(args)
     exp = kc.create_experiment(args.experiment, namespace=args.namespace or None)
     name = args.run_name or f"{which} {args.pipeline_version[:12] or 'inline'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
@@ -316,7 +307,7 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     kc = client(args)
     exp = kc.create_experiment(args.experiment, namespace=args.namespace or None)
     with tempfile.TemporaryDirectory() as tmp:
-        job = _job(kc, cfg, args, TRAINING, tmp)
+        job = _job(kc, cfg, args, definitions.for_config(cfg, args.pipeline), tmp)
         rr = kc.create_recurring_run(experiment_id=exp.experiment_id, job_name=args.name, cron_expression=cron,
                                      max_concurrency=args.max_concurrency, no_catchup=not args.catchup,
                                      pipeline_root=args.pipeline_root or None,
@@ -325,63 +316,11 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------ promotion
-@local_runs.environ_restored()  # the job id set for the tasks must not outlive the promotion
-def promote_local(cfg: PipelineConfig, args: argparse.Namespace) -> int:
-    import uuid
-    import warnings
-
-    from kfp import local
-
-    from pipelines.console import Console, captured
-    from pipelines.promotion_pipeline import build_promotion_pipeline, promotion_arguments
-    from reset import progress, tracking
-
-    output_dir = Path(args.output_dir).resolve()
-    run_dir = output_dir / f"promote-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    if not cfg.tracking.tracking_uri:
-        cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
-    warnings.filterwarnings("ignore", message=".*non-Python base image")
-    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
-    os.environ[progress.ENV] = "1"
-    job = str(uuid.uuid4())
-    os.environ[tracking.JOB_ENV] = job  # the promotion's MLflow run is tagged with it
-    console = Console(sys.stdout, run_dir / "logs")
-    console.say(f"ReSet promotion, locally (kfp.local): {cfg.register.model_name}, challenger "
-                f"{args.challenger or '@' + cfg.register.challenger_alias}")
-    error = ""
-    with captured(console):
-        try:
-            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"))
-            build_promotion_pipeline()(**promotion_arguments(cfg, args.challenger))
-        except RuntimeError as exc:
-            error = str(exc)
-    if error:
-        for line in console.failure_report(error):
-            print(line, file=sys.stderr)
-        return 1
-    result = promotion_result(cfg, job)
-    print(f"{result.get('reset.outcome', '?')}: {result.get('reset.reason', '')}")
-    return 0
-
-
-def promotion_result(cfg: PipelineConfig, job: str) -> dict[str, str]:
-    """The tags of the promotion run tagged with KFP job `job`."""
-    import mlflow
-
-    from reset import tracking
-
-    exp = tracking.experiment_id(cfg.tracking)
-    runs = mlflow.MlflowClient().search_runs([exp], f"tags.`{tracking.JOB_TAG}` = '{job}' and tags.`reset.role` = "
-                                             "'promotion'", max_results=1)
-    return dict(runs[0].data.tags) if runs else {}
-
-
 def champion(cfg: PipelineConfig, env_file: str = "") -> int:
     from reset.promotion import champion_location
 
     try:
-        loc = champion_location(cfg.register.model_dump(), cfg.tracking.model_dump())
+        loc = champion_location(cfg)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

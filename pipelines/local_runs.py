@@ -35,15 +35,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipelines.tasks import display
 from reset import procs
-from reset.config import ConfigError, PipelineConfig, load_config, to_dict
+from reset.config import SECTIONS, ConfigError, PipelineConfig, load_config, to_dict
 
 JOB_FILE = "job.json"
 CONFIG_FILE = "config.json"
 GRACE_S = 10.0  # how long a stopped task may take to close its MLflow run before SIGKILL
-# kfp.local's task names -> the step names the console shows
-TASK_STEPS = {"mix-data": "mix", "generate-candidates": "generate", "judge-candidates": "judge",
-              "select-samples": "select", "evaluate-models": "evaluate", "register-model": "register"}
 
 
 class LocalRun:
@@ -206,7 +204,7 @@ class CacheHits(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         m = self._HIT.search(record.getMessage())
         if m:
-            self.say(TASK_STEPS.get(m.group(1), m.group(1)))
+            self.say(display(m.group(1)))
 
 
 @contextmanager
@@ -288,3 +286,232 @@ def print_problems(problems: list[Any], file=None) -> None:
         print(f"preflight: {p}", file=file)
     if len(problems) > 1:
         print(f"preflight: {len(problems)} problems; nothing was started", file=file)
+
+
+# ------------------------------------------------------------------------ kfp.local sessions
+def kfp_session(console, pipeline_root: Path, cache_root: Path | None, run: Callable[[], Any]) -> str:
+    """Run `run` (a pipeline call) through kfp.local's SubprocessRunner in this environment, the
+    tasks' output filed by the console; "" or the error kfp.local raised. One helper for run,
+    experiment and promote."""
+    import warnings
+
+    from kfp import local
+
+    from pipelines.console import captured
+
+    # Expected locally: the image and Kubernetes settings only matter on a cluster.
+    warnings.filterwarnings("ignore", message=".*non-Python base image")
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner")
+    with captured(console):
+        try:
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
+                       enable_caching=cache_root is not None,
+                       **({"cache_root": str(cache_root)} if cache_root is not None else {}))
+            run()
+        except RuntimeError as exc:
+            return str(exc)
+    return ""
+
+
+def local_engine_server(cfg: PipelineConfig, folder: Path):
+    """The vLLM worker for a local run of `cfg` (generate.vllm_engine_server), started; None where
+    the steps would not use one (hf backend, vLLM in-process, no vLLM environment, a GPU)."""
+    from reset.evaluation.runner import greedy_config
+    from reset.models.generation import vllm_server
+
+    if not cfg.generate.vllm_engine_server or vllm_server.gpu_visible():
+        return None
+    python = vllm_server.engine_server_python([cfg.generate, greedy_config(cfg.evaluate)])
+    if python is None:
+        return None
+    return vllm_server.EngineServer.start(python, folder, vllm_server.worker_env(cfg.generate),
+                                          keep_s=cfg.generate.vllm_engine_keep_s)
+
+
+# ------------------------------------------------------------------------------ local runs
+@environ_restored()
+def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resume: str = "",
+              experiment: bool = False) -> int:
+    """Run the pipeline through kfp.local. Prints one line per step, then the results; the tasks'
+    own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
+    nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume
+    (pipelines/local_runs.py)."""
+
+
+    from pipelines import definitions
+    from pipelines.console import Console
+    from reset import preflight, progress, tracking
+    from reset.evaluation import comparison_table
+
+    output_dir = output_dir.resolve()
+    preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not cfg.tracking.tracking_uri:
+        cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
+    tracking.prepare_store(cfg.tracking.tracking_uri)  # runs starting at once on a new store
+    run = open_run(output_dir, cfg, resume)
+    run_dir = run.run_dir
+    os.environ[progress.ENV] = "1"  # the task processes print ##reset events for the console
+    os.environ.update(env_for_tasks(run))  # the job id the steps find the MLflow parent run by
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    console = Console(sys.stdout, run_dir / "logs", verbose=verbose)
+    what = f"resuming run folder {run_dir}" if run.resumed else f"run folder {run_dir}"
+    if experiment:
+        console.say(f"The paper's experiment, locally (kfp.local): arms {', '.join(cfg.experiment.arms)}, "
+                    f"seeds {cfg.experiment.seeds}, {what}")
+    else:
+        console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
+    if marked := mark_dead(cfg):
+        console.say(cleanup_line(marked))
+    engine = local_engine_server(cfg, run_dir / "vllm")
+    if engine is not None:
+        os.environ.update(engine.env)
+        console.say(f"vLLM: one worker for the whole run (its log: {engine.log_path})")
+    try:
+        t0 = time.time()
+        error = ""
+        try:
+            with stop_signals(), report_cache_hits(lambda step: console.say(f"  {step:<15} reused (finished before)")):
+                which = definitions.get(definitions.EXPERIMENT if experiment else definitions.TRAINING)
+                error = kfp_session(console, output_dir / "kfp", run_dir / "cache",
+                                    lambda: which.build(cfg, local=True)(**which.arguments(cfg)))
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop the tasks, close the MLflow runs
+            old = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut this short
+            try:
+                stop_tasks()
+                not_closed = close_runs(cfg, run)
+            finally:
+                signal.signal(signal.SIGINT, old)
+            print(stopped_line(run, console.current_step, output_dir, not_closed), file=sys.stderr)
+            return exit_code(exc)
+    finally:
+        if engine is not None:
+            engine.stop()
+    wall = time.time() - t0
+    if error:
+        for line in console.failure_report(error):
+            print(line, file=sys.stderr)
+        where, why = console.failure
+        print(f"[reset-kfp] pipeline failed after {wall:.0f}s in {where}: {why}", file=sys.stderr)
+        return 1
+    summary = {"wall_seconds": round(wall, 1), "run_dir": str(run_dir),
+               **run_summary(cfg, os.environ[tracking.JOB_ENV])}
+    for path in (output_dir / "last_run.json", run_dir / "run.json"):
+        path.write_text(json.dumps(summary, indent=2))
+
+    print(f"\nDone in {wall / 60:.1f} min. Held-out comparison, 95% intervals:\n")
+    if experiment and summary.get("experiment"):
+        print(summary["experiment"])
+    else:
+        print(summary.get("headline") or comparison_table(summary.get("results", {})))
+    if summary.get("registered"):
+        print(f"\nregistry: {summary['registered']}")
+    uri = cfg.tracking.tracking_uri
+    if summary.get("report"):
+        print(f"\nreport: {summary['report']}")
+    print(f"logs: {run_dir / 'logs'}   summary: {output_dir / 'last_run.json'}")
+    print(f"MLflow: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    return 0
+
+
+def run_summary(cfg: PipelineConfig, job_id: str = "") -> dict[str, Any]:
+    """A pipeline run as MLflow recorded it (the one of local job `job_id`, else the latest):
+    per-step wall time, the evaluation results per model, the headline table with intervals and
+    verdicts, where the report is, and the registry decision (read back from the runs)."""
+    import mlflow
+
+    from reset import tracking
+
+    mlflow.set_tracking_uri(cfg.tracking.tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return {}
+    query = f"tags.`{tracking.JOB_TAG}` = '{job_id}'" if job_id else "tags.`reset.role` = 'pipeline'"
+    parents = client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        return {}
+    pid = parents[0].info.run_id
+    headline, report = _parent_report(client, parents[0])
+    try:
+        experiment = Path(client.download_artifacts(pid, "experiment.md")).read_text(encoding="utf-8")
+    except Exception:  # not an experiment run
+        experiment = ""
+    kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{pid}'",
+                              order_by=["attributes.start_time ASC"])
+    steps = {}
+    registered = ""
+    results: dict[str, dict[str, float]] = {}
+    for r in kids:
+        name = r.data.tags.get(tracking.STEP_TAG, r.info.run_name)
+        if r.info.end_time:
+            steps[name] = round((r.info.end_time - r.info.start_time) / 1000, 1)
+        if name == "evaluate":
+            for key, value in r.data.metrics.items():
+                model, _, metric = key.partition(".")
+                results.setdefault(model, {})[metric] = value
+        if name == "register":
+            registered = (f"{r.data.tags.get('registered_model')} v{r.data.tags.get('registered_version')}: "
+                          f"{r.data.tags.get('promotion')}")
+    order = {"base": 0, "mtl": 1, "reset": 2}
+    results = dict(sorted(results.items(), key=lambda kv: order.get(kv[0], 9)))
+    return {"parent_run_id": pid, "status": parents[0].info.status, "step_seconds": steps,
+            "results": results, "registered": registered, "headline": headline, "report": report,
+            "experiment": experiment,
+            "verdict": parents[0].data.tags.get("reset.verdict", "")}
+
+
+def _parent_report(client, parent) -> tuple[str, str]:
+    """(the headline table and verdicts logged on the parent run, the report's location)."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        headline = client.download_artifacts(parent.info.run_id, "headline.md")
+        text = Path(headline).read_text(encoding="utf-8")
+    except Exception:  # an older run, or evaluate did not finish
+        text = ""
+    uri = parent.info.artifact_uri.rstrip("/") + "/report.html"
+    where = unquote(urlparse(uri).path) if uri.startswith("file:") else uri
+    return text, where
+
+
+# ---------------------------------------------------------------------------------- promotion
+@environ_restored()  # the job id set for the tasks must not outlive the promotion
+def promote_local(cfg: PipelineConfig, output_dir: Path, challenger: str = "") -> int:
+    """The promotion pipeline through kfp.local; prints the outcome and its reason."""
+    from pipelines import definitions
+    from pipelines.console import Console
+    from reset import progress, tracking
+
+    output_dir = Path(output_dir).resolve()
+    run_dir = output_dir / f"promote-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    if not cfg.tracking.tracking_uri:
+        cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
+    os.environ[progress.ENV] = "1"
+    job = str(uuid.uuid4())
+    os.environ[tracking.JOB_ENV] = job  # the promotion's MLflow run is tagged with it
+    console = Console(sys.stdout, run_dir / "logs")
+    console.say(f"ReSet promotion, locally (kfp.local): {cfg.register.model_name}, challenger "
+                f"{challenger or '@' + cfg.register.challenger_alias}")
+    which = definitions.get(definitions.PROMOTION)
+    error = kfp_session(console, run_dir / "kfp", None,
+                        lambda: which.build(cfg, local=True)(**which.arguments(cfg, challenger=challenger)))
+    if error:
+        for line in console.failure_report(error):
+            print(line, file=sys.stderr)
+        return 1
+    result = promotion_result(cfg, job)
+    print(f"{result.get('reset.outcome', '?')}: {result.get('reset.reason', '')}")
+    return 0
+
+
+def promotion_result(cfg: PipelineConfig, job: str) -> dict[str, str]:
+    """The tags of the promotion run tagged with KFP job `job`."""
+    import mlflow
+
+    from reset import tracking
+
+    exp = tracking.experiment_id(cfg.tracking)
+    runs = mlflow.MlflowClient().search_runs([exp], f"tags.`{tracking.JOB_TAG}` = '{job}' and tags.`reset.role` = "
+                                             "'promotion'", max_results=1)
+    return dict(runs[0].data.tags) if runs else {}

@@ -18,7 +18,8 @@ from typing import Any
 
 from kfp import dsl, kubernetes
 
-from components.promote import promote_challenger
+from components import promote_challenger
+from pipelines import cluster as k8s
 from reset.config import ClusterConfig, PipelineConfig, to_dict
 
 PIPELINE_NAME = "reset-promotion"
@@ -59,12 +60,10 @@ def build_promotion_pipeline(cluster: ClusterConfig | None = None, *, llm_judges
 
 
 def _apply_cluster(cluster: ClusterConfig, task: dsl.PipelineTask, *, llm_judges: bool) -> None:
-    from pipelines.reset_pipeline import _apply_cluster as apply
-    from pipelines.reset_pipeline import _secret
-
-    apply(cluster, {"promote": task}, None, llm_judges=llm_judges)  # image, resources, Secrets, scratch
-    if cluster.llm_secret and cluster.llm_secret_keys:  # the judges score both models' answers
-        _secret(task, cluster.llm_secret, cluster.llm_secret_keys, required=llm_judges)
+    """The training pipeline's settings (pipelines/cluster.py: image, resources of
+    cluster.resources.promote, Secrets, scratch), and where the models are downloaded: the existing
+    claim cluster.storage.claim when one is configured, else the step's scratch volume."""
+    k8s.apply(cluster, {"promote": task}, None, llm_judges=llm_judges)
     if cluster.storage.claim:
         kubernetes.mount_pvc(task, pvc_name=cluster.storage.claim, mount_path=cluster.storage.mount_path)
         task.set_env_variable("RESET_CACHE_DIR", f"{cluster.storage.mount_path}/cache")
@@ -72,11 +71,7 @@ def _apply_cluster(cluster: ClusterConfig, task: dsl.PipelineTask, *, llm_judges
         task.set_env_variable("RESET_CACHE_DIR", "/scratch/cache")
 
 
-def compile_promotion(cfg: PipelineConfig, output: str, challenger: str = "") -> None:
-    from kfp import compiler
-    from kfp.components import load_component_from_file
-
-    llm = any(j.startswith("llm-") for j in cfg.judge.judges)
-    compiler.Compiler().compile(build_promotion_pipeline(cfg.cluster, llm_judges=llm), output,
-                                pipeline_parameters=promotion_arguments(cfg, challenger))
-    load_component_from_file(output)  # kfp's own loader must read it back
+def build_for(cfg: PipelineConfig, local: bool = False):
+    """The promotion pipeline a config compiles to, with its cluster settings (none locally)."""
+    return build_promotion_pipeline(None if local else cfg.cluster,
+                                    llm_judges=k8s.uses_llm_judges(cfg))

@@ -17,15 +17,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from reset import config as C
+from reset import config as configs
 from reset import tracking
-from reset.config.sections import StepResources, TrainingEngine
+from reset.config.cluster import StepResources, TrainingEngine
 from reset.launch import TrainingLaunch, api_client, current_namespace, job_manifest, run_job
 from reset.launch.manifests import job_name
 
@@ -42,7 +42,7 @@ def engine() -> dict[str, Any] | None:
     return spec if spec.get("engine", "pod") != "pod" else None
 
 
-def settings(cluster: C.ClusterConfig, stage: str, image: str) -> dict[str, Any]:
+def settings(cluster: configs.ClusterConfig, stage: str, image: str) -> dict[str, Any]:
     """What `engine()` reads back, from the cluster section (compile time)."""
     step = f"finetune-{stage}"
     secrets: dict[str, list[Any]] = {}
@@ -82,16 +82,14 @@ def _launch(spec: Mapping[str, Any], stage: str, run_dir: Path, args: list[str],
     )
 
 
-def finetune(model: str | None, train_path: str, train: Mapping[str, Any] | None, model_cfg: Mapping[str, Any] | None,
-             tracking_cfg: Mapping[str, Any] | None, *, stage: str, out_dir: str, run_volume: str = "",
-             api=None, log: Callable[[str], None] = print) -> dict[str, Any]:
+def finetune(model: str | None, train_path: str, cfg: configs.PipelineConfig, *, stage: str, out_dir: str,
+             section: str = "train", kinds: Sequence[str] = (), run_volume: str = "", api=None,
+             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train on the cluster's engine; same inputs and result as `steps.finetune`."""
     spec = engine()
     if spec is None:
         raise RuntimeError(f"{ENV} names no training engine: train in the pod with steps.finetune")
-    section = "continued_train" if stage == "reset" else "train"
-    tcfg = C.section(C.TrainConfig, dict(train or {}), section)
-    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
+    tcfg, mcfg = getattr(cfg, section), cfg.model
     claim = run_volume or spec.get("claim", "")
     if not claim:
         raise RuntimeError("a training job needs the run's volume: set cluster.storage (a PVC) when compiling")
@@ -99,7 +97,12 @@ def finetune(model: str | None, train_path: str, train: Mapping[str, Any] | None
     if run_dir.exists():  # a retried step starts its job afresh
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    shutil.copyfile(train_path, run_dir / "train.jsonl")
+    if kinds:  # the arm's part of the mixture (the experiment's IF-only, CD-only, ...)
+        rows = [x for x in Path(train_path).read_text(encoding="utf-8").splitlines()
+                if x.strip() and json.loads(x).get("kind") in kinds]
+        (run_dir / "train.jsonl").write_text("".join(r + "\n" for r in rows), encoding="utf-8")
+    else:
+        shutil.copyfile(train_path, run_dir / "train.jsonl")
     cfg_file = run_dir / "config.yaml"
     cfg_file.write_text(yaml.safe_dump({"model": mcfg.model_dump(), section: tcfg.model_dump()}, sort_keys=False))
     out = run_dir / "out"
@@ -111,7 +114,7 @@ def finetune(model: str | None, train_path: str, train: Mapping[str, Any] | None
     launch = _launch(spec, stage, run_dir, args, claim)
     eng = TrainingEngine(**{k: spec[k] for k in TrainingEngine.model_fields if k in spec})
     manifest = job_manifest(launch, eng)
-    with tracking.step_run(tracking.TrackingConfig(**dict(tracking_cfg or {})), "", f"finetune-{stage}",
+    with tracking.step_run(cfg.tracking, f"finetune-{stage}",
                            {"stage": stage, "engine": eng.model_dump(), "train": tcfg.model_dump(),
                             "model": mcfg.model_dump()}):
         import mlflow

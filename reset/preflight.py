@@ -47,15 +47,20 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import PipelineConfig
+from reset.models.loading import TOKENIZER_FILES
 
 TIMEOUT_S = 5.0  # every network check
 # Set to "done" by the local CLI for its tasks: the first task then does not check again.
 ENV = "RESET_PREFLIGHT"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 BUILTIN_MODELS = {"builtin:tiny-llama": ("tiny-llama", 2_000_000), "builtin:smollm2-135m-instruct":
                   ("smollm2-135m-instruct", 540_000_000)}  # cache folder, bytes once converted
+
+
+def not_done_here() -> bool:
+    """True in a task whose run was not checked before it started (a cluster run's first task);
+    the local CLI checks first and says so in the tasks' environment (ENV)."""
+    return os.environ.get(ENV) != "done"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The promotion step: champion and challenger re-scored on one frozen evaluation set, the champion
 alias moved only when the gate passes, never by two promotions at once.
 
-    result = promote(register, evaluate, model, judge, tracking, challenger="")   # config sections
+    result = promote(cfg, challenger="")      # cfg: the typed config (register, evaluate, model, judge, tracking)
 
 1. The versions: the champion (alias `register.champion_alias`) and the challenger (`challenger`,
    a version number, or the alias `register.challenger_alias`). No champion: the challenger
@@ -27,11 +27,9 @@ already-champion.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,6 @@ from reset.data import storage
 from reset.data.records import Example, read_jsonl, write_jsonl
 from reset.models import loading
 
-Section = Mapping[str, Any] | None
 ROLE = "promotion"
 STEP = "promote"
 
@@ -50,21 +47,13 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def frozen_set(rcfg: C.RegisterConfig, cache_dir: str = "") -> tuple[list[Example], str, str]:
     """(examples, local path, sha256) of register.promotion_data; refuses a changed file."""
     if not rcfg.promotion_data.strip():
         raise C.ConfigError("register.promotion_data: the promotion pipeline needs a frozen evaluation set "
                             "(a JSONL of examples, local or s3://; e.g. a run's held-out split, copied once)")
     local = storage.fetch(rcfg.promotion_data, Path(cache_dir or storage.default_cache_dir()) / "s3")
-    digest = sha256_file(local)
+    digest = storage.sha256_file(local)
     if rcfg.promotion_data_sha256 and digest != rcfg.promotion_data_sha256:
         raise C.ConfigError(f"register.promotion_data_sha256: {rcfg.promotion_data} has sha256 {digest}, not the "
                             f"frozen {rcfg.promotion_data_sha256}: the evaluation set changed")
@@ -81,8 +70,7 @@ def _version(client, rcfg: C.RegisterConfig, alias: str) -> str | None:
         return None
 
 
-def promote(register_cfg: Section, evaluate_cfg: Section, model_cfg: Section, judge_cfg: Section,
-            tracking_cfg: Section, *, challenger: str = "", out_report: str = "", out_summary: str = "",
+def promote(cfg: C.PipelineConfig, *, challenger: str = "", out_report: str = "", out_summary: str = "",
             cache_dir: str = "", log: Callable[[str], None] = _log) -> dict[str, Any]:
     import mlflow
 
@@ -90,11 +78,7 @@ def promote(register_cfg: Section, evaluate_cfg: Section, model_cfg: Section, ju
     from reset.evaluation.decision import CHAMPION, rules_from_config
     from reset.evaluation.summary import identical_answers
 
-    rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
-    ecfg = C.section(C.EvaluateConfig, dict(evaluate_cfg or {}), "evaluate")
-    mcfg = C.section(C.ModelConfig, dict(model_cfg or {}), "model")
-    jcfg = C.section(C.JudgeConfig, dict(judge_cfg or {}), "judge")
-    tcfg = C.section(C.TrackingConfig, dict(tracking_cfg or {}), "tracking")
+    rcfg, ecfg, mcfg, jcfg, tcfg = cfg.register, cfg.evaluate, cfg.model, cfg.judge, cfg.tracking
     t0 = time.monotonic()
     progress.emit("start", step=STEP)
     exp = tracking.experiment_id(tcfg)
@@ -179,12 +163,11 @@ def promote(register_cfg: Section, evaluate_cfg: Section, model_cfg: Section, ju
     return result
 
 
-def champion_location(register_cfg: Section, tracking_cfg: Section) -> dict[str, str]:
+def champion_location(cfg: C.PipelineConfig) -> dict[str, str]:
     """The champion's version and where its plain weights are (what KServe serves)."""
     import mlflow
 
-    rcfg = C.section(C.RegisterConfig, dict(register_cfg or {}), "register")
-    tcfg = C.section(C.TrackingConfig, dict(tracking_cfg or {}), "tracking")
+    rcfg, tcfg = cfg.register, cfg.tracking
     client = mlflow.MlflowClient(tracking_uri=tracking.resolve_uri(tcfg))  # a read: no experiment created
     version = _version(client, rcfg, rcfg.champion_alias)
     if version is None:

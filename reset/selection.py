@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,3 +176,36 @@ def _family_rates(by_ex, groups, best) -> dict[str, dict[str, float]]:
             prompts[fam] += 1
             hits[fam] += ex_id in kept
     return {f: {"prompts": n, "kept": hits[f], "keep_rate": hits[f] / n} for f, n in sorted(prompts.items())}
+
+
+def by_kind(rep: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Kept and prompts per kind, from a report's per-group counts ("<source>/<kind>")."""
+    out: dict[str, dict[str, int]] = {}
+    for group, g in rep["per_group"].items():
+        kind = group.rsplit("/", 1)[-1]
+        acc = out.setdefault(kind, {"kept": 0, "prompts": 0})
+        acc["kept"] += g["kept"]
+        acc["prompts"] += g["prompts"]
+    return out
+
+
+def judged_table(examples: Sequence[Example], cands: Sequence[Candidate], judgments: Sequence[Judgment],
+                 ranks: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """Every judged candidate with its scores, gates, rank within its prompt and whether it was selected."""
+    by_ex, by_c = {e.id: e for e in examples}, {c.id: c for c in cands}
+    rows = sorted(judgments, key=lambda j: (j.example_id, ranks.get(j.candidate_id, {}).get("rank", 0)))
+    gates = sorted({g for j in rows for g in j.details.get("gates", {})})
+    return {
+        "example_id": [j.example_id for j in rows],
+        "candidate_id": [j.candidate_id for j in rows],
+        "kind": [by_ex[j.example_id].kind for j in rows],
+        "task": [by_ex[j.example_id].task for j in rows],
+        "instruction": [by_ex[j.example_id].instruction for j in rows],
+        "response": [by_c[j.candidate_id].text for j in rows],
+        "temperature": [by_c[j.candidate_id].decoding.get("temperature") for j in rows],
+        **{f"score_{a}": [j.scores.get(a) for j in rows] for a in ("instruction", "faithfulness", "task")},
+        **{f"gate_{g}": [j.details.get("gates", {}).get(g) for j in rows] for g in gates},
+        "combined": [j.combined for j in rows],
+        "rank": [ranks.get(j.candidate_id, {}).get("rank") for j in rows],
+        "selected": [bool(ranks.get(j.candidate_id, {}).get("selected")) for j in rows],
+    }

@@ -84,8 +84,19 @@ def resolve_uri(cfg: TrackingConfig) -> str:
     return cfg.tracking_uri or local_tracking_uri()
 
 
-def _is_local(uri: str) -> bool:
-    return uri.startswith(("sqlite:", "file:")) or "://" not in uri
+def cluster_store_problem(uri: str) -> str:
+    """Why an MLflow store cannot serve a cluster run ("" if it can): every step runs in its own pod,
+    so they must share one tracking server."""
+    if is_local_store(uri):
+        return (f"tracking.tracking_uri is {uri.strip() or 'empty (a local SQLite file)'}: on a cluster each step "
+                "runs in its own pod, so set it to a shared MLflow server (http://... or https://...)")
+    return ""
+
+
+def is_local_store(uri: str) -> bool:
+    """A store on this machine's disk (SQLite, a file store, a plain path): not shared with pods."""
+    uri = uri.strip()
+    return not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 def experiment_id(cfg: TrackingConfig) -> str:
@@ -173,8 +184,10 @@ def start_parent(cfg: TrackingConfig, config: Mapping[str, Any], tags: Mapping[s
 
 
 @contextlib.contextmanager
-def step_run(cfg: TrackingConfig, parent_run_id: str, step: str, params: Mapping[str, Any] | None = None) -> Iterator[Any]:
-    """A child run of the pipeline's parent run for one step; marked FAILED if the step raises."""
+def step_run(cfg: TrackingConfig, step: str, params: Mapping[str, Any] | None = None, *,
+             parent_run_id: str = "") -> Iterator[Any]:
+    """A child run of the pipeline's parent run for one step (found by the KFP run id in JOB_ENV,
+    or `parent_run_id`); marked FAILED (KILLED when stopped) if the step raises."""
     import mlflow
 
     t0 = time.monotonic()
@@ -342,3 +355,102 @@ def mark_dead_runs(uri: str, experiments: list[str] | None = None) -> list[dict[
         marked.append({"run_id": r.info.run_id, "name": r.info.run_name or "",
                        "experiment": names.get(r.info.experiment_id, ""), "pid": pid})
     return marked
+
+
+# ------------------------------------------------------------------------ what steps log, and how
+def numeric(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries, for mlflow.log_metrics; counts stay integers (MLflow shows 240, not 240.0)."""
+    return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def metric_name(name: str) -> str:
+    """MLflow accepts letters, digits, _ - . space / : only; source names are free text."""
+    import re
+
+    return re.sub(r"[^\w\-. /:]", "_", name)
+
+
+def dataset(uri: str, name: str, digest: str):
+    """An MLflow dataset that records where data came from and its content digest (no copy)."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.exceptions import MlflowException
+
+    if uri.startswith("builtin:"):
+        source = CodeDatasetSource({"reset.builtin": uri})
+    elif uri.startswith("hf://datasets/"):
+        source = HTTPDatasetSource(f"https://huggingface.co/datasets/{uri.removeprefix('hf://datasets/')}")
+    else:
+        try:
+            source = resolve_dataset_source(uri if "://" in uri else os.path.abspath(uri))
+        except MlflowException:  # a scheme MLflow has no source type for
+            source = HTTPDatasetSource(uri)
+    return MetaDataset(source, name=name, digest=(digest or "")[:16] or None)
+
+
+def log_input(data, **kwargs) -> None:
+    """mlflow.log_input, once more when another run inserted the same dataset (same experiment,
+    name and digest) between MLflow's lookup and its insert: two runs of one pipeline at once on
+    one store race there, and the second try finds the row and links to it."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            mlflow.log_input(data, **kwargs)
+            return
+        except MlflowException as e:
+            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 2:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def log_on_parent(parent_run_id: str, *, metrics: Mapping[str, float] | None = None,
+                  tags: Mapping[str, str] | None = None, texts: Mapping[str, str] | None = None,
+                  images: Mapping[str, bytes] | None = None) -> None:
+    """Metrics (batched), tags, text artifacts and PNG images on the pipeline's parent run."""
+
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    items = list((metrics or {}).items())
+    now = int(time.time() * 1000)
+    for i in range(0, len(items), 500):
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in items[i : i + 500]])
+    for k, v in (tags or {}).items():
+        client.set_tag(parent_run_id, k, v)
+    for name, text in (texts or {}).items():
+        client.log_text(parent_run_id, text, name)
+    for name, png in (images or {}).items():
+        client.log_image(parent_run_id, png_image(png), name)
+
+
+def tag_with_parent(run, tags: Mapping[str, str]) -> None:
+    """Tags on a step's run and on the pipeline's parent run."""
+    import mlflow
+
+    mlflow.set_tags(dict(tags))
+    parent = run.data.tags.get("mlflow.parentRunId", "")
+    if parent:
+        client = mlflow.MlflowClient()
+        for k, v in tags.items():
+            client.set_tag(parent, k, v)
+
+
+def png_image(data: bytes):
+    """PNG bytes as a PIL image (mlflow.log_image takes images, not bytes)."""
+    import io
+
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data))
+
+
+def run_title(pipeline: str, base_model: str, train_size: int, when: float | None = None) -> str:
+    """A parent-run name that says what ran: 'ReSet · smollm2-135m-instruct · 240 train · 11-24 19:40'."""
+    base = base_model.rstrip("/").split("/")[-1].removeprefix("builtin:")
+    size = f"{train_size} train" if train_size else "all data"
+    return f"{pipeline} · {base} · {size} · {time.strftime('%m-%d %H:%M', time.localtime(when))}"

@@ -187,7 +187,7 @@ def test_a_resumed_job_reopens_its_parent_run(tmp_path):
     cfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="resume")
     try:
         first = tracking.start_parent(cfg, {"train": {"epochs": 1}}, {tracking.JOB_TAG: "job-r"})
-        with tracking.step_run(cfg, first, "mix"):
+        with tracking.step_run(cfg, "mix", parent_run_id=first):
             pass
         assert tracking.kill_job_runs(cfg, "job-r") == [first]
         again = tracking.start_parent(cfg, {"train": {"epochs": 1}, "judge": {"budget_usd": 5}}, {tracking.JOB_TAG: "job-r"})

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 from pipelines.console import Console
+from pipelines.tasks import DISPLAY
 from reset import progress
 
 
@@ -16,6 +17,7 @@ def _ev(event: str, **kw) -> str:
 
 
 def test_routes_task_output_to_logs_and_shows_step_lines(tmp_path: Path) -> None:
+    DISPLAY.clear()  # no pipeline built here: kfp task names stand as they are
     out = io.StringIO()
     con = Console(out, tmp_path / "logs")
     con.write("19:00:00.1 - INFO - Executing task \x1b[96m'mix-data'\x1b[0m\n")
@@ -41,6 +43,7 @@ def test_routes_task_output_to_logs_and_shows_step_lines(tmp_path: Path) -> None
 
 
 def test_verbose_shows_everything_and_failures_report_the_log_tail(tmp_path: Path) -> None:
+    DISPLAY.clear()
     out = io.StringIO()
     con = Console(out, tmp_path / "logs", verbose=True)
     con.write("Executing task 'select-samples'\n    " + _ev("start", step="select"))

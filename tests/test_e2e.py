@@ -181,7 +181,7 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
     assert "failed in step select" in err and "min_selected is 1000" in err
     log_line = next(x for x in err.splitlines() if x.startswith("--- full log: "))
     log = Path(log_line.split(": ", 1)[1].split(" (", 1)[0])
-    assert log.name == "select-samples.log" and "SelectionError" in log.read_text()
+    assert log.name == "select.log" and "SelectionError" in log.read_text()
     assert 30 <= len(err.splitlines()) <= 40  # the reason, 30 log lines, the path
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

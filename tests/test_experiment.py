@@ -3,8 +3,6 @@ DAG, arms as validated overlays, the control's data, and the report across seeds
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import yaml
 
@@ -72,7 +70,9 @@ def test_every_arm_and_the_control_in_dependency_order(compiled):
     # seeds run as a ParallelFor and the report collects every seed's scores
     root = compiled["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     loop = next(spec for spec in root.values() if "parameterIterator" in spec)
-    assert json.loads(loop["parameterIterator"]["items"]["raw"]) == [0, 1]
+    # over the run form's `seeds` parameter, whose default is the config's
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("seeds")
+    assert compiled["root"]["inputDefinitions"]["parameters"]["seeds"]["defaultValue"] == [0, 1]
     assert "experiment-report" in root
     # the base model has no seed: its answers are scored once, outside the loop, for every seed's evaluation
     assert "answer-base" in {spec["taskInfo"]["name"] for spec in root.values()}

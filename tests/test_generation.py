@@ -124,7 +124,7 @@ def test_a_cpu_build_of_torch_means_no_gpu_without_importing_torch():
 
     import torch
 
-    probe = ("import sys; from reset.models.generation.vllm_backend import gpu_visible; "
+    probe = ("import sys; from reset.models.generation.vllm_server import gpu_visible; "
              "print(gpu_visible(), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
     cpu_build = torch.__version__.endswith("+cpu")
@@ -308,7 +308,7 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     the samples a step's own worker gives; an engine idle for generate.vllm_engine_keep_s is freed
     and the next request starts one; once the server is gone, a step starts its own worker and
     says so."""
-    from reset import steps
+    from pipelines.local_runs import local_engine_server
     from reset.config import PipelineConfig
 
     base, ft = tied_pair
@@ -318,7 +318,7 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     own = run(ft, examples, cfg, mcfg, model_name="ft", log=lambda s: None)
     pcfg = PipelineConfig.model_validate({"model": {"base": str(base), "max_prompt_length": 96},
                                           "generate": cfg.model_dump(), "evaluate": {"max_new_tokens": 6}})
-    server = steps.local_engine_server(pcfg, tmp_path / "vllm")
+    server = local_engine_server(pcfg, tmp_path / "vllm")
     assert server is not None
     try:
         for k, v in server.env.items():
@@ -348,10 +348,10 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
 
 
 def test_no_engine_server_where_the_steps_would_not_use_one(tmp_path):
-    from reset import steps
+    from pipelines.local_runs import local_engine_server
     from reset.config import PipelineConfig
 
     for sections in ({"generate": {"backend": "hf"}, "evaluate": {"backend": "hf"}},
                      {"generate": {"vllm_engine_server": False}}):
-        assert steps.local_engine_server(PipelineConfig.model_validate(sections), tmp_path / "vllm") is None
+        assert local_engine_server(PipelineConfig.model_validate(sections), tmp_path / "vllm") is None
     assert not (tmp_path / "vllm").exists()

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.cli import main, pipeline_arguments
+from pipelines.cli import main
 from pipelines.promotion_pipeline import promotion_arguments
+from pipelines.reset_pipeline import pipeline_arguments
 from reset.config import load_config
 
 from .conftest import REPO

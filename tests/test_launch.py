@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from reset.config.sections import ClusterConfig, TrainingEngine
+from reset.config.cluster import ClusterConfig, TrainingEngine
 from reset.launch import JobFailed, JobTimeout, TrainingLaunch, job_manifest, run_job
 from reset.launch.manifests import job_name
 

@@ -249,11 +249,10 @@ def test_the_mix_step_logs_sources_splits_and_the_card_to_mlflow(fx, tmp_path, c
     data = {"instruction": [{"path": str(fx["alpaca"].path)}], "grounded": [{"path": str(fx["nq_common"].path)}],
             "eval_per_kind": 5, "dev_per_kind": 3, "seen_prompts_per_kind": 5}
     out = {k: str(tmp_path / "out" / f"{k}.jsonl") for k in ("train", "dev", "test", "seen", "rejected")}
-    stats = steps.mix(data, {"tracking_uri": uri, "experiment": "mix-test"}, "", out_train=out["train"],
-                      out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"], out_rejected=out["rejected"],
-                      cache_dir=str(cache_dir), model={"base": "builtin:tiny-llama", "max_length": 64,
-                                                       "max_prompt_length": 48},
-                      out_card=str(tmp_path / "out" / "card.md"))
+    cfg = steps.config(data=data, tracking={"tracking_uri": uri, "experiment": "mix-test"},
+                       model={"base": "builtin:tiny-llama", "max_length": 64, "max_prompt_length": 48})
+    stats = steps.mix(cfg, out_train=out["train"], out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"],
+                      out_rejected=out["rejected"], cache_dir=str(cache_dir), out_card=str(tmp_path / "out" / "card.md"))
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mix-test").experiment_id])
     inputs = {(d.dataset.name, d.dataset.digest, d.dataset.source_type) for d in run.inputs.dataset_inputs}
@@ -275,29 +274,29 @@ def test_the_mix_step_logs_sources_splits_and_the_card_to_mlflow(fx, tmp_path, c
 
 
 def test_the_step_counts_words_when_the_tokenizer_cannot_load(fx, tmp_path) -> None:
-    from reset import steps
     from reset.config import ModelConfig
+    from reset.models.tokenizers import length_meter
 
-    meter = steps.length_meter(ModelConfig(base=str(tmp_path / "no-such-model")))
+    meter = length_meter(ModelConfig(base=str(tmp_path / "no-such-model")))
     assert meter.unit == "words" and "could not be loaded" in meter.note and "no-such-model" in meter.note
 
 
 def test_an_s3_model_lends_only_its_tokenizer(s3, tiny_model_dir, tmp_path) -> None:
     import uuid
 
-    from reset import steps
     from reset.config import ModelConfig
     from reset.data import storage
+    from reset.models.tokenizers import length_meter
 
     bucket = f"tok-{uuid.uuid4().hex[:10]}"
     s3.create_bucket(Bucket=bucket)
     storage.upload(tiny_model_dir, f"s3://{bucket}/tiny")
     cache = tmp_path / "cache"
-    meter = steps.length_meter(ModelConfig(base=f"s3://{bucket}/tiny", cache_dir=str(cache)))
+    meter = length_meter(ModelConfig(base=f"s3://{bucket}/tiny", cache_dir=str(cache)))
     assert meter.unit == "tokens"
     fetched = {p.name for p in cache.rglob("*") if p.is_file()}
     assert "tokenizer.json" in fetched and not any(n.endswith(".safetensors") for n in fetched)  # no weights
-    local = steps.length_meter(ModelConfig(base=str(tiny_model_dir)))
+    local = length_meter(ModelConfig(base=str(tiny_model_dir)))
     examples = [_ex("a", "Say something short."), _ex("b", "Who is named?", "Ann met Bob in Oslo.", "grounded")]
     assert meter.measure(examples) == local.measure(examples)
     p, t = local.measure(examples)[1]
@@ -305,7 +304,7 @@ def test_an_s3_model_lends_only_its_tokenizer(s3, tiny_model_dir, tmp_path) -> N
 
 
 def test_builtin_sources_have_a_digest_and_a_code_source(tmp_path) -> None:
-    from reset import steps
+    from reset import tracking
 
     cfg = DataConfig(demo_size=40, eval_per_kind=4, seen_prompts_per_kind=4)
     rep, _, _ = _run(tmp_path, cfg)
@@ -314,20 +313,20 @@ def test_builtin_sources_have_a_digest_and_a_code_source(tmp_path) -> None:
     assert a == [s["files"] for s in rep2.card["sources"]] and all(len(f[0]["digest"]) == 64 for f in a)
     rep3, _, _ = _run(tmp_path / "other", DataConfig(demo_size=40, eval_per_kind=4, seen_prompts_per_kind=4, seed=1))
     assert a != [s["files"] for s in rep3.card["sources"]]  # another seed, other demo rows
-    ds = steps._meta_dataset("builtin:demo-instruction", "demo-instruction", a[0][0]["digest"])
+    ds = tracking.dataset("builtin:demo-instruction", "demo-instruction", a[0][0]["digest"])
     assert ds.source._get_source_type() == "code" and ds.digest == a[0][0]["digest"][:16]
 
 
 @pytest.mark.parametrize("system", ["", "You are terse."])
 def test_token_lengths_are_what_training_and_generation_see(tiny_model_dir, demo, system: str) -> None:
     """The card's lengths equal the prompt ids generation builds and the SFT ids training builds."""
-    from reset import steps
     from reset.config import ModelConfig
     from reset.models import chat
     from reset.models.loading import load_tokenizer
+    from reset.models.tokenizers import length_meter
 
     tok = load_tokenizer(tiny_model_dir)
-    meter = steps.length_meter(ModelConfig(base=str(tiny_model_dir), system_prompt=system))
+    meter = length_meter(ModelConfig(base=str(tiny_model_dir), system_prompt=system))
     examples = demo[0][:20] + demo[1][:20]
     for ex, (p, t) in zip(examples, meter.measure(examples), strict=True):
         ids, cut = chat.prompt_ids(tok, ex, 10_000, system)

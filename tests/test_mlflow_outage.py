@@ -31,7 +31,7 @@ from reset.config import TrackingConfig
 cfg = TrackingConfig(tracking_uri=sys.argv[1], experiment="outage")
 parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-outage"})
 print("parent", parent, flush=True)
-with tracking.step_run(cfg, parent, "train"):
+with tracking.step_run(cfg, "train", parent_run_id=parent):
     for i in range(100000):
         mlflow.log_metric("loss", 1.0 / (i + 1), step=i)
         print(f"logged {i}", flush=True)

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipelines.cli import compile_pipeline, main, pipeline_arguments
-from pipelines.reset_pipeline import STEP_NAMES
+from pipelines import definitions
+from pipelines.cli import main
+from pipelines.reset_pipeline import STEP_NAMES, pipeline_arguments
 from reset.config import load_config
 
 from .conftest import REPO
@@ -26,7 +27,7 @@ def compiled(tmp_path_factory, monkeypatch_module):
         'judge.llm={"base_url": "http://judge.svc:8000/v1", "model": "m", "api_key_env": "OPENAI_API_KEY"}',
     ])
     path = tmp_path_factory.mktemp("compiled") / "reset.yaml"
-    compile_pipeline(cfg, str(path))
+    definitions.compile_to(cfg, definitions.TRAINING, str(path))
     text = path.read_text()
     docs = list(yaml.safe_load_all(text))
     return cfg, text, docs
@@ -186,11 +187,13 @@ def test_paper_7b_mounts_the_run_volume_carries_no_weights_and_sizes_each_step(t
     selectors and timeouts, and the fine-tuning handed to a PyTorchJob."""
     import json
 
-    from pipelines.reset_pipeline import VOLUME_STEPS
+    from reset.config import STEPS
+
+    volume_steps = {name for name, step in STEPS.items() if step.volume}
 
     cfg = load_config(REPO / "configs" / "paper-7b.yaml")
     out = tmp_path / "p7.yaml"
-    compile_pipeline(cfg, str(out))
+    definitions.compile_to(cfg, definitions.TRAINING, str(out))
     docs = list(yaml.safe_load_all(out.read_text()))
     executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     spec_exec = docs[0]["deploymentSpec"]["executors"]
@@ -203,7 +206,7 @@ def test_paper_7b_mounts_the_run_volume_carries_no_weights_and_sizes_each_step(t
     for step in STEP_NAMES:
         k8s, container = executors[by_step[step]], spec_exec[by_step[step]]["container"]
         env = {e["name"]: e["value"] for e in container.get("env", [])}
-        if step in VOLUME_STEPS:
+        if step in volume_steps:
             assert [m["mountPath"] for m in k8s["pvcMount"]] == ["/mnt/reset"], step
             assert env["RESET_CACHE_DIR"] == "/mnt/reset/cache", step  # base model cached on the volume
         else:
@@ -232,7 +235,7 @@ def test_paper_7b_mounts_the_run_volume_carries_no_weights_and_sizes_each_step(t
     outputs = {a for c in docs[0]["components"].values()
                for a, d in c.get("outputDefinitions", {}).get("artifacts", {}).items()
                if d["artifactType"]["schemaTitle"] == "system.Model"}
-    assert outputs == {"mtl_model", "reset_model"}
+    assert outputs == {"checkpoint"}  # the one fine-tuning component's output (MTL and ReSet)
     # caching only where the config allows it; the parent run is no input of any step
     cached = {t["taskInfo"]["name"] for t in inner.values() if t.get("cachingOptions", {}).get("enableCache")}
     assert cached == set(cfg.cluster.cache_steps)

@@ -206,7 +206,7 @@ def test_the_first_task_on_a_cluster_runs_the_checks(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     config = {"model": {"base": "builtin:no-such-model"}, "tracking": {"tracking_uri": uri, "experiment": "c"}}
     with pytest.raises(preflight.PreflightError, match=r"model\.base: unknown builtin model 'builtin:no-such-model'"):
-        steps.start_run(config["tracking"], config, "job-c")
+        steps.start_run(config, "job-c")
     # paths are on the run's volume, which the first task does not mount: left to the steps
     assert preflight.check(load_config(TINY, [f"model.base={tmp_path}/on-the-volume",
                                               f"data.instruction=[{tmp_path}/v.jsonl]"]), where="cluster") == []

@@ -19,7 +19,7 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from reset import registry
+from reset import registry, steps
 from reset.config import ConfigError, ModelConfig, RegisterConfig, TrainConfig
 from reset.data.records import write_jsonl
 from reset.data.storage import upload
@@ -103,7 +103,8 @@ def test_the_final_model_is_exported_once_merged_and_registered_by_its_s3_locati
     model = mlflow.pyfunc.load_model("models:/exp@champion")
     answers = model.predict([{"instruction": "Say hello."}])
     assert len(answers) == 1 and isinstance(answers[0], str)
-    loc = champion_location({"model_name": "exp"}, {"tracking_uri": store[0], "experiment": "promo"})
+    loc = champion_location(steps.config(register={"model_name": "exp"},
+                                         tracking={"tracking_uri": store[0], "experiment": "promo"}))
     assert loc == {"model_name": "exp", "version": out["version"], "source": source, "weights_uri": out["weights_uri"]}
 
 
@@ -122,18 +123,18 @@ def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_m
 
     # the same weights: never promoted, whatever the margins, and the reason says why
     loose = {**base.model_dump(), "margin_if": 0.99, "margin_faithfulness": 0.99}
-    kept = promote(loose, FAST, {}, {}, tracking, challenger=same, cache_dir=str(root / "cache"), log=lambda _: None)
+    kept = promote(steps.config(register=loose, evaluate=FAST, tracking=tracking), challenger=same, cache_dir=str(root / "cache"), log=lambda _: None)
     assert kept["outcome"] == "kept" and kept["reason"].startswith("weights identical to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v1
 
     # other weights, but 8 examples cannot show non-inferiority within 0.03: kept, naming the bound
-    strict = promote(base.model_dump(), FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"),
+    strict = promote(steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking), challenger=v2, cache_dir=str(root / "cache"),
                      log=lambda _: None)
     assert strict["outcome"] == "kept" and "not shown non-inferior to champion" in strict["reason"]
     assert strict["gate"]["deltas"]["if_prompt_acc"]["n"] > 0 and strict["gate"]["deltas"]["faithfulness"]["n"] > 0
 
     # margins wide enough for 8 examples: non-inferior, promoted; the run and the version record it
-    done = promote(loose, FAST, {}, {}, tracking, challenger=v2, cache_dir=str(root / "cache"), log=lambda _: None)
+    done = promote(steps.config(register=loose, evaluate=FAST, tracking=tracking), challenger=v2, cache_dir=str(root / "cache"), log=lambda _: None)
     assert done["outcome"] == "promoted" and done["champion_version"] == v1, done["reason"]
     assert done["reason"].startswith("non-inferior to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v2
@@ -147,13 +148,13 @@ def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_m
     assert not [m for m in client.search_registered_models() if m.name.endswith(registry.LOCK_SUFFIX)]
 
     # again: the challenger is the champion now, nothing to evaluate
-    again = promote(base.model_dump(), FAST, {}, {}, tracking, challenger=v2, log=lambda _: None)
+    again = promote(steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking), challenger=v2, log=lambda _: None)
     assert again["outcome"] == "already-champion"
 
     # a changed evaluation set is refused, naming the key
     changed = {**base.model_dump(), "promotion_data_sha256": "0" * 64}
     with pytest.raises(ConfigError, match="register.promotion_data_sha256"):
-        promote(changed, FAST, {}, {}, tracking, challenger=v1, cache_dir=str(root / "cache"), log=lambda _: None)
+        promote(steps.config(register=changed, evaluate=FAST, tracking=tracking), challenger=v1, cache_dir=str(root / "cache"), log=lambda _: None)
     assert str(client.get_model_version_by_alias("m", "champion").version) == v2
 
 
@@ -321,8 +322,9 @@ def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_eva
                "gates": {"mtl": passed, "champion": passed}, "champion_version": v1}
     (tmp_path / "scores.json").write_text(json.dumps(payload))
     assert registry.move_champion(client, cfg, v2, expected=v1, holder="promotion pipeline", reason="better")[0]
-    decision = steps.register(str(tiny_model_dir), str(tmp_path / "scores.json"), cfg.model_dump(), FAST, {},
-                              {"tracking_uri": uri, "experiment": "promo"}, "")
+    decision = steps.register(str(tiny_model_dir), str(tmp_path / "scores.json"),
+                              steps.config(register=cfg.model_dump(), evaluate=FAST,
+                                           tracking={"tracking_uri": uri, "experiment": "promo"}))
     assert not decision["promote"] and f"it is v{v2} now, v{v1} when this decision was made" in decision["reason"]
     assert str(client.get_model_version_by_alias("inrun", "champion").version) == v2
     assert client.get_model_version("inrun", decision["version"]).tags["promotion"] == decision["reason"]
@@ -334,13 +336,14 @@ def test_the_promotion_pipeline_compiles_with_the_cluster_settings(tmp_path, mon
     required and the LLM judge's optional, the config's sections as parameters, no secret value."""
     import yaml
 
-    from pipelines.promotion_pipeline import compile_promotion, promotion_arguments
+    from pipelines import definitions
+    from pipelines.promotion_pipeline import promotion_arguments
     from reset.config import load_config
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "promo-5ecret-value")
     cfg = load_config(REPO / "configs" / "paper-7b.yaml")
     out = tmp_path / "promotion.yaml"
-    compile_promotion(cfg, str(out), challenger="12")
+    definitions.compile_to(cfg, definitions.PROMOTION, str(out), challenger="12")
     text = out.read_text()
     assert "promo-5ecret-value" not in text
     spec, platform = yaml.safe_load_all(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import random
 import re
 from html.parser import HTMLParser
@@ -209,11 +210,13 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
     tcfg = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="ev")
     write_jsonl(tmp_path / "eval.jsonl", demo[0][:3] + demo[1][:3])
     try:
-        parent = tracking.start_parent(tcfg, {})
+        os.environ[tracking.JOB_ENV] = "job-ev"  # as a task has it: the step finds its parent run by it
+        parent = tracking.start_parent(tcfg, {}, {tracking.JOB_TAG: "job-ev"})
         out = {k: str(tmp_path / f"{k}.out") for k in ("out_metrics", "out_report", "out_rows")}
+        cfg = steps.config(evaluate={"max_new_tokens": 4, "batch_size": 6, "backend": "hf"},
+                           tracking=tcfg.model_dump())
         payload = steps.evaluate({"mtl": str(tiny_model_dir), "reset": str(tiny_model_dir)}, str(tmp_path / "eval.jsonl"),
-                                 {"max_new_tokens": 4, "batch_size": 6, "backend": "hf"}, {}, {}, tcfg.model_dump(),
-                                 parent, include_base=False, **out)
+                                 cfg, include_base=False, **out)
         results = payload["metrics"]
         assert set(results) == {"mtl", "reset"} and results["mtl"]["n_examples"] == 6
         report = (tmp_path / "out_report.out").read_text()
@@ -244,4 +247,5 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
         assert top.data.tags["reset.verdict"].startswith("ReSet vs MTL")
         assert {"headline.md", "report.html", "tradeoff.png"} <= {a.path for a in client.list_artifacts(parent)}
     finally:
+        os.environ.pop(tracking.JOB_ENV, None)
         mlflow.set_tracking_uri(None)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from pipelines import local_runs
 from reset import steps
 from reset.data.records import Candidate, Judgment, read_jsonl, write_jsonl
 from reset.data.shards import bounds, ordered
@@ -47,7 +48,7 @@ def run_engine(vllm_tiny_dir, tmp_path, monkeypatch):  # noqa: F811
     gen = {"grid": [{"temperature": 0.0}, {"temperature": 1.0, "top_p": 0.95}], "samples_per_setting": 2,
            "max_new_tokens": 8, "backend": "vllm", "vllm_python": _vllm_python(), "vllm_kv_cache_gb": 1,
            "vllm_engine_keep_s": 120}
-    server = steps.local_engine_server(PipelineConfig.model_validate(
+    server = local_runs.local_engine_server(PipelineConfig.model_validate(
         {"model": {"base": str(vllm_tiny_dir)}, "generate": gen, "evaluate": {"max_new_tokens": 8}}), tmp_path / "vllm")
     assert server is not None
     for k, v in server.env.items():
@@ -70,13 +71,15 @@ def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny
     trk = _tracking(tmp_path)
     judge = {"judges": ["rules", "k-precision", "reference"]}
 
-    steps.generate(str(vllm_tiny_dir), str(seen), gen, model, trk, "", out_candidates=str(tmp_path / "c.jsonl"))
-    steps.judge(str(seen), str(tmp_path / "c.jsonl"), judge, trk, "", out_judgments=str(tmp_path / "j.jsonl"))
+    cfg = steps.config(generate=gen, model=model, tracking=trk, judge=judge,
+                       evaluate={"max_new_tokens": 8, "backend": "vllm"})
+    steps.generate(str(vllm_tiny_dir), str(seen), cfg, out_candidates=str(tmp_path / "c.jsonl"))
+    steps.judge(str(seen), str(tmp_path / "c.jsonl"), cfg, out_judgments=str(tmp_path / "j.jsonl"))
     parts = []
     for k in range(2):  # 12 prompts: shard 2 starts at position 6, so its seeds are not shard 1's
         c, j = tmp_path / f"c{k}.jsonl", tmp_path / f"j{k}.jsonl"
-        steps.generate(str(vllm_tiny_dir), str(seen), gen, model, trk, "", out_candidates=str(c), shard=k, shards=2)
-        steps.judge(str(seen), str(c), judge, trk, "", out_judgments=str(j), shard=k, shards=2)
+        steps.generate(str(vllm_tiny_dir), str(seen), cfg, out_candidates=str(c), shard=k, shards=2)
+        steps.judge(str(seen), str(c), cfg, out_judgments=str(j), shard=k, shards=2)
         parts.append((str(c), str(j)))
     # gathered in reverse: the order the shards finish in does not matter
     steps.gather(str(seen), [c for c, _ in parts[::-1]], [j for _, j in parts[::-1]],
@@ -97,37 +100,36 @@ def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny
     # evaluation: base + two "arms" answered in two shards, then the statistics over the gathered rows
     heldout = tmp_path / "heldout.jsonl"
     write_jsonl(heldout, examples)
-    ev = {"max_new_tokens": 8, "backend": "vllm"}
     arms = {"mtl": str(vllm_tiny_dir), "reset": str(vllm_tiny_dir)}
 
     def outs(tag):
         return {k: str(tmp_path / f"{tag}-{k}") for k in ("out_metrics", "out_report", "out_rows", "out_html")}
 
-    one = steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", **outs("one"))
+    one = steps.evaluate(arms, str(heldout), cfg, **outs("one"))
     rows = []
     for k in range(2):
         rows.append(str(tmp_path / f"rows{k}.jsonl"))
-        steps.evaluate_answers(arms, str(heldout), ev, model, judge, trk, "", out_rows=rows[-1], shard=k, shards=2)
-    two = steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", rows_paths=rows, **outs("two"))
+        steps.evaluate_answers(arms, str(heldout), cfg, out_rows=rows[-1], shard=k, shards=2)
+    two = steps.evaluate(arms, str(heldout), cfg, rows_paths=rows, **outs("two"))
     assert two["metrics"] == one["metrics"] and two["verdicts"] == one["verdicts"]
     assert set(one["metrics"]) == {"base", "mtl", "reset"}
     assert json.loads((tmp_path / "two-out_metrics").read_text())["metrics"] == one["metrics"]
     with pytest.raises(ValueError, match="rows per model"):  # a lost shard is an error, not a smaller set
-        steps.evaluate(arms, str(heldout), ev, model, judge, trk, "", rows_paths=rows[:1], **outs("lost"))
+        steps.evaluate(arms, str(heldout), cfg, rows_paths=rows[:1], **outs("lost"))
     assert server.log_path.read_text().count("(engine reused)") >= 5  # one engine served every step
 
 
 def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path):
     import yaml
 
-    from pipelines.cli import compile_pipeline
+    from pipelines import definitions
     from reset.config import load_config
 
     from .conftest import REPO
 
     cfg = load_config(REPO / "configs" / "demo.yaml", ["cluster.shards=3"])
     path = tmp_path / "sharded.yaml"
-    compile_pipeline(cfg, str(path))
+    definitions.compile_to(cfg, definitions.TRAINING, str(path))
     docs = list(yaml.safe_load_all(path.read_text()))
     spec = docs[0]
     inner = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
@@ -136,7 +138,8 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
     assert set(loops) == {"generate-shards", "answer-shards"}
     assert all(t["parameterIterator"]["items"]["raw"] == "[0, 1, 2]" for t in loops.values())
     body = {n: sorted(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in loops.items()}
-    assert body == {"generate-shards": ["generate-shard", "judge-shard"],
+    # the same components as the unsharded DAG: a shard is a parameter, not a twin component
+    assert body == {"generate-shards": ["generate-candidates", "judge-candidates"],
                     "answer-shards": ["answer-heldout"]}
     # gather after the generate shards, select after gather; evaluate after the answer shards
     key = {t["taskInfo"]["name"]: k for k, t in inner.items()}
@@ -149,10 +152,10 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
     # an answer shard runs with the evaluate step's resources (GPUs, memory) and volume
     executors = spec["deploymentSpec"]["executors"]
     assert executors["exec-answer-heldout"]["container"]["resources"] == \
-        executors["exec-evaluate-gathered"]["container"]["resources"]
+        executors["exec-evaluate-models"]["container"]["resources"]
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert [m["mountPath"] for m in k8s["exec-answer-heldout"]["pvcMount"]] == \
-        [m["mountPath"] for m in k8s["exec-evaluate-gathered"]["pvcMount"]] == [cfg.cluster.storage.mount_path]
+        [m["mountPath"] for m in k8s["exec-evaluate-models"]["pvcMount"]] == [cfg.cluster.storage.mount_path]
 
 
 @pytest.mark.integration

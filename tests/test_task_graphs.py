@@ -40,11 +40,7 @@ def task_graph(doc: dict) -> dict[str, list[str]]:
 
 
 def compiled_graphs() -> dict[str, dict[str, list[str]]]:
-    from kfp import compiler
-
-    from pipelines.cli import compile_pipeline
-    from pipelines.experiment_pipeline import build_experiment
-    from pipelines.promotion_pipeline import compile_promotion
+    from pipelines import definitions
     from reset.config import load_config
 
     graphs = {}
@@ -56,13 +52,13 @@ def compiled_graphs() -> dict[str, dict[str, list[str]]]:
                                      ("paper-7b", "paper-7b.yaml", []),
                                      ("paper-7b-sharded", "paper-7b.yaml", ["cluster.shards=3"])):
             cfg = load_config(REPO / "configs" / cfg_file, sets)
-            compile_pipeline(cfg, f"{tmp}/{name}.yaml")
+            definitions.compile_to(cfg, definitions.TRAINING, f"{tmp}/{name}.yaml")
             graphs[name] = task_graph(read(f"{tmp}/{name}.yaml"))
         cfg = load_config(REPO / "configs" / "experiment.yaml", ["experiment.seeds=[0, 1]"])
-        compiler.Compiler().compile(build_experiment(cfg), f"{tmp}/exp.yaml", pipeline_parameters={"tracking": {}})
+        definitions.compile_to(cfg, definitions.EXPERIMENT, f"{tmp}/exp.yaml")
         graphs["experiment"] = task_graph(read(f"{tmp}/exp.yaml"))
         cfg = load_config(REPO / "configs" / "paper-7b.yaml")
-        compile_promotion(cfg, f"{tmp}/promo.yaml")
+        definitions.compile_to(cfg, definitions.PROMOTION, f"{tmp}/promo.yaml")
         graphs["promotion"] = task_graph(read(f"{tmp}/promo.yaml"))
     return graphs
 

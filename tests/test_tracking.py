@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import mlflow
 import pytest
 
@@ -23,14 +26,28 @@ def _children(cfg, parent):
             for r in client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")}
 
 
+@contextlib.contextmanager
+def monkeypatch_env(key: str, value: str):
+    """The KFP run id a step finds its parent run by, as a task has it."""
+    old = os.environ.get(key)
+    os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def test_parent_logs_config_and_children_nest(cfg):
-    parent = steps.start_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"},
-                             {"train": {"learning_rate": 0.1}, "tracking": {"experiment": "t"}}, "job-1")
+    parent = steps.start_run({"train": {"learning_rate": 0.1},
+                              "tracking": {"tracking_uri": cfg.tracking_uri, "experiment": "t"}}, "job-1")
     run = mlflow.MlflowClient().get_run(parent)
     assert run.data.params["train.learning_rate"] == "0.1"
     assert run.data.tags[tracking.JOB_TAG] == "job-1"
     assert run.info.status == "RUNNING"
-    with tracking.step_run(cfg, parent, "mix", {"seed": 3}):
+    with tracking.step_run(cfg, "mix", {"seed": 3}, parent_run_id=parent):
         mlflow.log_metric("rows", 5)
     assert _children(cfg, parent) == {"mix": "FINISHED"}
     assert tracking.find_parent(cfg, "job-1") == parent
@@ -39,34 +56,34 @@ def test_parent_logs_config_and_children_nest(cfg):
 
 def test_start_run_refuses_a_bad_config_by_key(cfg):
     with pytest.raises(ValueError, match="select.threshold"):
-        steps.start_run({"tracking_uri": cfg.tracking_uri}, {"select": {"threshold": 2.0}}, "job-x")
+        steps.start_run({"select": {"threshold": 2.0}, "tracking": {"tracking_uri": cfg.tracking_uri}}, "job-x")
 
 
 def test_a_failing_step_fails_its_run_and_the_parent(cfg):
     parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-f"})
-    with tracking.step_run(cfg, parent, "mix"):
+    with tracking.step_run(cfg, "mix", parent_run_id=parent):
         pass
-    with pytest.raises(RuntimeError, match="boom"), tracking.step_run(cfg, parent, "generate"):
+    with pytest.raises(RuntimeError, match="boom"), tracking.step_run(cfg, "generate", parent_run_id=parent):
         raise RuntimeError("boom")
     assert _children(cfg, parent) == {"mix": "FINISHED", "generate": "FAILED"}
-    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "job-f") == "FAILED"
+    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-f") == "FAILED"
     assert mlflow.MlflowClient().get_run(parent).info.status == "FAILED"
 
 
 def test_parent_finishes_only_when_the_last_step_ran(cfg):
     parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-ok"})
-    with tracking.step_run(cfg, parent, "mix"):
+    with tracking.step_run(cfg, "mix", parent_run_id=parent):
         pass
     assert tracking.finish_parent(cfg, parent) == "FAILED"  # register never ran
     parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-ok2"})
     for step in ("mix", "register"):
-        with tracking.step_run(cfg, parent, step):
+        with tracking.step_run(cfg, step, parent_run_id=parent):
             pass
-    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "job-ok2") == "FINISHED"
+    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-ok2") == "FINISHED"
 
 
 def test_finish_without_a_parent_is_a_clean_no_op(cfg):
-    assert steps.finish_run({"tracking_uri": cfg.tracking_uri, "experiment": "t"}, "never-started") == "NONE"
+    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "never-started") == "NONE"
 
 
 def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
@@ -80,10 +97,10 @@ def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
 
 def test_a_retried_step_counts_by_its_newest_attempt(cfg):
     parent = tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-r"})
-    with pytest.raises(RuntimeError), tracking.step_run(cfg, parent, "mix"):
+    with pytest.raises(RuntimeError), tracking.step_run(cfg, "mix", parent_run_id=parent):
         raise RuntimeError("first attempt")
     for step in ("mix", "register"):  # KFP's retry of mix succeeds, then the rest runs
-        with tracking.step_run(cfg, parent, step):
+        with tracking.step_run(cfg, step, parent_run_id=parent):
             pass
     assert tracking.finish_parent(cfg, parent) == "FINISHED"
 
@@ -96,10 +113,11 @@ def test_select_step_logs_keep_rates_for_free_text_source_names(cfg, tmp_path):
     write_jsonl(tmp_path / "c.jsonl", [Candidate(id="e1/0", example_id="e1", text="Hello.")])
     write_jsonl(tmp_path / "j.jsonl", [Judgment(candidate_id="e1/0", example_id="e1",
                                                 scores={"task": 1.0}, combined=1.0)])
-    parent = tracking.start_parent(cfg, {})
-    rep = steps.select(str(tmp_path / "seen.jsonl"), str(tmp_path / "c.jsonl"), str(tmp_path / "j.jsonl"), {},
-                       {"tracking_uri": cfg.tracking_uri, "experiment": "t"}, parent,
-                       out_selected=str(tmp_path / "sel.jsonl"))
+    with monkeypatch_env(tracking.JOB_ENV, "job-sel"):
+        tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-sel"})
+        rep = steps.select(str(tmp_path / "seen.jsonl"), str(tmp_path / "c.jsonl"), str(tmp_path / "j.jsonl"),
+                           steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}),
+                           out_selected=str(tmp_path / "sel.jsonl"))
     assert rep["selected"] == 1
     run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("t").experiment_id],
                                             "tags.`reset.step` = 'select'")[0]
@@ -128,7 +146,7 @@ def test_a_dataset_another_run_inserted_meanwhile_is_linked_not_an_error(cfg, tm
     mlflow.set_tracking_uri(cfg.tracking_uri)
     mlflow.set_experiment(cfg.experiment)
     with mlflow.start_run() as run:
-        steps._log_input(steps._meta_dataset(str(data), "train", "abc"), context="train")
+        tracking.log_input(tracking.dataset(str(data), "train", "abc"), context="train")
     assert calls == ["train", "train"]
     (linked,) = mlflow.MlflowClient().get_run(run.info.run_id).inputs.dataset_inputs
     assert linked.dataset.name == "train" and linked.dataset.digest == "abc"
@@ -138,4 +156,4 @@ def test_a_dataset_another_run_inserted_meanwhile_is_linked_not_an_error(cfg, tm
 
     monkeypatch.setattr(mlflow, "log_input", broken)
     with mlflow.start_run(), pytest.raises(MlflowException, match="read-only"):
-        steps._log_input(steps._meta_dataset(str(data), "train", "abc"), context="train")
+        tracking.log_input(tracking.dataset(str(data), "train", "abc"), context="train")

@@ -83,7 +83,8 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
     write_jsonl(cands, [c for _, c in pairs])
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     tracking = {"tracking_uri": uri, "experiment": "llm"}
-    parent = steps.start_run(tracking, {"tracking": tracking}, "job-llm")
+    monkeypatch.setenv("RESET_KFP_RUN_ID", "job-llm")  # a task finds its parent run by it
+    steps.start_run({"tracking": tracking}, "job-llm")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-never-logged-4711")  # vLLM ignores it; it must not reach MLflow
     judge_cfg = {
         "judges": ["rules", "llm-instruction", "k-precision", "llm-faithfulness", "reference"],
@@ -91,7 +92,8 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
         "llm": {"base_url": base_url, "model": model, "concurrency": 4,
                 "cache_path": str(tmp_path / "c.sqlite")},
     }
-    stats = steps.judge(str(seen), str(cands), judge_cfg, tracking, parent, out_judgments=str(tmp_path / "j.jsonl"))
+    stats = steps.judge(str(seen), str(cands), steps.config(judge=judge_cfg, tracking=tracking),
+                        out_judgments=str(tmp_path / "j.jsonl"))
     assert stats["judgments"] == len(pairs)
     rows = [json.loads(x) for x in (tmp_path / "j.jsonl").read_text().splitlines()]
     for row in rows:

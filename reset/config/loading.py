@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from reset.config.sections import KeyError_, PipelineConfig
+from reset.config.base import FieldError
+from reset.config.sections import PipelineConfig
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,7 +42,7 @@ def _messages(exc: ValidationError, where: str) -> list[str]:
             path = _join(path, part)
         msg = err["msg"]
         cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, KeyError_):
+        if isinstance(cause, FieldError):
             path, msg = _join(path, cause.key), str(cause)
         elif msg.startswith(("Value error, ", "Assertion failed, ")):
             msg = msg.split(", ", 1)[1]
@@ -49,7 +50,7 @@ def _messages(exc: ValidationError, where: str) -> list[str]:
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        if "input" in err and err["type"] not in ("extra_forbidden", "missing") and not isinstance(cause, KeyError_):
+        if "input" in err and err["type"] not in ("extra_forbidden", "missing") and not isinstance(cause, FieldError):
             value = err["input"]
             if isinstance(value, str | int | float | bool) and "credentials" not in msg and "NAME" not in msg \
                     and ", got" not in msg:

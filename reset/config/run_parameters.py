@@ -44,7 +44,7 @@ RUN_PARAMETERS: tuple[RunParameter, ...] = (
                  "Epochs of the MTL fine-tuning (fractions allowed). Overrides train.epochs."),
     RunParameter("learning_rate", float, ("train", "learning_rate"),
                  "Peak learning rate of the MTL fine-tuning. Overrides train.learning_rate."),
-    RunParameter("samples_per_prompt", int, ("generate", "samples_per_setting"),
+    RunParameter("samples_per_setting", int, ("generate", "samples_per_setting"),
                  "Samples per seen prompt for each sampling setting of the decoding grid. Overrides "
                  "generate.samples_per_setting."),
     RunParameter("judge_endpoint", str, ("judge", "llm", "base_url"),

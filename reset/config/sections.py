@@ -14,79 +14,25 @@ import re
 import warnings
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-def _not_bool(value: Any) -> Any:
-    """YAML's true/false are not numbers here (pydantic would read true as 1)."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a number, got {str(value).lower()}")
-    return value
-
-
-NoBool = BeforeValidator(_not_bool)
-Int = Annotated[int, NoBool]
-Float = Annotated[float, NoBool]
-Fraction = Annotated[float, Field(ge=0.0, le=1.0), NoBool]
-PositiveInt = Annotated[int, Field(gt=0), NoBool]
-NonNegativeInt = Annotated[int, Field(ge=0), NoBool]
-PositiveFloat = Annotated[float, Field(gt=0.0), NoBool]
-NonNegativeFloat = Annotated[float, Field(ge=0.0), NoBool]
+from reset.config.base import (
+    FieldError,
+    Fraction,
+    Int,
+    NoBool,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Section,
+)
+from reset.config.cluster import ClusterConfig
+from reset.config.secrets import url_secret
 
 AXES = ("instruction", "faithfulness", "task")
 Backend = Literal["auto", "hf", "vllm"]
 Axis = Literal["instruction", "faithfulness", "task"]
-STEP_NAMES = ("mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register")
-
-
-class KeyError_(ValueError):  # noqa: N801 - a ValueError that names the key it is about
-    """A cross-field check's failure, naming the field (relative to the model) it is about."""
-
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
-class Section(BaseModel):
-    """Base of every config model: unknown keys, NaN and inf are errors; docstrings describe fields."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, use_attribute_docstrings=True,
-                              validate_assignment=True, validate_default=True)
-
-
-# -------------------------------------------------------------------------------------- secrets
-# A query (or fragment) parameter whose name, once decoded and lower-cased, is or ends with one of
-# these is a credential: token, access_token, client_secret, api_key / api-key / x-api-key, sig
-# (Azure SAS), X-Amz-Signature (S3 presigned URLs), password, ...
-_SECRET_PARAM = re.compile(
-    r"^(?:key|sig|auth|authorization|apikey)$"
-    r"|(?:^|[_.-])(?:token|secret|password|passwd|pwd|signature|credentials?|security-token)$"
-    r"|(?:^|[_.-])(?:api|access|secret|private|subscription|account|client)[_.-]?key$", re.IGNORECASE)
-
-
-def url_secret(url: str) -> str:
-    """What in a URL looks like a credential ("" if nothing): user info (`user:pw@host`) or a query
-    or fragment parameter such as token, key, api_key, sig, client_secret. The value itself is
-    never returned."""
-    from urllib.parse import parse_qsl
-
-    rest = url.split("://", 1)[-1]
-    host = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    if "@" in host:
-        return "user info (user:password@host)"
-    query = url.split("?", 1)[1] if "?" in url else ""
-    fragment = url.split("#", 1)[1] if "#" in url else ""
-    for part in (query.split("#", 1)[0], fragment):
-        for name, _ in parse_qsl(part.replace(";", "&"), keep_blank_values=True):
-            if _SECRET_PARAM.search(name.strip()):
-                kind = "fragment" if part is fragment and part else "query"
-                return f"{kind} parameter {name.strip()!r}"
-    return ""
-
-
-def has_credentials(url: str) -> bool:
-    """True when a URL carries credentials (user info or a secret-looking query parameter)."""
-    return bool(url_secret(url))
 
 
 # ----------------------------------------------------------------------------------------- data
@@ -151,15 +97,15 @@ class DataSource(Section):
         if self.fields:
             unknown = sorted(set(self.fields) - {"instruction", "response", "context", "id", "answer"})
             if unknown:
-                raise KeyError_("fields", f"unknown key(s) {unknown}; map instruction, response, context, id, answer")
+                raise FieldError("fields", f"unknown key(s) {unknown}; map instruction, response, context, id, answer")
             missing = [k for k in ("instruction", "response") if not self.fields.get(k, "").strip()]
             if missing:
-                raise KeyError_("fields", f"map {' and '.join(missing)} to a column")
+                raise FieldError("fields", f"map {' and '.join(missing)} to a column")
             if self.format not in ("auto", "mapped"):
-                raise KeyError_("format", f"{self.format!r} with a field mapping: drop `fields` or use format: mapped")
+                raise FieldError("format", f"{self.format!r} with a field mapping: drop `fields` or use format: mapped")
             self.__dict__["format"] = "mapped"
         elif self.format == "mapped":
-            raise KeyError_("fields", "format mapped needs a field mapping")
+            raise FieldError("fields", "format mapped needs a field mapping")
         return self
 
 
@@ -257,7 +203,7 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _some_source(self) -> DataConfig:
         if not self.instruction and not self.grounded:
-            raise KeyError_("", "give at least one instruction or grounded source")
+            raise FieldError("", "give at least one instruction or grounded source")
         return self
 
 
@@ -280,6 +226,9 @@ class ModelConfig(Section):
 
 
 # ---------------------------------------------------------------------------------------- train
+LORA_SHAPE = ("lora_r", "lora_alpha", "lora_dropout", "lora_layers", "target_modules")
+
+
 class TrainConfig(Section):
     """Supervised fine-tuning (LoRA or full); loss on the response tokens only. Checkpoints every
     `checkpoint_every` steps; a step run again with the same output continues from the last one.
@@ -480,13 +429,13 @@ class LLMJudgeConfig(Section):
     @model_validator(mode="after")
     def _budget_needs_prices(self) -> LLMJudgeConfig:
         if self.budget_usd > 0 and not (self.price_per_1k_prompt_tokens or self.price_per_1k_completion_tokens):
-            raise KeyError_("budget_usd", "needs price_per_1k_prompt_tokens / _completion_tokens")
+            raise FieldError("budget_usd", "needs price_per_1k_prompt_tokens / _completion_tokens")
         return self
 
     def require_endpoint(self) -> None:
         for name in ("model", "base_url"):
             if not getattr(self, name).strip():
-                raise KeyError_(name, "the LLM judges need an endpoint (base_url and model)")
+                raise FieldError(name, "the LLM judges need an endpoint (base_url and model)")
 
 
 class JudgeConfig(Section):
@@ -517,7 +466,7 @@ class JudgeConfig(Section):
     def _weights(cls, v: dict[str, float]) -> dict[str, float]:
         for k in v:
             if k not in AXES:
-                raise KeyError_(k, f"unknown axis (expected one of {list(AXES)})")
+                raise FieldError(k, f"unknown axis (expected one of {list(AXES)})")
         if not any(w > 0 for w in v.values()):
             raise ValueError("at least one weight must be > 0")
         return v
@@ -529,7 +478,7 @@ class JudgeConfig(Section):
             raise ValueError(f"name at least one judge (one of {sorted(JUDGE_AXES)})")
         for i, name in enumerate(v):
             if name not in JUDGE_AXES:
-                raise KeyError_(f"[{i}]", f"unknown judge {name!r} (expected one of {sorted(JUDGE_AXES)})")
+                raise FieldError(f"[{i}]", f"unknown judge {name!r} (expected one of {sorted(JUDGE_AXES)})")
         if len(set(v)) != len(v):
             raise ValueError("a judge is listed twice")
         return v
@@ -538,14 +487,14 @@ class JudgeConfig(Section):
     def _cross(self) -> JudgeConfig:
         for k in self.judge_weights:
             if k not in self.judges:
-                raise KeyError_(f"judge_weights.{k}", f"not one of the configured judges {self.judges}")
+                raise FieldError(f"judge_weights.{k}", f"not one of the configured judges {self.judges}")
         if "nli" in self.judges and not self.nli_model.strip():
-            raise KeyError_("nli_model", "the nli judge needs a model directory or s3:// URI")
+            raise FieldError("nli_model", "the nli judge needs a model directory or s3:// URI")
         if any(j.startswith("llm-") for j in self.judges):
             try:
                 self.llm.require_endpoint()
-            except KeyError_ as exc:
-                raise KeyError_(f"llm.{exc.key}", str(exc)) from None
+            except FieldError as exc:
+                raise FieldError(f"llm.{exc.key}", str(exc)) from None
         return self
 
     def llm_axes(self) -> list[str]:
@@ -664,7 +613,7 @@ class RegisterConfig(Section):
     @model_validator(mode="after")
     def _aliases_differ(self) -> RegisterConfig:
         if self.challenger_alias == self.champion_alias:
-            raise KeyError_("champion_alias", "must differ from challenger_alias")
+            raise FieldError("champion_alias", "must differ from challenger_alias")
         return self
 
 
@@ -690,159 +639,6 @@ class TrackingConfig(Section):
         return v
 
 
-# -------------------------------------------------------------------------------------- cluster
-_QUANTITY = r"^([0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?)?$"
-Quantity = Annotated[str, Field(pattern=_QUANTITY)]
-StepName = Literal["start-run", "finish-run", "mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset",
-                   "evaluate", "register", "promote"]
-_K8S_NAME = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"
-K8sName = Annotated[str, Field(pattern=_K8S_NAME, max_length=253)]
-
-
-class StepResources(Section):
-    """Kubernetes resources of one step's pod (under a training job: of each training node)."""
-
-    cpu: Quantity = "2"
-    """CPU request (Kubernetes quantity: 2, 500m)."""
-    cpu_limit: Quantity = ""
-    """CPU limit (empty = none: the pod may use idle cores)."""
-    memory: Quantity = "8Gi"
-    """Memory request."""
-    memory_limit: Quantity = ""
-    """Memory limit (empty = the request)."""
-    ephemeral_storage: Quantity = "10Gi"
-    """Scratch space: an emptyDir of this size limit at /scratch (TMPDIR). KFP 2.17's task spec has
-    no ephemeral-storage request; the size limit is enforced by the kubelet (eviction)."""
-    gpus: NonNegativeInt = 0
-    """GPUs (cluster.gpu_resource) per pod; under a training job, per node."""
-    gpu_type: str = ""
-    """Node selector value for cluster.gpu_node_label, e.g. NVIDIA-A100-SXM4-80GB (empty = any GPU)."""
-    timeout_s: NonNegativeInt = 0
-    """The pod's activeDeadlineSeconds (0 = no timeout)."""
-
-
-def _res(cpu: str, memory: str, scratch: str, timeout_s: int, gpus: int = 0) -> StepResources:
-    return StepResources(cpu=cpu, memory=memory, ephemeral_storage=scratch, timeout_s=timeout_s, gpus=gpus)
-
-
-def _default_resources() -> dict[str, StepResources]:
-    """Per-step defaults sized for the paper's 7B run (see configs/paper-7b.yaml)."""
-    return {
-        "start-run": _res("500m", "1Gi", "1Gi", 900),
-        "finish-run": _res("500m", "1Gi", "1Gi", 900),
-        "mix": _res("2", "8Gi", "20Gi", 3 * 3600),
-        "finetune-mtl": _res("8", "64Gi", "50Gi", 48 * 3600, gpus=1),
-        "generate": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
-        "judge": _res("4", "16Gi", "20Gi", 24 * 3600),
-        "select": _res("1", "4Gi", "5Gi", 3600),
-        "finetune-reset": _res("8", "64Gi", "50Gi", 48 * 3600, gpus=1),
-        "evaluate": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
-        "register": _res("4", "48Gi", "50Gi", 4 * 3600),
-        "promote": _res("8", "64Gi", "50Gi", 24 * 3600, gpus=1),
-    }
-
-
-class RunStorage(Section):
-    """The run's volume (PVC): the base-model cache, checkpoints, merged models and adapters. Model
-    weights stay here; KFP artifacts carry data, metrics, reports and adapters only."""
-
-    claim: K8sName = ""
-    """An existing PVC to use (its model cache then survives runs; each run writes under its own
-    run id). Empty = a new PVC per run, created first and deleted after the last step."""
-    size: Quantity = "500Gi"
-    """Size of the per-run PVC."""
-    storage_class: str = ""
-    """StorageClass of the per-run PVC (empty = the cluster's default)."""
-    access_mode: Literal["ReadWriteMany", "ReadWriteOnce"] = "ReadWriteMany"
-    """ReadWriteMany lets steps on different nodes (CPU and GPU pools, training nodes) mount it;
-    ReadWriteOnce works only when every pod lands on one node."""
-    mount_path: Annotated[str, Field(pattern=r"^/[^\s]*$")] = "/mnt/reset"
-    """Where the volume is mounted in the steps' pods and the training job's pods."""
-    keep: bool = False
-    """Keep the per-run PVC after the run (for debugging); it is deleted otherwise."""
-
-
-class TrainingEngine(Section):
-    """Where the fine-tuning steps train: in the step's own pod, or handed to Kubeflow's training
-    engine as torchrun over the pipeline's image (the step waits for it and fails with its reason)."""
-
-    engine: Literal["pod", "pytorchjob", "trainjob"] = "pod"
-    """pod: in the step's pod. pytorchjob: a Training Operator PyTorchJob (kubeflow.org/v1;
-    Kubeflow 1.9 / 1.10). trainjob: a Kubeflow Trainer TrainJob (trainer.kubeflow.org/v1alpha1,
-    Trainer v2.1+)."""
-    nodes: PositiveInt = 1
-    """Training pods (torchrun nodes)."""
-    procs_per_node: PositiveInt = 1
-    """torchrun processes per node (one per GPU)."""
-    runtime: K8sName = "torch-distributed"
-    """TrainJob: the ClusterTrainingRuntime it references."""
-    timeout_s: PositiveInt = 48 * 3600
-    """The launching step waits this long, then deletes the job and fails."""
-    service_account: K8sName = ""
-    """Service account of the training pods (empty = the namespace's default)."""
-
-
-class ClusterConfig(Section):
-    """Compile-time settings for a Kubeflow cluster (kfp-kubernetes); ignored by local runs.
-    Secrets are referenced by Kubernetes Secret name only: their values never enter the pipeline."""
-
-    image: str = ""
-    """The one image every component (and every training pod) runs; empty = RESET_IMAGE or the
-    default in components/image.py. Build it with images/ (CPU or CUDA)."""
-    shards: PositiveInt = 1
-    """Split generate, judge and evaluate's answering into this many tasks (pods) that run in
-    parallel over contiguous pieces of their prompts (dsl.ParallelFor), gathered in order
-    (dsl.Collected): with the vllm backend the result is the unsharded run's (per-request seeds).
-    The one cluster setting a local run uses too: it shapes the DAG."""
-    s3_secret: K8sName = "reset-s3"
-    """Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL. Required (the pod
-    does not start without it) on the steps in s3_steps; optional on the others."""
-    s3_steps: list[StepName] = Field(default_factory=lambda: [
-        "mix", "finetune-mtl", "generate", "judge", "finetune-reset", "evaluate", "register", "promote"])
-    """Steps that read or write S3 (data, the base model, the exported model)."""
-    mlflow_secret: K8sName = "reset-mlflow"
-    """Secret with MLFLOW_TRACKING_USERNAME / _PASSWORD or _TOKEN, mounted on every step."""
-    mlflow_secret_required: bool = False
-    """Make mlflow_secret required (for a tracking server with authentication)."""
-    llm_secret: K8sName = "reset-llm"
-    """Secret with the LLM judge's API key(s), on the judge, evaluate and promote steps: required
-    when the compiled config uses an LLM judge, optional otherwise."""
-    llm_secret_keys: list[str] = Field(default_factory=lambda: ["OPENAI_API_KEY"])
-    """Keys of llm_secret mounted as env vars of the same name."""
-    gpu_resource: str = "nvidia.com/gpu"
-    """Extended resource name of the GPUs (also the key of the toleration added to GPU pods)."""
-    gpu_node_label: str = "nvidia.com/gpu.product"
-    """Node label that resources.<step>.gpu_type selects on."""
-    resources: dict[StepName, StepResources] = Field(default_factory=_default_resources)
-    """Per-step pod resources; a step not listed gets StepResources' defaults."""
-    storage: RunStorage = Field(default_factory=RunStorage)
-    """The run's volume (PVC)."""
-    training: TrainingEngine = Field(default_factory=TrainingEngine)
-    """Where the fine-tuning steps train."""
-    cache_steps: list[StepName] = Field(default_factory=lambda: ["mix", "select"])
-    """Steps KFP may serve from its cache (deterministic given their inputs: seeded, no side
-    effect but their MLflow run). The MLflow parent run is found by the KFP run id, so it is no
-    input. mix reads its sources by path: leave it out when a path's content changes in place."""
-    retries: NonNegativeInt = 0
-    """KFP retry policy per task (0 = none); a retried step's newest MLflow run counts."""
-
-    @field_validator("resources", mode="before")
-    @classmethod
-    def _merge_defaults(cls, value: Any) -> Any:
-        """A config lists only the steps (and keys) it changes; the rest keep their defaults."""
-        if not isinstance(value, dict):
-            return value
-        merged: dict[str, Any] = {k: v.model_dump() for k, v in _default_resources().items()}
-        for step, res in value.items():
-            if isinstance(res, StepResources):
-                res = res.model_dump(exclude_unset=True)
-            merged[step] = {**merged.get(step, {}), **res} if isinstance(res, dict) else res
-        return merged
-
-    def step_resources(self, step: str) -> StepResources:
-        return self.resources.get(step, StepResources())  # type: ignore[call-overload]
-
-
 # ------------------------------------------------------------------------------------- pipeline
 # ----------------------------------------------------------------------------------- experiment
 ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control")
@@ -865,6 +661,9 @@ class ExperimentConfig(Section):
     more aggressive sampling and select.mode reset-s)."""
     reference: Arm = "mtl"
     """The arm every other arm is paired against."""
+    parallelism: NonNegativeInt = 0
+    """Seeds that run at once on a cluster (the seeds' ParallelFor; 0 = all). Locally they run one
+    after the other."""
 
     @field_validator("seeds")
     @classmethod
@@ -913,6 +712,20 @@ class PipelineConfig(Section):
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _no_ignored_lora_shape(self) -> PipelineConfig:
+        """ReSet continues the MTL adapter (both sections LoRA): the adapter keeps the shape `train`
+        gave it, so continued_train's LoRA shape would be ignored: refused, naming why."""
+        if self.train.method == "lora" and self.continued_train.method == "lora":
+            for key in LORA_SHAPE:
+                field = TrainConfig.model_fields[key]
+                default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+                if getattr(self.continued_train, key) != default:
+                    raise FieldError(f"continued_train.{key}", f"ignored: ReSet continues the MTL adapter, whose "
+                                     f"shape train.{key} sets (train.method and continued_train.method are lora); "
+                                     f"drop continued_train.{key}")
+        return self
 
 
 # The sections that become pipeline parameters (cluster is applied when compiling).

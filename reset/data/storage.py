@@ -121,3 +121,14 @@ def upload(local: str | os.PathLike[str], uri: str) -> list[str]:
         client.upload_file(str(local), bucket, key)
         written.append(key)
     return written
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a local file's content (what data cards, splits and frozen sets are pinned by)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

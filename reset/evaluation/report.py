@@ -210,3 +210,13 @@ def markdown_report(summary: Summary, *, keep_rates: Mapping[str, Any] | None = 
     if keep_rates:
         parts += ["## Selection keep rates", "", keep_rate_table(keep_rates), ""]
     return "\n".join(parts)
+
+
+HEADLINE = ("if_prompt_acc", "faithfulness")
+HEADLINE_TABLE = ("if_prompt_acc", "faithfulness", "answer_correct", "counterfactual_rate", "answer_f1",
+                  "rouge_l_abstractive")
+
+
+def headline_text(summary: Summary, lines: list[str]) -> str:
+    """What the CLI prints at the end of a run: the main figures with intervals, the verdicts."""
+    return interval_table(summary, HEADLINE_TABLE) + "\n\n" + "\n".join(lines)

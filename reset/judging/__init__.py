@@ -1,6 +1,6 @@
 """Judges: score (example, candidate) pairs on instruction following, faithfulness and task
 quality, and combine the axes with weights. base.py holds the protocol; the judges are in rules
-(IFEval), lexical (K-Precision, task score), faithfulness (embedding, NLI) and llm/; registry.py
+(IFEval), lexical (K-Precision, task score), faithfulness (embedding, NLI) and llm/; build.py
 builds the ones a JudgeConfig names."""
 
 from reset.judging.base import (
@@ -13,7 +13,7 @@ from reset.judging.base import (
     combine,
     judge,
 )
-from reset.judging.registry import build_judges, close_judges, default_judges
+from reset.judging.build import build_judges, close_judges, default_judges
 
 __all__ = [
     "AxisScore", "FaithfulnessJudge", "FaithfulnessScorer", "Judge", "JudgeError", "Pair", "build_judges",

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reset.config.sections import StepResources, TrainingEngine
+from reset.config.cluster import StepResources, TrainingEngine
 
 VOLUME = "run-storage"
 SCRATCH = "scratch"

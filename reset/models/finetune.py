@@ -45,7 +45,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -669,3 +669,12 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def loss_check(metrics: Mapping[str, Any], min_drop: float = 0.1) -> str:
+    """Did the model learn? 'ok' when the final loss (mean of the last fifth of the steps) is at
+    least `min_drop` (relative) below the first step's, else a warning with the figures."""
+    first, final = float(metrics["first_loss"]), float(metrics["final_loss"])
+    drop = (first - final) / first if first > 0 else 0.0
+    verdict = "ok" if drop >= min_drop else "warning: the loss barely moved"
+    return f"{verdict}: {first:.3f} -> {final:.3f} ({-drop:+.0%}) over {metrics['steps']} steps"

@@ -143,6 +143,11 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
     _write_json(out / PROVENANCE_FILE, {"source": "builtin:tiny-llama", "seed": seed, "random_init": True})
 
 
+# The files a tokenizer may have (a model directory has some of them): what a tokenizer is fetched as,
+# what two models must share to share an engine, what the preflight looks for.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
+
 # tokenizer_config.json's tokenizer_class values that name transformers' generic tokenizer over a
 # tokenizer.json: the class AutoTokenizer would pick, loaded without AutoTokenizer's import cost.
 _GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")

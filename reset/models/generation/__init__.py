@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from reset.config import GenerateConfig, ModelConfig
 from reset.data.records import Candidate, Example
@@ -28,7 +29,7 @@ from reset.models.generation import hf
 from reset.models.generation import vllm_backend as vllm
 from reset.models.generation.common import Generation
 
-__all__ = ["Generation", "choose_backend", "generate", "run", "run_many"]
+__all__ = ["Generation", "choose_backend", "generate", "run", "run_many", "sample_candidates"]
 
 
 def choose_backend(cfg: GenerateConfig) -> tuple[str, str]:
@@ -67,6 +68,34 @@ def run(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: Gen
 def generate(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig,
              model_cfg: ModelConfig, *, model_name: str = "", log: Callable[[str], None] = print) -> list[Candidate]:
     return run(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log).candidates
+
+
+def sample_candidates(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig,
+                      model_cfg: ModelConfig, *, log: Callable[[str], None] = print, offset: int = 0,
+                      ) -> tuple[list[Candidate], dict[str, Any]]:
+    """The generate step's work: `run` for the seen prompts, plus each prompt's reference as a
+    candidate when generate.include_reference, and what it measured (the step's metrics)."""
+    import time
+
+    from reset.data.shards import ordered
+
+    t0 = time.time()
+    result = run(model_dir, examples, cfg, model_cfg, model_name="mtl", log=log, offset=offset)
+    cands = result.candidates
+    if cfg.include_reference:
+        cands += [Candidate(id=f"{e.id}/ref", example_id=e.id, text=e.response, decoding={"strategy": "reference"},
+                            model="reference", is_reference=True) for e in examples]
+        cands = ordered(cands, [e.id for e in examples], lambda c: c.example_id, lambda c: c.id)
+    secs = time.time() - t0
+    gen = result.stats
+    stats = {"prompts": len(examples), "candidates": len(cands), "seconds": secs,
+             "samples_per_second": len(cands) / secs if secs else 0.0,
+             "empty_candidates": sum(1 for c in cands if not c.text.strip()),
+             "engine_start_seconds": gen.get("engine_start_s", 0.0), "generate_seconds": gen.get("generate_s", 0.0),
+             "output_tokens": gen.get("output_tokens", 0), "tokens_per_second": gen.get("tokens_per_s", 0.0),
+             "prompts_cut": gen.get("prompts_cut", 0), "backend": gen.get("backend", ""),
+             **({"fallback_reason": gen["fallback_reason"]} if "fallback_reason" in gen else {})}
+    return cands, stats
 
 
 def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
