@@ -30,7 +30,6 @@ from components import (
     evaluate_models,
     experiment_report,
     finetune,
-    finish_run,
     generate_candidates,
     judge_candidates,
     mix_data,
@@ -38,7 +37,7 @@ from components import (
     start_run,
 )
 from pipelines import cluster as k8s
-from pipelines.tasks import Tasks
+from pipelines.scaffold import pipeline_run
 from reset.config import SECTIONS, ClusterConfig, PipelineConfig, to_dict
 from reset.config.run_parameters import split_run_parameters
 from reset.experiments.arms import ARMS, arm_config, needed, shared_generation
@@ -63,17 +62,10 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
     sharing = shared_generation(arm_cfgs)  # ReSet and ReSet-S: one generation and one judging per seed
 
     def experiment_pipeline(tracking: dict, seeds: list = list(exp.seeds)):  # noqa: B006 - the form's default
-        finish = finish_run(tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        tasks = Tasks({"finish-run": finish.set_display_name("finish-run")})
-        step = tasks.add
-
-        with dsl.ExitHandler(finish, name="experiment-steps"):
-            pvc, volume = k8s.run_volume(cluster)
-            handoff = {"run_volume": volume} if k8s.hands_off(cluster) else {}
+        with pipeline_run("experiment-steps", tracking, cluster, llm_judges) as run:
+            step, handoff = run.step, run.handoff
             start = step("start-run", start_run, tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                          kfp_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER, **sections, **form)
-            if pvc is not None:
-                start.after(pvc)
             mixed = step("mix", mix_data, data=base["data"], model=base["model"], tracking=tracking).after(start)
             seen = mixed.outputs["seen_prompts"]
             splits = {"test_set": mixed.outputs["test_set"], "dev_set": mixed.outputs["dev_set"]}
@@ -122,12 +114,8 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                           tracking=tracking, with_register=False, reference=exp.reference, seed=seed,
                           base_answers=base_ans.outputs["answers"], **reports,
                           **{a.replace("-", "_"): ckpt[a] for a in evaluated})
-            report = step("report", experiment_report, scores=dsl.Collected(ev.outputs["scores"]), tracking=tracking)
-            k8s.delete_volume(cluster, pvc, after=report)
-
-        k8s.set_caching(tasks, cluster)
-        if cluster is not None:
-            k8s.apply(cluster, tasks, volume, llm_judges=llm_judges)
+            run.last = step("report", experiment_report, scores=dsl.Collected(ev.outputs["scores"]),
+                            tracking=tracking)
 
     experiment_pipeline.__doc__ = f"""The paper's seven arms and a control (reset.experiments): {', '.join(order)}.
 

@@ -23,7 +23,6 @@ from components import (
     answer_heldout,
     evaluate_models,
     finetune,
-    finish_run,
     gather_judged,
     generate_candidates,
     judge_candidates,
@@ -33,7 +32,7 @@ from components import (
     start_run,
 )
 from pipelines import cluster as k8s
-from pipelines.tasks import Tasks
+from pipelines.scaffold import pipeline_run
 from reset import config
 from reset.config import ClusterConfig, PipelineConfig, to_dict
 from reset.config.run_parameters import RUN_PARAMETERS, split_run_parameters
@@ -68,16 +67,8 @@ def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = F
         data: dict, model: dict, train: dict, continued_train: dict, generate: dict, judge: dict,
         select: dict, evaluate: dict, register: dict, tracking: dict,
     ):
-        # The exit handler closes the MLflow parent run whatever happens. An exit task may not
-        # depend on other tasks, so it finds the parent run by the KFP run id it was tagged with.
-        finish = finish_run(tracking=tracking, kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-        tasks = Tasks({"finish-run": finish.set_display_name("finish-run")})
-        step = tasks.add
-
-        with dsl.ExitHandler(finish, name="reset-steps"):
-            # the run's volume: the base-model cache, checkpoints and adapters, not KFP artifacts
-            pvc, volume = k8s.run_volume(cluster)
-            handoff = {"run_volume": volume} if k8s.hands_off(cluster) else {}
+        with pipeline_run("reset-steps", tracking, cluster, llm_judges) as run:
+            step, handoff = run.step, run.handoff
 
             # 0. the MLflow parent run; the run form's parameters put into the sections
             start = step("start-run", start_run,
@@ -88,8 +79,6 @@ def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = F
                          samples_per_setting=samples_per_setting, judge_endpoint=judge_endpoint,
                          judge_model=judge_model, registered_model_name=registered_model_name,
                          kfp_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, kfp_job_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
-            if pvc is not None:
-                start.after(pvc)
             c = start.outputs
 
             # 1. mix IF + CD data: train mixture, dev and test splits, seen-prompt pool, quarantine
@@ -144,13 +133,9 @@ def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = F
                       reset_selection=chosen.outputs["selection_report"])
 
             # 8. register the ReSet model as challenger (champion when the gate passed)
-            reg = step("register", register_model, reset_model=rs.outputs["checkpoint"], scores=ev.outputs["scores"],
-                       register=c["register"], evaluate=c["evaluate"], model=c["model"], tracking=tracking)
-            k8s.delete_volume(cluster, pvc, after=reg)
-
-        k8s.set_caching(tasks, cluster)
-        if cluster is not None:
-            k8s.apply(cluster, tasks, volume, llm_judges=llm_judges)
+            run.last = step("register", register_model, reset_model=rs.outputs["checkpoint"],
+                            scores=ev.outputs["scores"], register=c["register"], evaluate=c["evaluate"],
+                            model=c["model"], tracking=tracking)
 
     reset_pipeline.__doc__ = _docstring()
     return dsl.pipeline(name=PIPELINE_NAME, description=_docstring().split("\n")[0])(reset_pipeline)

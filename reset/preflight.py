@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import PipelineConfig
+from reset.data.storage import is_local_store
 from reset.models.loading import TOKENIZER_FILES
 
 TIMEOUT_S = 5.0  # every network check
@@ -195,7 +196,7 @@ def check_tracking(cfg: PipelineConfig, where: str) -> list[Problem]:
     uri = cfg.tracking.tracking_uri.strip()
     if not uri:
         return []  # the local store under --output-dir, checked with it
-    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+    if is_local_store(uri):
         if where == "submit":
             return []
         if uri.startswith("sqlite:"):

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from reset import config as C
+from reset import config as configs
 from reset import progress, registry, tracking
 from reset.data import storage
 from reset.data.records import Example, read_jsonl, write_jsonl
@@ -47,21 +47,21 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def frozen_set(rcfg: C.RegisterConfig, cache_dir: str = "") -> tuple[list[Example], str, str]:
+def frozen_set(rcfg: configs.RegisterConfig, cache_dir: str = "") -> tuple[list[Example], str, str]:
     """(examples, local path, sha256) of register.promotion_data; refuses a changed file."""
     if not rcfg.promotion_data.strip():
-        raise C.ConfigError("register.promotion_data: the promotion pipeline needs a frozen evaluation set "
+        raise configs.ConfigError("register.promotion_data: the promotion pipeline needs a frozen evaluation set "
                             "(a JSONL of examples, local or s3://; e.g. a run's held-out split, copied once)")
     local = storage.fetch(rcfg.promotion_data, Path(cache_dir or storage.default_cache_dir()) / "s3")
     digest = storage.sha256_file(local)
     if rcfg.promotion_data_sha256 and digest != rcfg.promotion_data_sha256:
-        raise C.ConfigError(f"register.promotion_data_sha256: {rcfg.promotion_data} has sha256 {digest}, not the "
+        raise configs.ConfigError(f"register.promotion_data_sha256: {rcfg.promotion_data} has sha256 {digest}, not the "
                             f"frozen {rcfg.promotion_data_sha256}: the evaluation set changed")
     examples, _ = read_jsonl(local, Example)
     return examples, str(local), digest
 
 
-def _version(client, rcfg: C.RegisterConfig, alias: str) -> str | None:
+def _version(client, rcfg: configs.RegisterConfig, alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
     try:
@@ -70,7 +70,7 @@ def _version(client, rcfg: C.RegisterConfig, alias: str) -> str | None:
         return None
 
 
-def promote(cfg: C.PipelineConfig, *, challenger: str = "", out_report: str = "", out_summary: str = "",
+def promote(cfg: configs.PipelineConfig, *, challenger: str = "", out_report: str = "", out_summary: str = "",
             cache_dir: str = "", log: Callable[[str], None] = _log) -> dict[str, Any]:
     import mlflow
 
@@ -163,7 +163,7 @@ def promote(cfg: C.PipelineConfig, *, challenger: str = "", out_report: str = ""
     return result
 
 
-def champion_location(cfg: C.PipelineConfig) -> dict[str, str]:
+def champion_location(cfg: configs.PipelineConfig) -> dict[str, str]:
     """The champion's version and where its plain weights are (what KServe serves)."""
     import mlflow
 

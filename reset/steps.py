@@ -154,10 +154,10 @@ def mix(cfg: PipelineConfig, *, out_train: str, out_dev: str, out_test: str, out
 
 
 # ------------------------------------------------------------------------------------ finetune
-def finetune(model: str | None, train_path: str, cfg: PipelineConfig, *, stage: str, out_dir: str,
+def finetune(start: str | None, train_path: str, cfg: PipelineConfig, *, stage: str, out_dir: str,
              section: str = "train", kinds: Sequence[str] = ()) -> dict[str, Any]:
     """Fine-tune with the `section` config (train, or continued_train for the continued arms):
-    from `model` (None: model.base; else a model reference or the checkpoint it continues), on
+    from `start` (None: model.base; else a model reference or the checkpoint it continues), on
     the examples of `train_path` (only those of `kinds` when given)."""
     from reset.models import loading
     from reset.models.finetune import finetune as run_finetune
@@ -173,9 +173,9 @@ def finetune(model: str | None, train_path: str, cfg: PipelineConfig, *, stage: 
                            {"stage": stage, section: tcfg.model_dump(), "model": cfg.model.model_dump()}):
         import mlflow
 
-        model = model or cfg.model.base
-        metrics = run_finetune(model, examples, out_dir, tcfg, cfg.model,
-                               provenance={"stage": stage, "source_model": model, "train_examples": len(examples)},
+        start = start or cfg.model.base
+        metrics = run_finetune(start, examples, out_dir, tcfg, cfg.model,
+                               provenance={"stage": stage, "source_model": start, "train_examples": len(examples)},
                                log=_log, on_step=lambda step, loss: mlflow.log_metric("loss", loss, step=step))
         mlflow.log_metrics(tracking.numeric({k: v for k, v in metrics.items() if k != "loss_history"}))
         mlflow.log_dict(loading.read_provenance(out_dir), "provenance.json")

@@ -20,6 +20,7 @@ from typing import Any
 
 from reset import procs, progress
 from reset.config import TrackingConfig
+from reset.data.storage import is_local_store
 
 STEP_TAG = "reset.step"
 # MLflow's UI opens an experiment of this kind in its model-training view (not the GenAI traces page).
@@ -91,12 +92,6 @@ def cluster_store_problem(uri: str) -> str:
         return (f"tracking.tracking_uri is {uri.strip() or 'empty (a local SQLite file)'}: on a cluster each step "
                 "runs in its own pod, so set it to a shared MLflow server (http://... or https://...)")
     return ""
-
-
-def is_local_store(uri: str) -> bool:
-    """A store on this machine's disk (SQLite, a file store, a plain path): not shared with pods."""
-    uri = uri.strip()
-    return not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri
 
 
 def experiment_id(cfg: TrackingConfig) -> str:

@@ -278,8 +278,8 @@ class TrainConfig(Section):
     """Recompute activations in the backward pass: less memory, about a third more compute."""
     batching: Literal["length-grouped", "random", "packed"] = "length-grouped"
     """How micro-batches are formed. length-grouped: shuffled, then sorted by length within
-    windows of 16 micro-batches (little padding; measured fastest on the demo data, see
-    docs/bench.md). random: shuffled, padded to the longest. packed: padding-free, the micro-batch's
+    windows of 16 micro-batches (little padding; the fastest on the demo data: docs/bench.md).
+    random: shuffled, padded to the longest. packed: padding-free, the micro-batch's
     sequences concatenated into one row with per-sequence positions."""
     checkpoint_every: NonNegativeInt = 20
     """Write a resumable checkpoint (weights being trained, optimizer, schedule, RNG states, data
@@ -323,7 +323,7 @@ class GenerateConfig(Section):
     vllm_python: str = ""
     """Python of a vLLM environment for the worker process (empty: RESET_VLLM_PYTHON or .venv-vllm)."""
     vllm_cpu_dtype: Literal["bfloat16", "float32"] = "bfloat16"
-    """Engine dtype on a CPU (bf16 measured fastest on AVX-512 bf16 CPUs)."""
+    """Engine dtype on a CPU (bf16 is the faster on AVX-512 bf16 CPUs: docs/bench.md)."""
     vllm_kv_cache_gb: PositiveInt = 2
     """KV cache size on a CPU, GiB (VLLM_CPU_KVCACHE_SPACE)."""
     vllm_max_num_seqs: PositiveInt = 256
@@ -333,20 +333,20 @@ class GenerateConfig(Section):
     vllm_engine_server: bool = True
     """Local runs (`python -m pipelines run`) where vLLM runs in its own environment: one vLLM
     worker process for the whole run (server mode, started with the run, stopped at its end),
-    which each generating step asks instead of starting its own (vLLM's import, a process, its
-    shutdown: about 8 s a step here); its engine is kept between requests that come within
+    which each generating step asks instead of starting its own (vLLM's import, a process start
+    and its shutdown, each step: docs/bench.md); its engine is kept between requests that come within
     `vllm_engine_keep_s`, their checkpoints' weights swapped in. false: a worker per step. No
     effect on a cluster, where every step is its own pod."""
     vllm_engine_keep_s: NonNegativeFloat = 20.0
     """Seconds the run's vLLM worker keeps an idle engine (weights and KV cache in memory) for the
-    next request; then it frees it, so that training steps do not run beside it (they ran 10-20%
-    slower beside a resident engine on the development machine). 0: free it after every request."""
+    next request; then it frees it, so that training steps do not run beside it (they run slower
+    beside a resident engine: docs/bench.md). 0: free it after every request."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
     engine), merge (the adapter merged into the base's weights as they load into the engine, or
     into a copy written first when it is not plain LoRA; one engine still serves several models,
     their weights swapped in turn), auto: serve on a GPU, merge on a CPU, where vLLM's LoRA path
-    measured about 9x slower than a merged model (docs/bench.md)."""
+    is much slower than a merged model (docs/bench.md)."""
 
 
 # ---------------------------------------------------------------------------------------- judge

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from reset.config import DataConfig, DataSource
-from reset.data import dedup as D
+from reset.data import dedup
 from reset.data.card import LengthMeter, Reservoir, now, percentiles, utf8_len
 from reset.data.records import DataError, Example, QuarantineWriter, Rejected, to_row
 from reset.data.sources import BUILTINS, SourceReader, SourceReport, source_name
@@ -94,7 +94,7 @@ def dedupe(examples: Sequence[Example], origins: Origins | None = None, level: s
     """Drop repeated ids and repeated prompts (see reset.data.dedup for the levels); each dropped
     row is returned as rejected, naming the row it repeats. A row is located by `origins` (file
     and line, from load_source) or else by its source and position."""
-    d = D.Deduper(level, threshold)
+    d = dedup.Deduper(level, threshold)
     for ex in examples:
         d.add(ex.id, ex.instruction, ex.context)
     of, why, score = d.finish(lambda idx: [(examples[i].instruction, examples[i].context) for i in idx])
@@ -105,14 +105,14 @@ def dedupe(examples: Sequence[Example], origins: Origins | None = None, level: s
             continue
         where, line = (origins or {}).get(id(ex), (ex.source, i + 1))
         reason = _dup_reason(int(why[i]), ex, examples[int(of[i])], float(score[i]))
-        bad.append(Rejected(where, line, reason, _raw(ex), D.DUP_NAMES[int(why[i])], ex.source))
+        bad.append(Rejected(where, line, reason, _raw(ex), dedup.DUP_NAMES[int(why[i])], ex.source))
     return kept, bad
 
 
 def _dup_reason(code: int, ex: Example, first: Example, score: float) -> str:
-    if code == D.DUP_ID:
+    if code == dedup.DUP_ID:
         return f"duplicate id {ex.id!r}"
-    if code == D.DUP_NEAR:
+    if code == dedup.DUP_NEAR:
         return f"near-duplicate of {first.id!r} (Jaccard {score:.2f} of word 3-grams)"
     return f"duplicate prompt of {first.id!r}"
 
@@ -144,7 +144,7 @@ class _SpoolStore:
         os.makedirs(directory, exist_ok=True)
         fd, self.path = tempfile.mkstemp(prefix=".mix-spool-", suffix=".jsonl", dir=directory)
         self._w = os.fdopen(fd, "wb", buffering=1 << 20)
-        self._off = D._Grow(np.int64)
+        self._off = dedup._Grow(np.int64)
         self._pend: list[int] = []
         self._pos = 0
         self._r = None
@@ -223,13 +223,13 @@ class Mixer:
         self.meter = meter
         self.store: _ListStore | _SpoolStore = _SpoolStore(spool_dir) if spool_dir else _ListStore()
         self._spooled = isinstance(self.store, _SpoolStore)
-        self.dedup = D.Deduper(cfg.dedupe, cfg.near_duplicate_threshold)
+        self.dedup = dedup.Deduper(cfg.dedupe, cfg.near_duplicate_threshold)
         self.sources: list[_Source] = []
         self._by_name: dict[str, int] = {}
         self.files: list[str] = []
         self._file_ids: dict[str, int] = {}
         self._cols: list[list[int]] = [[], [], [], [], []]  # kind, task, src, file, line
-        self._arr = [D._Grow(np.uint8), D._Grow(np.uint8), D._Grow(np.uint16), D._Grow(np.uint32), D._Grow(np.int64)]
+        self._arr = [dedup._Grow(np.uint8), dedup._Grow(np.uint8), dedup._Grow(np.uint16), dedup._Grow(np.uint32), dedup._Grow(np.int64)]
         self._flag_pending: list[tuple[int, Example]] = []
         self._flag_vals: dict[int, int] = {}
         self._samples: dict[int, Reservoir] = {}
@@ -284,7 +284,7 @@ class Mixer:
         folded = self.dedup.add(ex.id, ex.instruction, ex.context)
         if self._spooled:  # the folded prompt, for the overlap check at the end (no JSON to parse then)
             if folded is None:
-                folded = (D.fold(ex.instruction), D.fold(ex.context or ""))
+                folded = (dedup.fold(ex.instruction), dedup.fold(ex.context or ""))
             self.store.add_folded(folded[0] + b" " + folded[1])
         m = self.meter
         if m is not None:
@@ -334,7 +334,7 @@ class Mixer:
 
     def _quarantine_duplicates(self, of: np.ndarray, why: np.ndarray, score: np.ndarray) -> None:
         dups = np.flatnonzero(of >= 0)
-        for code, name in D.DUP_NAMES.items():
+        for code, name in dedup.DUP_NAMES.items():
             k = int((why == code).sum())
             if k:
                 self.dups[name] = k
@@ -346,7 +346,7 @@ class Mixer:
                 code = int(why[i])
                 self.quarantine.add(Rejected(self.files[self.file[i]], int(self.line[i]),
                                              _dup_reason(code, ex, first, float(score[i])), _raw(ex),
-                                             D.DUP_NAMES[code], self.sources[self.src[i]].name))
+                                             dedup.DUP_NAMES[code], self.sources[self.src[i]].name))
 
     def _plan(self, alive: np.ndarray) -> dict[str, np.ndarray]:
         cfg = self.cfg
@@ -481,18 +481,18 @@ class Mixer:
             wanted = np.zeros(self.n, bool)
             wanted[eval_idx] = True
             folded = dict(self.store.folded(wanted))
-            check = D.OverlapCheck([folded[int(i)] for i in eval_idx], self.cfg.overlap_ngram)
+            check = dedup.OverlapCheck([folded[int(i)] for i in eval_idx], self.cfg.overlap_ngram)
             wanted[:] = False
             wanted[distinct] = True
             batch: list[bytes] = []
             for _, text in self.store.folded(wanted):
                 batch.append(text)
-                if len(batch) >= D.BATCH:
+                if len(batch) >= dedup.BATCH:
                     check.add_train(batch)
                     batch = []
             check.add_train(batch)
         else:
-            check = D.OverlapCheck([_prompt(e) for e in heldout], self.cfg.overlap_ngram)
+            check = dedup.OverlapCheck([_prompt(e) for e in heldout], self.cfg.overlap_ngram)
             for start in range(0, len(distinct), 4096):
                 check.add_train([_prompt(e) for e in self.store.get(distinct[start:start + 4096].tolist())])
         shares = check.shares()
@@ -521,7 +521,7 @@ class Mixer:
                     c = int((mine & alive & (self.kind == k) & (self.task == t)).sum())
                     if c:
                         kinds[f"{KINDS[k]}/{TASKS[t]}"] = c
-            dups = {name: int((mine & (self.dup_why == code)).sum()) for code, name in D.DUP_NAMES.items()}
+            dups = {name: int((mine & (self.dup_why == code)).sum()) for code, name in dedup.DUP_NAMES.items()}
             entry: dict[str, Any] = {
                 "name": s.name, "slot": s.slot or (rep.slot if rep else ""), "path": rep.path if rep else "",
                 "format": rep.format if rep else "", "files": rep.files if rep else [],

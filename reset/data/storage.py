@@ -132,3 +132,10 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def is_local_store(uri: str) -> bool:
+    """An MLflow tracking store on this machine's disk (empty: the default SQLite file, sqlite:,
+    file:, a plain path): not one that pods on a cluster can share."""
+    uri = uri.strip()
+    return not uri or uri.startswith(("sqlite:", "file:")) or "://" not in uri

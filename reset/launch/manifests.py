@@ -9,7 +9,7 @@ Secrets reach the training pods as env vars from Secret references (names only, 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,10 +175,3 @@ def job_manifest(launch: TrainingLaunch, engine: TrainingEngine) -> dict[str, An
     if engine.engine == "trainjob":
         return trainjob_manifest(launch, engine)
     raise ValueError(f"cluster.training.engine {engine.engine!r} runs in the step's pod: no job to launch")
-
-
-def pod_templates(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The pod templates inside a job manifest (for validation against the core PodSpec schema)."""
-    if manifest["kind"] == "PyTorchJob":
-        return [r["template"] for r in manifest["spec"]["pytorchReplicaSpecs"].values()]
-    return []
