@@ -112,11 +112,28 @@ def run_trl(name: str, steps: int, workdir: Path) -> dict:
                       target_modules=TARGETS, layers_to_transform=list(range(n_layers - LORA["lora_layers"], n_layers)),
                       task_type="CAUSAL_LM")
     args = SFTConfig(
-        output_dir=str(workdir / name), max_steps=steps, per_device_train_batch_size=8, gradient_accumulation_steps=1,
-        learning_rate=3e-4, lr_scheduler_type="linear", warmup_steps=int(0.05 * steps), weight_decay=0.0, max_grad_norm=1.0,
-        bf16=precision == "bf16", use_cpu=True, seed=0, data_seed=0, logging_steps=1000, save_strategy="no",
-        report_to=[], max_length=320, packing=False, completion_only_loss=True, dataloader_num_workers=0,
-        gradient_checkpointing=gc, dataset_num_proc=None,
+        output_dir=str(workdir / name),
+        max_steps=steps,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        learning_rate=3e-4,
+        lr_scheduler_type="linear",
+        warmup_steps=int(0.05 * steps),
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        bf16=precision == "bf16",
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        logging_steps=1000,
+        save_strategy="no",
+        report_to=[],
+        max_length=320,
+        packing=False,
+        completion_only_loss=True,
+        dataloader_num_workers=0,
+        gradient_checkpointing=gc,
+        dataset_num_proc=None,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=lora)
     t0 = time.perf_counter()
@@ -125,8 +142,12 @@ def run_trl(name: str, steps: int, workdir: Path) -> dict:
     # Real tokens: exact for whole passes over the data (24 steps of 8 = one pass), expected otherwise.
     tokens = round(sum(len(ids) for ids, _ in enc) * steps * 8 / len(enc))
     merged = trainer.model.merge_and_unload()
-    return {"tokens": tokens, "seconds": seconds, "final_train_loss": float(result.training_loss),
-            "heldout_loss": heldout_loss(merged, encode(tok, held))}
+    return {
+        "tokens": tokens,
+        "seconds": seconds,
+        "final_train_loss": float(result.training_loss),
+        "heldout_loss": heldout_loss(merged, encode(tok, held)),
+    }
 
 
 def interleaved(rounds: int) -> None:
@@ -154,10 +175,21 @@ def interleaved(rounds: int) -> None:
         net = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
         n = net.config.num_hidden_layers
         torch.manual_seed(0)
-        net = get_peft_model(net, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=TARGETS,
-                                             layers_to_transform=list(range(n - 10, n)), task_type="CAUSAL_LM"))
+        net = get_peft_model(
+            net,
+            LoraConfig(
+                r=16,
+                lora_alpha=32,
+                lora_dropout=0.05,
+                target_modules=TARGETS,
+                layers_to_transform=list(range(n - 10, n)),
+                task_type="CAUSAL_LM",
+            ),
+        )
         opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=3e-4)
-        ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else contextlib.nullcontext
+        ctx = (
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if dtype == torch.bfloat16 else contextlib.nullcontext
+        )
         arms[name] = (net, opt, ctx, [])
     for b in [batches[0]] + batches:  # the first batch warms both up, untimed
         for net, opt, ctx, times in arms.values():
@@ -192,8 +224,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=24, help="optimizer steps of batch 8 (24 = one pass)")
     ap.add_argument("--only", default="", help="comma-separated arms (default: all)")
-    ap.add_argument("--interleaved", type=int, default=0, metavar="N",
-                    help="instead: N steps of ours at bf16 and fp32 alternating in one process")
+    ap.add_argument(
+        "--interleaved",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead: N steps of ours at bf16 and fp32 alternating in one process",
+    )
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.interleaved:
@@ -208,16 +245,19 @@ def main() -> None:
     arms = [a for a in (args.only.split(",") if args.only else ARMS) if a]
     results = {}
     for name in arms:
-        proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--steps", str(args.steps)], capture_output=True, text=True
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
             continue
-        results[name] = json.loads(line[-1][len("RESULT "):])
+        results[name] = json.loads(line[-1][len("RESULT ") :])
         print(f"# {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
-    print("| arm | precision | batches | tokens/s | vs TRL (same precision) | held-out loss | vs ours-fp32 | "
-          "peak RSS (MB) |")
+    print(
+        "| arm | precision | batches | tokens/s | vs TRL (same precision) | held-out loss | vs ours-fp32 | "
+        "peak RSS (MB) |"
+    )
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         trainer, precision, batching, gc = ARMS[name]
@@ -227,8 +267,10 @@ def main() -> None:
         fp32 = results.get("ours-fp32")
         vs_fp32 = f"{(r['heldout_loss'] / fp32['heldout_loss'] - 1) * 100:+.2f}%" if fp32 else "-"
         batches = (batching or "random (TRL default)") + (", grad. ckpt" if gc else "")
-        print(f"| {name} | {precision} | {batches} | {tps:,.0f} | {vs_trl} | {r['heldout_loss']:.4f} | {vs_fp32} | "
-              f"{r['peak_rss_mb']:,.0f} |")
+        print(
+            f"| {name} | {precision} | {batches} | {tps:,.0f} | {vs_trl} | {r['heldout_loss']:.4f} | {vs_fp32} | "
+            f"{r['peak_rss_mb']:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

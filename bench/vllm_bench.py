@@ -120,8 +120,14 @@ def main() -> None:
         log.unlink(missing_ok=True)
     print("| client | concurrency | n | per second | vs saturation | vs sequential | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| saturation (bare client) | {args.saturation_concurrency} | {args.n} | {sat:.2f} | 1.00 | {sat / seq:.1f}x | 0 |")
-    print(f"| LLM judge | {args.judge_concurrency} | {args.n} | {conc:.2f} | {conc / sat:.2f} | {conc / seq:.1f}x | {err_c:.0f} |")
+    print(
+        f"| saturation (bare client) | {args.saturation_concurrency} | {args.n} | {sat:.2f} | 1.00 | "
+        f"{sat / seq:.1f}x | 0 |"
+    )
+    print(
+        f"| LLM judge | {args.judge_concurrency} | {args.n} | {conc:.2f} | {conc / sat:.2f} | {conc / seq:.1f}x | "
+        f"{err_c:.0f} |"
+    )
     print(f"| LLM judge (sequential) | 1 | {args.n_seq} | {seq:.2f} | {seq / sat:.2f} | 1.0x | {err_s:.0f} |")
 
 

@@ -29,31 +29,56 @@ from reset.errors import DataError
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="reset-kfp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="reset-kfp", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, config_required=True):
         sp.add_argument("--config", required=config_required, help="YAML config (see configs/)")
-        sp.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value (YAML-parsed); repeatable")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one config value (YAML-parsed); repeatable",
+        )
 
     r = sub.add_parser("run", help="run the whole pipeline locally through kfp.local")
     common(r, config_required=False)  # required unless --resume (pipelines/local_runs.py)
-    r.add_argument("--resume", default="", metavar="RUN", help="resume a stopped or failed run (its folder under "
-                   "--output-dir, e.g. run-20250101-120000): reuse what finished, run the rest (config: the run's own)")
-    r.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
-    r.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline (it always goes to "
-                   "the run's logs/ folder)")
+    r.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN",
+        help="resume a stopped or failed run (its folder under "
+        "--output-dir, e.g. run-20250101-120000): reuse what finished, run the rest (config: the run's own)",
+    )
+    r.add_argument(
+        "--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)"
+    )
+    r.add_argument(
+        "--verbose",
+        "-v",
+        action="store_true",
+        help="show every task's output inline (it always goes to the run's logs/ folder)",
+    )
     e = sub.add_parser("experiment", help="run the paper's arms and a control locally (experiment.arms / .seeds)")
     common(e)
-    e.add_argument("--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)")
+    e.add_argument(
+        "--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)"
+    )
     e.add_argument("--verbose", "-v", action="store_true", help="show every task's output inline")
     c = sub.add_parser("compile", help="compile to a KFP pipeline YAML (parameters default to the config)")
     common(c)
     c.add_argument("--output", required=True, help="where to write the pipeline YAML")
-    c.add_argument("--pipeline", choices=["auto", *definitions.DEFINITIONS], default="auto",
-                   help="which pipeline (default: the experiment for a config with an experiment section that "
-                        "lists seeds and arms, i.e. configs/experiment.yaml; else the ReSet pipeline)")
+    c.add_argument(
+        "--pipeline",
+        choices=["auto", *definitions.DEFINITIONS],
+        default="auto",
+        help="which pipeline (default: the experiment for a config with an experiment section that "
+        "lists seeds and arms, i.e. configs/experiment.yaml; else the ReSet pipeline)",
+    )
     from pipelines import kfp_api
 
     kfp_api.add_parsers(sub, common)  # upload, submit, schedule, promote, champion (pipelines/kfp_api.py)

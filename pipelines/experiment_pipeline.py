@@ -80,51 +80,98 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                     s = arm_sections[arm]
                     start_from, data = ARMS[arm]
                     if data in ("instruction", "grounded", "all"):
-                        train_set, kinds, section = mixed.outputs["train_set"], ([] if data == "all" else [data]), "train"
+                        train_set, kinds, section = (
+                            mixed.outputs["train_set"],
+                            ([] if data == "all" else [data]),
+                            "train",
+                        )
                     elif data == "selected":  # ReSet / ReSet-S: sample from MTL, judge, reject-sample
                         lead, union = sharing[arm]
                         shared = [a for a, (g, _) in sharing.items() if g == lead]
                         if lead not in judged_by:  # one generation and one judging for the arms that share it
                             name = "+".join(shared)
-                            gen = step(f"generate-{name}", generate_candidates, mtl_model=ckpt[start_from],
-                                       seen_prompts=seen, tracking=tracking, generate=union, model=s["model"],
-                                       seed=seed)
-                            judged = step(f"judge-{name}", judge_candidates, seen_prompts=seen,
-                                          candidates=gen.outputs["candidates"], tracking=tracking, judge=s["judge"])
+                            gen = step(
+                                f"generate-{name}",
+                                generate_candidates,
+                                mtl_model=ckpt[start_from],
+                                seen_prompts=seen,
+                                tracking=tracking,
+                                generate=union,
+                                model=s["model"],
+                                seed=seed,
+                            )
+                            judged = step(
+                                f"judge-{name}",
+                                judge_candidates,
+                                seen_prompts=seen,
+                                candidates=gen.outputs["candidates"],
+                                tracking=tracking,
+                                judge=s["judge"],
+                            )
                             judged_by[lead] = (gen.outputs["candidates"], judged.outputs["judgments"])
                         cands, judgments = judged_by[lead]
-                        chosen = step(f"select-{arm}", select_samples, seen_prompts=seen, candidates=cands,
-                                      judgments=judgments, select=s["select"], tracking=tracking,
-                                      generate=s["generate"] if len(shared) > 1 else {})
+                        chosen = step(
+                            f"select-{arm}",
+                            select_samples,
+                            seen_prompts=seen,
+                            candidates=cands,
+                            judgments=judgments,
+                            select=s["select"],
+                            tracking=tracking,
+                            generate=s["generate"] if len(shared) > 1 else {},
+                        )
                         ckpt[f"{arm}:selected"] = chosen.outputs["selected_set"]
                         ckpt[f"{arm}:report"] = chosen.outputs["selection_report"]
                         train_set, kinds, section = chosen.outputs["selected_set"], [], "continued_train"
                     else:  # the control: the references of the prompts ReSet kept, the same steps
-                        ctl = step("control-data", control_data, selected_set=ckpt["reset:selected"],
-                                   seen_prompts=seen)
+                        ctl = step("control-data", control_data, selected_set=ckpt["reset:selected"], seen_prompts=seen)
                         train_set, kinds, section = ctl.outputs["control_set"], [], "continued_train"
                     extra = {} if start_from == "base" else {"start_model": ckpt[start_from]}
-                    ft = step(f"finetune-{arm}", finetune, train_set=train_set, train=s[section], model=s["model"],
-                              tracking=tracking, stage=arm, kinds=kinds, section=section, seed=seed, **extra,
-                              **handoff)
+                    ft = step(
+                        f"finetune-{arm}",
+                        finetune,
+                        train_set=train_set,
+                        train=s[section],
+                        model=s["model"],
+                        tracking=tracking,
+                        stage=arm,
+                        kinds=kinds,
+                        section=section,
+                        seed=seed,
+                        **extra,
+                        **handoff,
+                    )
                     ckpt[arm] = ft.outputs["checkpoint"]
-                reports = {f"{a.replace('-', '_')}_selection": ckpt[f"{a}:report"] for a in ("reset", "reset-s")
-                           if f"{a}:report" in ckpt}
-                ev = step("evaluate", evaluate_models, **splits, **judging, register=base["register"],
-                          tracking=tracking, with_register=False, reference=exp.reference, seed=seed,
-                          base_answers=base_ans.outputs["answers"], **reports,
-                          **{a.replace("-", "_"): ckpt[a] for a in evaluated})
-            run.last = step("report", experiment_report, scores=dsl.Collected(ev.outputs["scores"]),
-                            tracking=tracking)
+                reports = {
+                    f"{a.replace('-', '_')}_selection": ckpt[f"{a}:report"]
+                    for a in ("reset", "reset-s")
+                    if f"{a}:report" in ckpt
+                }
+                ev = step(
+                    "evaluate",
+                    evaluate_models,
+                    **splits,
+                    **judging,
+                    register=base["register"],
+                    tracking=tracking,
+                    with_register=False,
+                    reference=exp.reference,
+                    seed=seed,
+                    base_answers=base_ans.outputs["answers"],
+                    **reports,
+                    **{a.replace("-", "_"): ckpt[a] for a in evaluated},
+                )
+            run.last = step("report", experiment_report, scores=dsl.Collected(ev.outputs["scores"]), tracking=tracking)
 
-    experiment_pipeline.__doc__ = f"""The paper's seven arms and a control (reset.experiments): {', '.join(order)}.
+    experiment_pipeline.__doc__ = f"""The paper's seven arms and a control (reset.experiments): {", ".join(order)}.
 
     Args:
         tracking: The tracking config section (JSON): the MLflow server and experiment.
         seeds: Training and sampling seeds (a JSON list); every arm runs once per seed, and the report pools them.
     """
-    return dsl.pipeline(name=PIPELINE_NAME, description="ReSet: the paper's arms and a control, with a report "
-                                                        "across seeds")(experiment_pipeline)
+    return dsl.pipeline(
+        name=PIPELINE_NAME, description="ReSet: the paper's arms and a control, with a report across seeds"
+    )(experiment_pipeline)
 
 
 def experiment_arguments(cfg: PipelineConfig) -> dict[str, Any]:

@@ -12,8 +12,9 @@
 The pipeline a command runs follows the config (pipelines/definitions.py): the experiment
 (`reset-experiment`) for a config with an `experiment:` section such as configs/experiment.yaml,
 else the ReSet pipeline (`reset`); `--pipeline` names one. upload: that pipeline and the promotion
-pipeline (`reset-promotion`), compiled from the config, each as a pipeline version named by the git commit (HEAD; a dirty tree
-adds "-dirty-<UTC time>"), in the namespace when given; a version that exists is reused.
+pipeline (`reset-promotion`), compiled from the config, each as a pipeline version named by the git
+commit (HEAD; a dirty tree adds "-dirty-<UTC time>"), in the namespace when given; a version that
+exists is reused.
 submit / schedule / promote --host: a run (or a recurring run) in an experiment of the namespace,
 with the service account and pipeline root given, parameters from the config; the pipeline is an
 uploaded version (`--pipeline-version`) or compiled and sent inline. `--wait` prints the run's state
@@ -50,32 +51,55 @@ def add_parsers(sub, common) -> None:
     """Register the commands on the CLI's subparsers; `common` adds --config and --set."""
 
     def kfp(sp, *, required: bool = True):
-        sp.add_argument("--host", required=required, help="KFP API endpoint (https://...); the bearer token comes "
-                        "from the environment variable KFP_TOKEN, never from a flag")
+        sp.add_argument(
+            "--host",
+            required=required,
+            help="KFP API endpoint (https://...); the bearer token comes "
+            "from the environment variable KFP_TOKEN, never from a flag",
+        )
         sp.add_argument("--namespace", default="", help="Kubeflow profile namespace (multi-user KFP)")
 
     def run_opts(sp):
         sp.add_argument("--experiment", default="reset", help="KFP experiment (created in the namespace if needed)")
-        sp.add_argument("--service-account", default="", help="Kubernetes service account of the run's pods, e.g. "
-                        "reset-pipeline (manifests/base/rbac.yaml)")
-        sp.add_argument("--pipeline-root", default="", help="where KFP writes the run's artifacts, e.g. "
-                        "s3://reset-data/kfp (default: the cluster's)")
-        sp.add_argument("--pipeline-version", default="", metavar="NAME", help="run this uploaded version (see "
-                        "upload; e.g. the commit) instead of compiling the config's pipeline and sending it inline")
+        sp.add_argument(
+            "--service-account",
+            default="",
+            help="Kubernetes service account of the run's pods, e.g. reset-pipeline (manifests/base/rbac.yaml)",
+        )
+        sp.add_argument(
+            "--pipeline-root",
+            default="",
+            help="where KFP writes the run's artifacts, e.g. s3://reset-data/kfp (default: the cluster's)",
+        )
+        sp.add_argument(
+            "--pipeline-version",
+            default="",
+            metavar="NAME",
+            help="run this uploaded version (see "
+            "upload; e.g. the commit) instead of compiling the config's pipeline and sending it inline",
+        )
 
     def wait_opts(sp):
-        sp.add_argument("--wait", action="store_true", help="print the run's and its tasks' states until it ends; "
-                        "exit 0 only when it succeeded")
+        sp.add_argument(
+            "--wait",
+            action="store_true",
+            help="print the run's and its tasks' states until it ends; exit 0 only when it succeeded",
+        )
         sp.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT_S, help="seconds --wait waits (default 3 days)")
         sp.add_argument("--poll", type=float, default=30.0, help="seconds between two looks at the run (default 30)")
 
     def which(sp):
-        sp.add_argument("--pipeline", choices=["auto", TRAINING, EXPERIMENT], default="auto",
-                        help="the ReSet pipeline or the experiment (default: the experiment for a config with an "
-                             "experiment section, e.g. configs/experiment.yaml)")
+        sp.add_argument(
+            "--pipeline",
+            choices=["auto", TRAINING, EXPERIMENT],
+            default="auto",
+            help="the ReSet pipeline or the experiment (default: the experiment for a config with an "
+            "experiment section, e.g. configs/experiment.yaml)",
+        )
 
-    u = sub.add_parser("upload", help="upload the config's pipeline and the promotion pipeline as versions named by "
-                                      "the git commit")
+    u = sub.add_parser(
+        "upload", help="upload the config's pipeline and the promotion pipeline as versions named by the git commit"
+    )
     common(u)
     kfp(u)
     which(u)
@@ -94,8 +118,11 @@ def add_parsers(sub, common) -> None:
     kfp(sc)
     which(sc)
     run_opts(sc)
-    sc.add_argument("--cron", required=True, help='KFP cron, 6 fields with seconds first ("0 0 2 * * 6": Saturdays '
-                    '02:00) or @daily / @weekly / @every 24h')
+    sc.add_argument(
+        "--cron",
+        required=True,
+        help='KFP cron, 6 fields with seconds first ("0 0 2 * * 6": Saturdays 02:00) or @daily / @weekly / @every 24h',
+    )
     sc.add_argument("--name", default="reset-scheduled", help="the recurring run's name")
     sc.add_argument("--max-concurrency", type=int, default=1, help="runs of it at once (default 1)")
     sc.add_argument("--catchup", action="store_true", help="backfill intervals missed while paused (default: no)")
@@ -111,8 +138,11 @@ def add_parsers(sub, common) -> None:
 
     c = sub.add_parser("champion", help="the champion's version and weights location (for manifests/serving)")
     common(c)
-    c.add_argument("--env-file", default="", help="write STORAGE_URI / MODEL_NAME / MODEL_VERSION here "
-                   "(e.g. manifests/serving/champion.env)")
+    c.add_argument(
+        "--env-file",
+        default="",
+        help="write STORAGE_URI / MODEL_NAME / MODEL_VERSION here (e.g. manifests/serving/champion.env)",
+    )
 
 
 def main(args: argparse.Namespace, cfg: PipelineConfig) -> int:
@@ -134,8 +164,11 @@ def main(args: argparse.Namespace, cfg: PipelineConfig) -> int:
 # ------------------------------------------------------------------------------------------ helpers
 def git_version(cwd: str | os.PathLike[str] = ".") -> str:
     """The checkout's commit; "-dirty-<UTC time>" appended when tracked files differ from it."""
+
     def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        return subprocess.run(
+            ["git", *a], cwd=cwd, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
 
     try:
         sha = git("rev-parse", "HEAD")
@@ -202,15 +235,20 @@ def upload(cfg: PipelineConfig, args: argparse.Namespace) -> int:
             definitions.compile_to(cfg, which, path)
             pid = find_pipeline(kc, which, args.namespace)
             if pid is None:
-                pid = kc.upload_pipeline(path, pipeline_name=which, namespace=args.namespace or None,
-                                         description=f"ReSet {which} (python -m pipelines upload)").pipeline_id
+                pid = kc.upload_pipeline(
+                    path,
+                    pipeline_name=which,
+                    namespace=args.namespace or None,
+                    description=f"ReSet {which} (python -m pipelines upload)",
+                ).pipeline_id
                 print(f"created pipeline {which} ({pid})")
             vid = find_version(kc, pid, version)
             if vid is not None:
                 print(f"{which}: version {version} exists ({vid}): kept")
                 continue
-            vid = kc.upload_pipeline_version(path, pipeline_version_name=version, pipeline_id=pid,
-                                             description=f"{which} at {version}").pipeline_version_id
+            vid = kc.upload_pipeline_version(
+                path, pipeline_version_name=version, pipeline_id=pid, description=f"{which} at {version}"
+            ).pipeline_version_id
             print(f"{which}: uploaded version {version} ({vid})")
     return 0
 
@@ -220,9 +258,11 @@ def _pipeline_ref(kc, args, which: str) -> tuple[str, str]:
     pid = find_pipeline(kc, which, args.namespace)
     vid = find_version(kc, pid, args.pipeline_version) if pid else None
     if not vid:
-        raise ConfigError(f"--pipeline-version: no version {args.pipeline_version!r} of pipeline {which!r} at "
-                          f"{args.host}{' in ' + args.namespace if args.namespace else ''}: run `python -m pipelines "
-                          "upload` first")
+        raise ConfigError(
+            f"--pipeline-version: no version {args.pipeline_version!r} of pipeline {which!r} at "
+            f"{args.host}{' in ' + args.namespace if args.namespace else ''}: run `python -m pipelines "
+            "upload` first"
+        )
     return pid, vid
 
 
@@ -245,10 +285,17 @@ def submit(cfg: PipelineConfig, args: argparse.Namespace, which: str = TRAINING)
     name = args.run_name or f"{which} {args.pipeline_version[:12] or 'inline'} {time.strftime('%Y-%m-%d %H:%M:%S')}"
     with tempfile.TemporaryDirectory() as tmp:
         job = _job(kc, cfg, args, which, tmp)
-        run = kc.run_pipeline(experiment_id=exp.experiment_id, job_name=name, pipeline_root=args.pipeline_root or None,
-                              service_account=args.service_account or None, **job)
-    print(f"submitted {which} run {run.run_id} ({name!r}) to {args.host} in experiment {args.experiment!r}"
-          + (f", namespace {args.namespace}" if args.namespace else ""))
+        run = kc.run_pipeline(
+            experiment_id=exp.experiment_id,
+            job_name=name,
+            pipeline_root=args.pipeline_root or None,
+            service_account=args.service_account or None,
+            **job,
+        )
+    print(
+        f"submitted {which} run {run.run_id} ({name!r}) to {args.host} in experiment {args.experiment!r}"
+        + (f", namespace {args.namespace}" if args.namespace else "")
+    )
     if not args.wait:
         return 0
     state = wait(kc, run.run_id, args.timeout, args.poll)
@@ -279,8 +326,12 @@ def wait(kc, run_id: str, timeout_s: float, poll_s: float = 30.0, out=None) -> s
             if state != "SUCCEEDED":
                 err = getattr(run, "error", None)
                 failed = [t.display_name for t in getattr(details, "task_details", None) or [] if t.state == "FAILED"]
-                print(f"run {run_id} {state}" + (f" in {', '.join(failed)}" if failed else "")
-                      + (f": {err.message}" if err is not None and getattr(err, "message", "") else ""), file=out)
+                print(
+                    f"run {run_id} {state}"
+                    + (f" in {', '.join(failed)}" if failed else "")
+                    + (f": {err.message}" if err is not None and getattr(err, "message", "") else ""),
+                    file=out,
+                )
             return state
         if time.monotonic() >= deadline:
             print(f"run {run_id} still {state} after {timeout_s:.0f}s; it goes on on the cluster", file=out)
@@ -308,10 +359,17 @@ def schedule(cfg: PipelineConfig, args: argparse.Namespace) -> int:
     exp = kc.create_experiment(args.experiment, namespace=args.namespace or None)
     with tempfile.TemporaryDirectory() as tmp:
         job = _job(kc, cfg, args, definitions.for_config(cfg, args.pipeline), tmp)
-        rr = kc.create_recurring_run(experiment_id=exp.experiment_id, job_name=args.name, cron_expression=cron,
-                                     max_concurrency=args.max_concurrency, no_catchup=not args.catchup,
-                                     pipeline_root=args.pipeline_root or None,
-                                     service_account=args.service_account or None, enabled=True, **job)
+        rr = kc.create_recurring_run(
+            experiment_id=exp.experiment_id,
+            job_name=args.name,
+            cron_expression=cron,
+            max_concurrency=args.max_concurrency,
+            no_catchup=not args.catchup,
+            pipeline_root=args.pipeline_root or None,
+            service_account=args.service_account or None,
+            enabled=True,
+            **job,
+        )
     print(f"recurring run {rr.recurring_run_id} ({args.name!r}, cron {cron!r}) in experiment {args.experiment!r}")
     return 0
 
@@ -324,7 +382,7 @@ def champion(cfg: PipelineConfig, env_file: str = "") -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = (f"STORAGE_URI={loc['weights_uri']}\nMODEL_NAME={loc['model_name']}\nMODEL_VERSION={loc['version']}\n")
+    text = f"STORAGE_URI={loc['weights_uri']}\nMODEL_NAME={loc['model_name']}\nMODEL_VERSION={loc['version']}\n"
     if env_file:
         Path(env_file).write_text(text)
         print(f"wrote {env_file}: {loc['model_name']} v{loc['version']} at {loc['weights_uri']}")

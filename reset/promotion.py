@@ -132,23 +132,29 @@ def promote(cfg: configs.PipelineConfig, *, challenger: str = "", out_report: st
                 mlflow.set_tags({f"gate.{k}": v for k, v in decision.tags("vs_champion").items()})
                 log("[promote] " + (lines[0] if lines else decision.reason))
                 result.update(gate=decision.to_dict(), verdict=lines[0] if lines else "", promotion_data_sha256=digest,
-                              summary=summary.to_dict(), report="\n".join(f"**{x}**  " for x in lines) + "\n\n" + report)
+                              summary=summary.to_dict(),
+                              report="\n".join(f"**{x}**  " for x in lines) + "\n\n" + report)
                 if out_summary:
-                    write_jsonl(str(Path(out_summary).with_suffix(".rows.jsonl")),
-                                [r for arm_rows in rows.values() for r in arm_rows])
+                    write_jsonl(
+                        str(Path(out_summary).with_suffix(".rows.jsonl")),
+                        [r for arm_rows in rows.values() for r in arm_rows],
+                    )
                 if not decision.passed:
                     result.update(outcome="kept", reason=decision.reason)
                 else:
-                    moved, why = registry.move_champion(client, rcfg, chall, expected=champ, holder=holder,
-                                                        reason=decision.reason, log=log)
+                    moved, why = registry.move_champion(
+                        client, rcfg, chall, expected=champ, holder=holder, reason=decision.reason, log=log
+                    )
                     result.update(outcome="promoted" if moved else "aborted", reason=why)
         except BaseException as exc:
             progress.emit("fail", step=STEP, seconds=time.monotonic() - t0, error=f"{type(exc).__name__}: {exc}"[:300])
             raise
         # the step's outputs exist whatever happened (KFP uploads every declared output)
         report_text, summary_dict = result.pop("report", ""), result.pop("summary", None)
-        for out, text in ((out_report, f"**{result['outcome']}**: {result['reason']}\n\n{report_text}"),
-                          (out_summary, json.dumps({**result, "summary": summary_dict}, indent=2, default=str))):
+        for out, text in (
+            (out_report, f"**{result['outcome']}**: {result['reason']}\n\n{report_text}"),
+            (out_summary, json.dumps({**result, "summary": summary_dict}, indent=2, default=str)),
+        ):
             if out:
                 Path(out).parent.mkdir(parents=True, exist_ok=True)
                 Path(out).write_text(text)
@@ -175,6 +181,8 @@ def champion_location(cfg: configs.PipelineConfig) -> dict[str, str]:
     mv = client.get_model_version(rcfg.model_name, version)
     weights = (mv.tags or {}).get(registry.WEIGHTS_TAG, "")
     if not weights:
-        raise ValueError(f"{rcfg.model_name} v{version} has no {registry.WEIGHTS_TAG} tag: it was registered before "
-                         "models were exported to S3; register it again (its weights are in the MLflow artifact store)")
+        raise ValueError(
+            f"{rcfg.model_name} v{version} has no {registry.WEIGHTS_TAG} tag: it was registered before "
+            "models were exported to S3; register it again (its weights are in the MLflow artifact store)"
+        )
     return {"model_name": rcfg.model_name, "version": version, "source": mv.source, "weights_uri": weights}

@@ -213,15 +213,26 @@ def generate(model_dir: str, seen_path: str, cfg: PipelineConfig, *, out_candida
         write_jsonl(out_candidates, cands)
         mlflow.log_metrics(tracking.numeric(stats))
         mlflow.set_tags({"generate.backend": stats["backend"],
-                         **({"generate.fallback_reason": stats["fallback_reason"]} if "fallback_reason" in stats else {})})
-        _note(f"{len(cands)} candidates for {hi - lo} prompts with {stats['backend']} "
-              f"({stats['tokens_per_second']:.0f} tokens/s, engine start {stats['engine_start_seconds']:.0f}s)")
+                         **({"generate.fallback_reason": stats["fallback_reason"]}
+                            if "fallback_reason" in stats else {})})
+        _note(
+            f"{len(cands)} candidates for {hi - lo} prompts with {stats['backend']} "
+            f"({stats['tokens_per_second']:.0f} tokens/s, engine start {stats['engine_start_seconds']:.0f}s)"
+        )
     return {k: v for k, v in stats.items() if k != "fallback_reason"}
 
 
 # --------------------------------------------------------------------------------------- judge
-def judge(seen_path: str, candidates_path: str, cfg: PipelineConfig, *, out_judgments: str, cache_dir: str = "",
-          shard: int = 0, shards: int = 1) -> dict[str, Any]:
+def judge(
+    seen_path: str,
+    candidates_path: str,
+    cfg: PipelineConfig,
+    *,
+    out_judgments: str,
+    cache_dir: str = "",
+    shard: int = 0,
+    shards: int = 1,
+) -> dict[str, Any]:
     """Judge the candidates in `candidates_path` (a shard's, when generation was sharded: `shard`
     and `shards` only name the run)."""
     from reset.judging.run import judge_all, judged_table
@@ -241,26 +252,37 @@ def judge(seen_path: str, candidates_path: str, cfg: PipelineConfig, *, out_judg
         _log(f"[judge] {json.dumps({k: round(v, 4) for k, v in stats.items()})}")
         _note(f"{len(judged.judgments)} judged by {', '.join(judged.judges)}; mean score {stats['mean_combined']:.3f}")
         mlflow.log_metrics(tracking.numeric(stats))
-        mlflow.log_table(judged_table(examples, cands, judged.judgments, judged.judges),
-                         artifact_file="judged_samples.json")
+        mlflow.log_table(
+            judged_table(examples, cands, judged.judgments, judged.judges), artifact_file="judged_samples.json"
+        )
     return stats
 
 
-def gather(seen_path: str, candidate_paths: Sequence[str], judgment_paths: Sequence[str], *, out_candidates: str,
-           out_judgments: str) -> dict[str, Any]:
+def gather(
+    seen_path: str,
+    candidate_paths: Sequence[str],
+    judgment_paths: Sequence[str],
+    *,
+    out_candidates: str,
+    out_judgments: str,
+) -> dict[str, Any]:
     """The shards' candidates and judgments as one set each, in the unsharded step's order (seen
     prompt, then id); every seen prompt must have its candidates, none twice."""
     from reset.data.shards import ordered
 
     ids = [e.id for e in _read(seen_path, Example)]
-    cands = ordered([c for p in candidate_paths for c in _read(p, Candidate)], ids,
-                    lambda c: c.example_id, lambda c: c.id)
-    judgments = ordered([j for p in judgment_paths for j in _read(p, Judgment)], ids,
-                        lambda j: j.example_id, lambda j: j.candidate_id)
+    cands = ordered(
+        [c for p in candidate_paths for c in _read(p, Candidate)], ids, lambda c: c.example_id, lambda c: c.id
+    )
+    judgments = ordered(
+        [j for p in judgment_paths for j in _read(p, Judgment)], ids, lambda j: j.example_id, lambda j: j.candidate_id
+    )
     missing = sorted(set(ids) - {c.example_id for c in cands})
     if missing:
-        raise ValueError(f"no candidates for {len(missing)} seen prompts after gathering {len(candidate_paths)} "
-                         f"shards (first: {missing[0]!r})")
+        raise ValueError(
+            f"no candidates for {len(missing)} seen prompts after gathering {len(candidate_paths)} "
+            f"shards (first: {missing[0]!r})"
+        )
     if {j.candidate_id for j in judgments} != {c.id for c in cands}:
         raise ValueError("the gathered judgments do not cover exactly the gathered candidates")
     write_jsonl(out_candidates, cands)
@@ -270,8 +292,17 @@ def gather(seen_path: str, candidate_paths: Sequence[str], judgment_paths: Seque
 
 
 # -------------------------------------------------------------------------------------- select
-def select(seen_path: str, candidates_path: str, judgments_path: str, cfg: PipelineConfig, *, out_selected: str,
-           out_report: str = "", own_plan: bool = False, name: str = "select") -> dict[str, Any]:
+def select(
+    seen_path: str,
+    candidates_path: str,
+    judgments_path: str,
+    cfg: PipelineConfig,
+    *,
+    out_selected: str,
+    out_report: str = "",
+    own_plan: bool = False,
+    name: str = "select",
+) -> dict[str, Any]:
     """Reject sampling over the judged candidates; with `own_plan`, only over those that generate's
     config would have sampled (an arm that shares a larger generation, the experiment's ReSet)."""
     from reset.selection import by_kind, judged_table, sampled_by
@@ -306,8 +337,10 @@ def select(seen_path: str, candidates_path: str, judgments_path: str, cfg: Pipel
 
 def keep_rate_lines(rep: Mapping[str, Any]) -> list[str]:
     """The selection report in lines: the keep rate overall, per group, task, family and gate."""
-    lines = [f"mode {rep['mode']}: kept {rep['selected']}/{rep['prompts']} prompts (keep rate "
-             f"{rep['keep_rate']:.2f}, mean score {rep['mean_selected_score']:.3f})"]
+    lines = [
+        f"mode {rep['mode']}: kept {rep['selected']}/{rep['prompts']} prompts (keep rate "
+        f"{rep['keep_rate']:.2f}, mean score {rep['mean_selected_score']:.3f})"
+    ]
     lines += [f"  {g}: {v['kept']}/{v['prompts']} kept" for g, v in rep["per_group"].items()]
     lines += [f"  task {t}: {v['kept']}/{v['prompts']} kept" for t, v in rep["per_task"].items()]
     lines += [f"  constraint family {f}: {v['kept']}/{v['prompts']} kept" for f, v in rep.get("per_family", {}).items()]
@@ -324,8 +357,9 @@ def keep_rate_metrics(rep: Mapping[str, Any]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------ evaluate
-def _models_to_evaluate(models: Mapping[str, str], cfg: PipelineConfig, with_register: bool, include_base: bool,
-                        tmp: str) -> tuple[dict[str, str], str | None]:
+def _models_to_evaluate(
+    models: Mapping[str, str], cfg: PipelineConfig, with_register: bool, include_base: bool, tmp: str
+) -> tuple[dict[str, str], str | None]:
     """The configured base model ("base"), `models`, and the registry's current champion
     ("champion", downloaded under `tmp`) when register.compare_champion: (models, its version)."""
     from reset.registry import champion_checkpoint
@@ -342,14 +376,25 @@ def split_path(cfg: PipelineConfig, test_path: str, dev_path: str = "") -> str:
     """The held-out file evaluate.split names (dev needs the mix step's dev split)."""
     if cfg.evaluate.split == "dev":
         if not dev_path or not Path(dev_path).exists() or not Path(dev_path).stat().st_size:
-            raise configs.ConfigError("evaluate.split: dev, but the mix step wrote no dev split (data.dev_per_kind: 0?)")
+            raise configs.ConfigError(
+                "evaluate.split: dev, but the mix step wrote no dev split (data.dev_per_kind: 0?)"
+            )
         return dev_path
     return test_path
 
 
-def evaluate_answers(models: Mapping[str, str], test_path: str, cfg: PipelineConfig, *, out_rows: str,
-                     with_register: bool = False, include_base: bool = True, shard: int = 0, shards: int = 1,
-                     dev_path: str = "") -> dict[str, Any]:
+def evaluate_answers(
+    models: Mapping[str, str],
+    test_path: str,
+    cfg: PipelineConfig,
+    *,
+    out_rows: str,
+    with_register: bool = False,
+    include_base: bool = True,
+    shard: int = 0,
+    shards: int = 1,
+    dev_path: str = "",
+) -> dict[str, Any]:
     """One shard of the evaluation: every model's greedy answers to shard `shard` of `shards`
     contiguous pieces of the held-out split, scored, one row per (model, example) to `out_rows`
     (the champion's rows carry its registry version). `evaluate(..., rows_paths=...)` gathers them."""
@@ -358,30 +403,55 @@ def evaluate_answers(models: Mapping[str, str], test_path: str, cfg: PipelineCon
 
     examples = _read(split_path(cfg, test_path, dev_path), Example)
     lo, hi = bounds(len(examples), shard, shards)
-    with tracking.step_run(cfg.tracking, shard_step("answer", shard, shards), cfg.evaluate.model_dump()), \
-            tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
+    with (
+        tracking.step_run(cfg.tracking, shard_step("answer", shard, shards), cfg.evaluate.model_dump()),
+        tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+    ):
         import mlflow
 
         models, champion = _models_to_evaluate(models, cfg, with_register, include_base, tmp)
-        _log(f"[evaluate] shard {shard + 1} of {shards}: {len(models)} models ({', '.join(models)}) x held-out "
-             f"prompts {lo}..{hi - 1}")
-        rows_by_model, _, gen_stats = evaluate_models(models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge,
-                                                      log=_log, offset=lo)
-        rows = [{**r, **({"registry_version": champion} if name == "champion" else {})}
-                for name, model_rows in rows_by_model.items() for r in model_rows]
+        _log(
+            f"[evaluate] shard {shard + 1} of {shards}: {len(models)} models ({', '.join(models)}) x held-out "
+            f"prompts {lo}..{hi - 1}"
+        )
+        rows_by_model, _, gen_stats = evaluate_models(
+            models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge, log=_log, offset=lo
+        )
+        rows = [
+            {**r, **({"registry_version": champion} if name == "champion" else {})}
+            for name, model_rows in rows_by_model.items()
+            for r in model_rows
+        ]
         write_jsonl(out_rows, rows)
         first = next(iter(gen_stats.values()), {})
-        mlflow.log_metrics(tracking.numeric({"rows": len(rows), "prompts": hi - lo,
-                                             "tokens_per_second": first.get("tokens_per_s", 0.0)}))
+        mlflow.log_metrics(
+            tracking.numeric(
+                {"rows": len(rows), "prompts": hi - lo, "tokens_per_second": first.get("tokens_per_s", 0.0)}
+            )
+        )
         _note(f"{len(rows)} answers of {len(models)} models to {hi - lo} held-out prompts")
     return {"rows": len(rows), "models": list(models), "prompts": hi - lo}
 
 
-def evaluate(models: Mapping[str, str], test_path: str, cfg: PipelineConfig, *, out_metrics: str, out_report: str,
-             out_rows: str, out_html: str = "", with_register: bool = False, include_base: bool = True,
-             reference: str = "mtl", candidate: str = "reset", seed: int | None = None,
-             rows_paths: Sequence[str] = (), dev_path: str = "", keep_rates_paths: Mapping[str, str] | None = None,
-             extra_rows_paths: Mapping[str, str] | None = None) -> dict[str, Any]:
+def evaluate(
+    models: Mapping[str, str],
+    test_path: str,
+    cfg: PipelineConfig,
+    *,
+    out_metrics: str,
+    out_report: str,
+    out_rows: str,
+    out_html: str = "",
+    with_register: bool = False,
+    include_base: bool = True,
+    reference: str = "mtl",
+    candidate: str = "reset",
+    seed: int | None = None,
+    rows_paths: Sequence[str] = (),
+    dev_path: str = "",
+    keep_rates_paths: Mapping[str, str] | None = None,
+    extra_rows_paths: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Evaluate `models` (name -> checkpoint, e.g. mtl, reset), the base model (`include_base`) and
     the registry's champion (register.compare_champion, `with_register`) on the held-out split
     evaluate.split names, and decide (reset.evaluation.decision): every figure with its interval,
@@ -398,8 +468,10 @@ def evaluate(models: Mapping[str, str], test_path: str, cfg: PipelineConfig, *, 
     path = split_path(cfg, test_path, dev_path)
     examples = _read(path, Example)
     digest = sha256_file(path)
-    with tracking.step_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump()) as run, \
-            tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp:
+    with (
+        tracking.step_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump()) as run,
+        tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+    ):
         import mlflow
 
         tracking.log_input(tracking.dataset(path, cfg.evaluate.split, digest), context="evaluation")
@@ -410,10 +482,13 @@ def evaluate(models: Mapping[str, str], test_path: str, cfg: PipelineConfig, *, 
             _log(f"[evaluate] gathered {len(rows_paths)} shards: {len(rows_by_model)} models x {len(examples)} prompts")
         else:
             evaluated, champion = _models_to_evaluate(models, cfg, with_register, include_base, tmp)
-            _log(f"[evaluate] {len(evaluated)} models ({', '.join(evaluated)}) x {len(examples)} "
-                 f"{cfg.evaluate.split} prompts")
-            rows_by_model, results, gen_stats = evaluate_models(evaluated, examples, cfg.evaluate, cfg.model,
-                                                                cfg.judge, log=_log)
+            _log(
+                f"[evaluate] {len(evaluated)} models ({', '.join(evaluated)}) x {len(examples)} "
+                f"{cfg.evaluate.split} prompts"
+            )
+            rows_by_model, results, gen_stats = evaluate_models(
+                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log
+            )
             models = evaluated
         for name, extra in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split
             rows = _read_rows(extra)
@@ -421,25 +496,51 @@ def evaluate(models: Mapping[str, str], test_path: str, cfg: PipelineConfig, *, 
                 raise ValueError(f"{extra}: the {name} rows are not this {cfg.evaluate.split} split's")
             rows_by_model, results = {name: rows, **rows_by_model}, {name: point_metrics(rows), **results}
         use = _count_test_use(cfg, digest, with_register and candidate in rows_by_model)
-        payload = _decide_and_report(cfg, models, rows_by_model, examples, reference=reference, candidate=candidate,
-                                     use=use, champion=champion, keep_rates=_keep_rates(keep_rates_paths),
-                                     out_report=out_report, out_html=out_html, parent=run.data.tags.get(
-                                         "mlflow.parentRunId", ""))
+        payload = _decide_and_report(
+            cfg,
+            models,
+            rows_by_model,
+            examples,
+            reference=reference,
+            candidate=candidate,
+            use=use,
+            champion=champion,
+            keep_rates=_keep_rates(keep_rates_paths),
+            out_report=out_report,
+            out_html=out_html,
+            parent=run.data.tags.get("mlflow.parentRunId", ""),
+        )
         payload.update({"seed": seed, "metrics": results, "split_digest": digest, "generation": gen_stats})
         _write_text(out_metrics, json.dumps(payload, indent=2, default=str))
         write_jsonl(out_rows, [r for rows in rows_by_model.values() for r in rows])
         mlflow.log_metrics(tracking.numeric({f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}))
         exp = tracking.experiment_id(cfg.tracking)
         for name, m in results.items():  # one run per model, same keys: MLflow's compare view lines them up
-            with mlflow.start_run(experiment_id=exp, run_name=f"eval-{name}", nested=True,
-                                  tags={"reset.model": name, tracking.STEP_TAG: "evaluate/" + name}):
+            with mlflow.start_run(
+                experiment_id=exp,
+                run_name=f"eval-{name}",
+                nested=True,
+                tags={"reset.model": name, tracking.STEP_TAG: "evaluate/" + name},
+            ):
                 mlflow.log_metrics(tracking.numeric(m))
     return payload
 
 
-def _decide_and_report(cfg: PipelineConfig, models: Mapping[str, str], rows_by_model, examples, *, reference: str,
-                       candidate: str, use: int, champion: str | None, keep_rates, out_report: str, out_html: str,
-                       parent: str) -> dict[str, Any]:
+def _decide_and_report(
+    cfg: PipelineConfig,
+    models: Mapping[str, str],
+    rows_by_model,
+    examples,
+    *,
+    reference: str,
+    candidate: str,
+    use: int,
+    champion: str | None,
+    keep_rates,
+    out_report: str,
+    out_html: str,
+    parent: str,
+) -> dict[str, Any]:
     """The decision and every report of it: the step's files and MLflow artifacts, the parent's headline."""
     import mlflow
 
@@ -451,24 +552,37 @@ def _decide_and_report(cfg: PipelineConfig, models: Mapping[str, str], rows_by_m
     from reset.evaluation.summary import flat_metrics, unit_values
 
     same = {ref: _same_weights(models.get(candidate), models.get(ref)) for ref in (reference, "champion")}
-    decision = run_decision(rows_by_model, reference=reference, candidate=candidate,
-                            rules=rules_from_config(cfg.register, use), selection_judges=cfg.judge.judges,
-                            same_weights=same, labels={"champion": f"champion v{champion}"} if champion else None,
-                            split=cfg.evaluate.split)
+    decision = run_decision(
+        rows_by_model,
+        reference=reference,
+        candidate=candidate,
+        rules=rules_from_config(cfg.register, use),
+        selection_judges=cfg.judge.judges,
+        same_weights=same,
+        labels={"champion": f"champion v{champion}"} if champion else None,
+        split=cfg.evaluate.split,
+    )
     summary, lines = decision.summary, decision.lines
     gate_lines = [f"Gate: {decision.words()}"] if decision.gates else []
     if decision.gates:
         _log(f"[evaluate] decision on the {cfg.evaluate.split} split (use {use}): {decision.words()}")
-    report = markdown_report(summary, keep_rates=keep_rates, extra=[f"Against the current champion: {x}"
-                                                                     for x in lines if "vs champion" in x] + gate_lines)
+    report = markdown_report(
+        summary,
+        keep_rates=keep_rates,
+        extra=[f"Against the current champion: {x}" for x in lines if "vs champion" in x] + gate_lines,
+    )
     _log(f"[evaluate] comparison on the {cfg.evaluate.split} split:\n" + report)
     _note(lines[0] if lines else f"{len(rows_by_model)} models x {len(examples)} {cfg.evaluate.split} prompts")
     png = tradeoff_plot(summary)
     html = html_report(summary, rows_by_model, examples=examples, plot_png=png, keep_rates=keep_rates)
     _write_text(out_report, report)
     _write_text(out_html, html)
-    payload = {**decision.to_dict(), "champion_version": champion, "summary": summary.to_dict(),
-               "units": unit_values(summary, rows_by_model)}
+    payload = {
+        **decision.to_dict(),
+        "champion_version": champion,
+        "summary": summary.to_dict(),
+        "units": unit_values(summary, rows_by_model),
+    }
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     mlflow.log_text(report, "comparison.md")
     mlflow.log_dict(payload["summary"], "summary.json")
@@ -478,11 +592,13 @@ def _decide_and_report(cfg: PipelineConfig, models: Mapping[str, str], rows_by_m
     mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
     if parent:  # the headline: each arm on both axes, each against MTL, the verdict and the decision
         headline = headline_text(summary, lines + [f"Decision: {decision.words()}"] if decision.gates else lines)
-        tracking.log_on_parent(parent, metrics=flat_metrics(summary, keys=HEADLINE),
-                               tags={"reset.verdict": lines[0] if lines else "",
-                                     "reset.decision": decision.words()[:5000]},
-                               texts={"headline.md": headline, "comparison.md": report, "report.html": html},
-                               images={"tradeoff.png": png})
+        tracking.log_on_parent(
+            parent,
+            metrics=flat_metrics(summary, keys=HEADLINE),
+            tags={"reset.verdict": lines[0] if lines else "", "reset.decision": decision.words()[:5000]},
+            texts={"headline.md": headline, "comparison.md": report, "report.html": html},
+            images={"tradeoff.png": png},
+        )
     return payload
 
 
@@ -503,8 +619,10 @@ def _count_test_use(cfg: PipelineConfig, digest: str, registering: bool) -> int:
 
     use = reserve_test_use(cfg.register, digest, holder=f"evaluate {tracking.job_id('local')}")
     if use > 1:
-        _log(f"[evaluate] use {use} of this test split against {cfg.register.model_name} (sha256 {digest[:12]}): "
-             "the gate spends alpha over uses")
+        _log(
+            f"[evaluate] use {use} of this test split against {cfg.register.model_name} (sha256 {digest[:12]}): "
+            "the gate spends alpha over uses"
+        )
     return use
 
 
@@ -530,32 +648,60 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
     if candidate not in results:
         raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
     split = payload.get("split", "test")
-    gates = ({ref: GateDecision.from_dict(g) for ref, g in payload["gates"].items()}
-             if payload.get("gates") and split == "test" else None)
-    why_not = "" if gates is not None else (
-        "evaluated on the dev split (evaluate.split: dev): a tuning run never promotes" if split == "dev"
-        else "no paired evaluation to gate on")
-    description = "\n".join(payload.get("verdicts", []) + ([f"Decision: {payload['decision']}"]
-                                                           if payload.get("decision") else []))
-    tags = {TEST_DIGEST_TAG if split == "test" else "reset.dev_digest": payload.get("split_digest", ""),
-            "reset.test_use": str(payload.get("test_use", "")), "reset.decision": payload.get("decision", "")[:5000]}
+    gates = (
+        {ref: GateDecision.from_dict(g) for ref, g in payload["gates"].items()}
+        if payload.get("gates") and split == "test"
+        else None
+    )
+    why_not = (
+        ""
+        if gates is not None
+        else (
+            "evaluated on the dev split (evaluate.split: dev): a tuning run never promotes"
+            if split == "dev"
+            else "no paired evaluation to gate on"
+        )
+    )
+    description = "\n".join(
+        payload.get("verdicts", []) + ([f"Decision: {payload['decision']}"] if payload.get("decision") else [])
+    )
+    tags = {
+        TEST_DIGEST_TAG if split == "test" else "reset.dev_digest": payload.get("split_digest", ""),
+        "reset.test_use": str(payload.get("test_use", "")),
+        "reset.decision": payload.get("decision", "")[:5000],
+    }
     # the champion the gates compared against: the alias moves only if it still points there
     evaluated = payload.get("champion_version") if gates is not None and rcfg.compare_champion else UNKNOWN
     with tracking.step_run(cfg.tracking, "register", rcfg.model_dump()):
         import mlflow
 
-        decision = log_and_register(model_dir, results[candidate], rcfg, cfg.evaluate.max_new_tokens,
-                                    cfg.model.system_prompt, gates=gates, description=description,
-                                    evaluated_champion=evaluated, version_tags={k: v for k, v in tags.items() if v},
-                                    no_gate_reason=why_not)
+        decision = log_and_register(
+            model_dir,
+            results[candidate],
+            rcfg,
+            cfg.evaluate.max_new_tokens,
+            cfg.model.system_prompt,
+            gates=gates,
+            description=description,
+            evaluated_champion=evaluated,
+            version_tags={k: v for k, v in tags.items() if v},
+            no_gate_reason=why_not,
+        )
         mlflow.log_metrics(tracking.numeric({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
         mlflow.log_metric("promoted", int(decision["promote"]))
-        mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
-                         "promotion": decision["reason"]})
+        mlflow.set_tags(
+            {
+                "registered_model": rcfg.model_name,
+                "registered_version": decision["version"],
+                "promotion": decision["reason"],
+            }
+        )
         verdict = "promoted to" if decision["promote"] else "NOT promoted to"
         _note(f"{rcfg.model_name} v{decision['version']} @{rcfg.challenger_alias}: {decision['reason']}")
-        _log(f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
-             f"@{rcfg.champion_alias}: {decision['reason']}")
+        _log(
+            f"[register] {rcfg.model_name} v{decision['version']} is @{rcfg.challenger_alias}; {verdict} "
+            f"@{rcfg.champion_alias}: {decision['reason']}"
+        )
     return decision
 
 
@@ -570,8 +716,9 @@ def control_set(selected_path: str, seen_path: str, *, out_path: str) -> int:
     return len(rows)
 
 
-def experiment_report(payload_paths: Sequence[str], cfg: PipelineConfig, *, out_report: str,
-                      out_json: str = "") -> dict[str, Any]:
+def experiment_report(
+    payload_paths: Sequence[str], cfg: PipelineConfig, *, out_report: str, out_json: str = ""
+) -> dict[str, Any]:
     """Across seeds: the pooled comparisons (reset.experiments.report), logged on the parent run
     (found by the KFP run id) as experiment.md / experiment.json."""
     from reset.experiments.report import seed_report

@@ -22,16 +22,112 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-WORDS = ["river", "market", "garden", "engine", "winter", "harbor", "signal", "copper", "meadow", "lantern", "orbit", "canyon", "violet", "thunder", "pepper", "saddle", "marble", "island", "rocket", "velvet", "anchor", "bishop", "candle", "dragon", "ember", "falcon", "glacier", "hammer", "jungle", "kettle", "ladder", "magnet", "nectar", "oyster", "pilot", "quartz", "raven", "silver", "tunnel", "umbrella", "vessel", "walnut", "yellow", "zebra", "acorn", "bamboo", "cactus", "dolphin", "eagle", "fossil", "ginger", "hazel", "iris", "jasmine", "koala", "lemon", "mango", "nutmeg", "olive", "panda", "quill", "rose", "sparrow", "tulip", "urchin", "vanilla", "willow", "yarn", "zinnia", "atlas", "beacon", "cedar", "delta", "echo", "fjord", "grove", "helium", "indigo", "jade", "kayak", "lotus", "maple", "nova", "onyx", "prism", "quasar", "ridge", "summit", "tide", "umber", "vortex", "wharf", "xenon", "yonder", "zephyr"]
+WORDS = [
+    "river",
+    "market",
+    "garden",
+    "engine",
+    "winter",
+    "harbor",
+    "signal",
+    "copper",
+    "meadow",
+    "lantern",
+    "orbit",
+    "canyon",
+    "violet",
+    "thunder",
+    "pepper",
+    "saddle",
+    "marble",
+    "island",
+    "rocket",
+    "velvet",
+    "anchor",
+    "bishop",
+    "candle",
+    "dragon",
+    "ember",
+    "falcon",
+    "glacier",
+    "hammer",
+    "jungle",
+    "kettle",
+    "ladder",
+    "magnet",
+    "nectar",
+    "oyster",
+    "pilot",
+    "quartz",
+    "raven",
+    "silver",
+    "tunnel",
+    "umbrella",
+    "vessel",
+    "walnut",
+    "yellow",
+    "zebra",
+    "acorn",
+    "bamboo",
+    "cactus",
+    "dolphin",
+    "eagle",
+    "fossil",
+    "ginger",
+    "hazel",
+    "iris",
+    "jasmine",
+    "koala",
+    "lemon",
+    "mango",
+    "nutmeg",
+    "olive",
+    "panda",
+    "quill",
+    "rose",
+    "sparrow",
+    "tulip",
+    "urchin",
+    "vanilla",
+    "willow",
+    "yarn",
+    "zinnia",
+    "atlas",
+    "beacon",
+    "cedar",
+    "delta",
+    "echo",
+    "fjord",
+    "grove",
+    "helium",
+    "indigo",
+    "jade",
+    "kayak",
+    "lotus",
+    "maple",
+    "nova",
+    "onyx",
+    "prism",
+    "quasar",
+    "ridge",
+    "summit",
+    "tide",
+    "umber",
+    "vortex",
+    "wharf",
+    "xenon",
+    "yonder",
+    "zephyr",
+]
 BAD_BYTE = b"caf\xe9"  # latin-1, not UTF-8
 
 
 @dataclass
 class Expect:
     line: int
-    outcome: str           # kept | excluded | invalid | too-large
-    words: str = ""        # a word the reason must contain (not kept), or the example's id (kept, optional)
-    examples: int = 1      # examples a kept row makes
+    outcome: str  # kept | excluded | invalid | too-large
+    words: str = ""  # a word the reason must contain (not kept), or the example's id (kept, optional)
+    examples: int = 1  # examples a kept row makes
 
 
 @dataclass
@@ -55,8 +151,9 @@ def _sentence(rng: random.Random, n: int) -> str:
 
 
 # ------------------------------------------------------------------------------------ writers
-def _jsonl(path: Path, rows: list[tuple[bytes | dict, Expect]], *, bom: bool = False, crlf: bool = False,
-           gz: bool = False) -> list[Expect]:
+def _jsonl(
+    path: Path, rows: list[tuple[bytes | dict, Expect]], *, bom: bool = False, crlf: bool = False, gz: bool = False
+) -> list[Expect]:
     end = b"\r\n" if crlf else b"\n"
     out, expects = [], []
     for i, (row, exp) in enumerate(rows, start=1):
@@ -74,8 +171,11 @@ def _json_array(path: Path, rows: list[tuple[object, Expect]], *, indent: int | 
     element's Expect gets the line it starts on. A `bytes` element is written as it is."""
     parts, line, expects = ["["], 1, []
     for i, (row, exp) in enumerate(rows):
-        text = row.decode("utf-8", "surrogateescape") if isinstance(row, bytes) else json.dumps(
-            row, ensure_ascii=False, indent=indent)
+        text = (
+            row.decode("utf-8", "surrogateescape")
+            if isinstance(row, bytes)
+            else json.dumps(row, ensure_ascii=False, indent=indent)
+        )
         sep = "\n" + ("" if i == 0 else "")
         parts.append(sep)
         line += 1
@@ -97,43 +197,70 @@ def dolly(out: Path, rng: random.Random, plain: int) -> Fixture:
 
     rows += [
         (row("Give three tips for staying healthy.", "Eat well, sleep, move.", "brainstorming"), Expect(0, "kept")),
-        (row("Who wrote the novel?", "Ann Lee.", "closed_qa", "The novel was written by Ann Lee in 1901."),
-         Expect(0, "excluded", "context")),
-        (row("Extract the city names.", "Oslo, Lima.", "information_extraction", "She flew from Oslo to Lima."),
-         Expect(0, "excluded", "context")),
-        (row("Summarize this paragraph.", "Rain fell.", "summarization", "It rained all day in the small town."),
-         Expect(0, "excluded", "context")),
+        (
+            row("Who wrote the novel?", "Ann Lee.", "closed_qa", "The novel was written by Ann Lee in 1901."),
+            Expect(0, "excluded", "context"),
+        ),
+        (
+            row("Extract the city names.", "Oslo, Lima.", "information_extraction", "She flew from Oslo to Lima."),
+            Expect(0, "excluded", "context"),
+        ),
+        (
+            row("Summarize this paragraph.", "Rain fell.", "summarization", "It rained all day in the small town."),
+            Expect(0, "excluded", "context"),
+        ),
         # a context in IF categories: removed, and never moved (its task is not context-dependent)
-        (row("Why is the sky blue?", "Scattering.", "open_qa", "Light scatters off molecules in the air."),
-         Expect(0, "excluded", "context")),
-        (row("Classify these animals.", "Mammals.", "classification", "Dog, cat, cow."), Expect(0, "excluded", "context")),
+        (
+            row("Why is the sky blue?", "Scattering.", "open_qa", "Light scatters off molecules in the air."),
+            Expect(0, "excluded", "context"),
+        ),
+        (
+            row("Classify these animals.", "Mammals.", "classification", "Dog, cat, cow."),
+            Expect(0, "excluded", "context"),
+        ),
         (row("Write a haiku about autumn.", "Leaves fall slowly down.", "creative_writing"), Expect(0, "kept")),
-        (row("Describe a sunrise.", "Gold light.", "general_qa", source_url="https://example.org/x"),
-         Expect(0, "kept")),  # an unknown field: kept under meta
-        (b'{"instruction": "Name a ' + BAD_BYTE + b' drink.", "context": "", "response": "Tea.", "category": "open_qa"}',
-         Expect(0, "invalid", "UTF-8")),
+        (
+            row("Describe a sunrise.", "Gold light.", "general_qa", source_url="https://example.org/x"),
+            Expect(0, "kept"),
+        ),  # an unknown field: kept under meta
+        (
+            b'{"instruction": "Name a '
+            + BAD_BYTE
+            + b' drink.", "context": "", "response": "Tea.", "category": "open_qa"}',
+            Expect(0, "invalid", "UTF-8"),
+        ),
         (row("This row has no response.", None, "open_qa"), Expect(0, "invalid", "response")),
         (row("A NUL hides here.", "ok\u0000ok", "open_qa"), Expect(0, "invalid", "NUL")),
         (b"[" * 60_000 + b"]" * 60_000, Expect(0, "invalid", "nested")),
     ]
     for _ in range(plain):
-        rows.append((row(_sentence(rng, 10), _sentence(rng, 12), rng.choice(["open_qa", "brainstorming", "general_qa"])),
-                     Expect(0, "kept")))
+        rows.append(
+            (
+                row(_sentence(rng, 10), _sentence(rng, 12), rng.choice(["open_qa", "brainstorming", "general_qa"])),
+                Expect(0, "kept"),
+            )
+        )
     path = out / "dolly.jsonl"
     return Fixture(path, "dolly", "instruction", _jsonl(path, rows, bom=True, crlf=True))
 
 
 def alpaca(out: Path, rng: random.Random, plain: int) -> Fixture:
     rows: list[tuple[object, Expect]] = [
-        ({"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
-         Expect(0, "kept")),
-        ({"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
-         Expect(0, "excluded", "context")),
+        (
+            {"instruction": "Give three tips for staying healthy.", "input": "", "output": "Eat, sleep, move."},
+            Expect(0, "kept"),
+        ),
+        (
+            {"instruction": "Translate to French.", "input": "Good morning", "output": "Bonjour"},
+            Expect(0, "excluded", "context"),
+        ),
         ({"instruction": "Name a prime number.", "input": "<noinput>", "output": "Seven."}, Expect(0, "kept")),
         ({"instruction": "Missing its output.", "input": ""}, Expect(0, "invalid", "output")),
         ("not an object", Expect(0, "invalid", "object")),
-        (b'{"instruction": "Deeply nested input.", "input": ' + b"[" * 5000 + b"]" * 5000 + b', "output": "x"}',
-         Expect(0, "invalid", "nested")),
+        (
+            b'{"instruction": "Deeply nested input.", "input": ' + b"[" * 5000 + b"]" * 5000 + b', "output": "x"}',
+            Expect(0, "invalid", "nested"),
+        ),
     ]
     for _ in range(plain):
         rows.append(({"instruction": _sentence(rng, 9), "input": "", "output": _sentence(rng, 14)}, Expect(0, "kept")))
@@ -146,61 +273,125 @@ def sharegpt(out: Path, rng: random.Random, plain: int) -> Fixture:
         return {"from": who, "value": text}
 
     rows: list[tuple[object, Expect]] = [
-        ({"id": "c1", "conversations": [turn("human", "What is a comet?"), turn("gpt", "An icy body."),
-                                        turn("human", "Shorter."), turn("gpt", "Ice.")]}, Expect(0, "kept")),
+        (
+            {
+                "id": "c1",
+                "conversations": [
+                    turn("human", "What is a comet?"),
+                    turn("gpt", "An icy body."),
+                    turn("human", "Shorter."),
+                    turn("gpt", "Ice."),
+                ],
+            },
+            Expect(0, "kept"),
+        ),
         # starts with the assistant: the leading turn is skipped, the pair after it kept
-        ({"id": "c2", "conversations": [turn("gpt", "Hello! How can I help?"), turn("human", "Name a planet."),
-                                        turn("gpt", "Mars.")]}, Expect(0, "kept")),
-        ({"id": "c3", "conversations": [turn("system", "Be brief."), turn("human", "Name an ocean."),
-                                        turn("gpt", "Pacific.")]}, Expect(0, "kept")),
+        (
+            {
+                "id": "c2",
+                "conversations": [
+                    turn("gpt", "Hello! How can I help?"),
+                    turn("human", "Name a planet."),
+                    turn("gpt", "Mars."),
+                ],
+            },
+            Expect(0, "kept"),
+        ),
+        (
+            {
+                "id": "c3",
+                "conversations": [
+                    turn("system", "Be brief."),
+                    turn("human", "Name an ocean."),
+                    turn("gpt", "Pacific."),
+                ],
+            },
+            Expect(0, "kept"),
+        ),
         ({"id": "c4", "conversations": [turn("human", "Anyone there?")]}, Expect(0, "excluded", "assistant")),
-        ({"id": "c5", "conversations": [turn("human", "First try."), turn("human", "Name a river."),
-                                        turn("gpt", "Nile.")]}, Expect(0, "kept")),
-        ({"id": "c6", "messages": [{"role": "user", "content": "Name a metal."},
-                                   {"role": "assistant", "content": "Iron."}]}, Expect(0, "kept")),
-        ({"id": "c7", "conversations": [turn("human", "Say nothing."), turn("gpt", "")]},
-         Expect(0, "excluded", "assistant")),
+        (
+            {
+                "id": "c5",
+                "conversations": [turn("human", "First try."), turn("human", "Name a river."), turn("gpt", "Nile.")],
+            },
+            Expect(0, "kept"),
+        ),
+        (
+            {
+                "id": "c6",
+                "messages": [{"role": "user", "content": "Name a metal."}, {"role": "assistant", "content": "Iron."}],
+            },
+            Expect(0, "kept"),
+        ),
+        (
+            {"id": "c7", "conversations": [turn("human", "Say nothing."), turn("gpt", "")]},
+            Expect(0, "excluded", "assistant"),
+        ),
         ({"id": "c8", "conversations": "not a list"}, Expect(0, "invalid", "conversations")),
     ]
     for i in range(plain):
-        rows.append(({"id": f"p{i}", "conversations": [turn("human", _sentence(rng, 9)), turn("gpt", _sentence(rng, 12))]},
-                     Expect(0, "kept")))
+        rows.append(
+            (
+                {"id": f"p{i}", "conversations": [turn("human", _sentence(rng, 9)), turn("gpt", _sentence(rng, 12))]},
+                Expect(0, "kept"),
+            )
+        )
     path = out / "sharegpt.json"
     return Fixture(path, "sharegpt", "instruction", _json_array(path, rows, indent=None))
 
 
 def self_instruct(out: Path, rng: random.Random, plain: int) -> Fixture:
     rows: list[tuple[bytes | dict, Expect]] = [
-        ({"prompt": "Task: List three colors.\n\nOutput:", "completion": " Red, green, blue.<|endoftext|>"},
-         Expect(0, "kept")),
-        ({"prompt": "Sort the numbers.\nInput: 3, 1, 2\nOutput:", "completion": " 1, 2, 3<|endoftext|>"},
-         Expect(0, "excluded", "context")),
-        ({"prompt": "Rewrite the sentence politely.\n\nGive me the salt.\n\n", "completion": "Please pass the salt."},
-         Expect(0, "excluded", "context")),
+        (
+            {"prompt": "Task: List three colors.\n\nOutput:", "completion": " Red, green, blue.<|endoftext|>"},
+            Expect(0, "kept"),
+        ),
+        (
+            {"prompt": "Sort the numbers.\nInput: 3, 1, 2\nOutput:", "completion": " 1, 2, 3<|endoftext|>"},
+            Expect(0, "excluded", "context"),
+        ),
+        (
+            {
+                "prompt": "Rewrite the sentence politely.\n\nGive me the salt.\n\n",
+                "completion": "Please pass the salt.",
+            },
+            Expect(0, "excluded", "context"),
+        ),
         ({"prompt": "Output:", "completion": "nothing"}, Expect(0, "invalid", "instruction")),
     ]
     for _ in range(plain):
-        rows.append(({"prompt": f"{_sentence(rng, 9)}\n\nOutput:", "completion": f" {_sentence(rng, 11)}<|endoftext|>"},
-                     Expect(0, "kept")))
+        rows.append(
+            (
+                {"prompt": f"{_sentence(rng, 9)}\n\nOutput:", "completion": f" {_sentence(rng, 11)}<|endoftext|>"},
+                Expect(0, "kept"),
+            )
+        )
     path = out / "self_instruct.jsonl"
     return Fixture(path, "self-instruct", "instruction", _jsonl(path, rows))
 
 
-def _nq_row(rng: random.Random, qid: int, *, short: bool = True, long: bool = True, yes_no: str = "NONE",
-            filler: int = 40) -> dict:
+def _nq_row(
+    rng: random.Random, qid: int, *, short: bool = True, long: bool = True, yes_no: str = "NONE", filler: int = 40
+) -> dict:
     before = [w for _ in range(filler) for w in [rng.choice(WORDS)]]
     para = _sentence(rng, 12).rstrip(".").split()
     answer = para[4:6]
     tokens = ["<H1>", "Title", "</H1>"] + before + ["<P>"] + para + ["</P>"] + before[:10]
     ps = 3 + len(before)
-    la = {"start_token": ps, "end_token": ps + len(para) + 2, "candidate_index": 0} if long else \
-        {"start_token": -1, "end_token": -1, "candidate_index": -1}
+    la = (
+        {"start_token": ps, "end_token": ps + len(para) + 2, "candidate_index": 0}
+        if long
+        else {"start_token": -1, "end_token": -1, "candidate_index": -1}
+    )
     shorts = [{"start_token": ps + 1 + 4, "end_token": ps + 1 + 6}] if short else []
-    return {"example_id": qid, "question_text": f"what is the {' '.join(answer)} of {rng.choice(WORDS)}",
-            "document_text": " ".join(tokens), "document_url": f"https://en.wikipedia.org/wiki/{qid}",
-            "long_answer_candidates": [{"start_token": ps, "end_token": ps + len(para) + 2, "top_level": True}],
-            "annotations": [{"annotation_id": qid, "long_answer": la, "short_answers": shorts,
-                             "yes_no_answer": yes_no}]}
+    return {
+        "example_id": qid,
+        "question_text": f"what is the {' '.join(answer)} of {rng.choice(WORDS)}",
+        "document_text": " ".join(tokens),
+        "document_url": f"https://en.wikipedia.org/wiki/{qid}",
+        "long_answer_candidates": [{"start_token": ps, "end_token": ps + len(para) + 2, "top_level": True}],
+        "annotations": [{"annotation_id": qid, "long_answer": la, "short_answers": shorts, "yes_no_answer": yes_no}],
+    }
 
 
 def nq_simplified(out: Path, rng: random.Random, plain: int) -> Fixture:
@@ -222,35 +413,78 @@ def nq_simplified(out: Path, rng: random.Random, plain: int) -> Fixture:
 def nq_common(out: Path, rng: random.Random, plain: int) -> Fixture:
     ctx = "The Nile is a major river in northeastern Africa. It flows into the Mediterranean Sea."
     rows: list[tuple[bytes | dict, Expect]] = [
-        ({"id": "q1", "question": "where does the nile flow", "context": ctx, "answers": ["the Mediterranean Sea"]},
-         Expect(0, "kept")),
-        ({"id": "q2", "question": "what is the nile", "context": ctx,
-          "answers": {"text": ["a major river"], "answer_start": [12]}}, Expect(0, "kept")),
-        ({"id": "q3", "question": "which continent", "context": ctx, "answers": [{"text": "Africa"}]}, Expect(0, "kept")),
-        ({"id": "q4", "question": "who named the nile", "context": ctx, "answers": []}, Expect(0, "excluded", "answer")),
+        (
+            {"id": "q1", "question": "where does the nile flow", "context": ctx, "answers": ["the Mediterranean Sea"]},
+            Expect(0, "kept"),
+        ),
+        (
+            {
+                "id": "q2",
+                "question": "what is the nile",
+                "context": ctx,
+                "answers": {"text": ["a major river"], "answer_start": [12]},
+            },
+            Expect(0, "kept"),
+        ),
+        (
+            {"id": "q3", "question": "which continent", "context": ctx, "answers": [{"text": "Africa"}]},
+            Expect(0, "kept"),
+        ),
+        (
+            {"id": "q4", "question": "who named the nile", "context": ctx, "answers": []},
+            Expect(0, "excluded", "answer"),
+        ),
         ({"id": "q5", "question": "broken answers", "context": ctx, "answers": 5}, Expect(0, "invalid", "answers")),
     ]
     for i in range(plain):
-        rows.append(({"id": f"p{i}", "question": _sentence(rng, 7).rstrip("."), "context": _sentence(rng, 25),
-                      "answers": [rng.choice(WORDS)]}, Expect(0, "kept")))
+        rows.append(
+            (
+                {
+                    "id": f"p{i}",
+                    "question": _sentence(rng, 7).rstrip("."),
+                    "context": _sentence(rng, 25),
+                    "answers": [rng.choice(WORDS)],
+                },
+                Expect(0, "kept"),
+            )
+        )
     path = out / "nq.jsonl"
     return Fixture(path, "natural-questions", "grounded", _jsonl(path, rows))
 
 
 def cnn_rows(rng: random.Random, plain: int, max_field_chars: int) -> list[tuple[dict, Expect]]:
     long_article = " ".join(_sentence(rng, 12) for _ in range(max_field_chars // 200))  # about half the limit
-    too_long = " ".join(_sentence(rng, 12) for _ in range(max_field_chars // 60))     # over the limit
+    too_long = " ".join(_sentence(rng, 12) for _ in range(max_field_chars // 60))  # over the limit
     rows = [
-        ({"id": "a1", "article": "(CNN) -- A storm hit the coast.\nHomes lost power.",
-          "highlights": "Storm hits coast\nPower lost in homes"}, Expect(0, "kept")),
+        (
+            {
+                "id": "a1",
+                "article": "(CNN) -- A storm hit the coast.\nHomes lost power.",
+                "highlights": "Storm hits coast\nPower lost in homes",
+            },
+            Expect(0, "kept"),
+        ),
         ({"id": "a2", "article": long_article, "highlights": "A very long article.\nIt goes on."}, Expect(0, "kept")),
-        ({"id": "a3", "article": too_long, "highlights": "Too long to keep."}, Expect(0, "too-large", "max_field_chars")),
-        ({"id": "a4", "article": "An article without highlights.", "highlights": ""},
-         Expect(0, "invalid", "highlights")),
+        (
+            {"id": "a3", "article": too_long, "highlights": "Too long to keep."},
+            Expect(0, "too-large", "max_field_chars"),
+        ),
+        (
+            {"id": "a4", "article": "An article without highlights.", "highlights": ""},
+            Expect(0, "invalid", "highlights"),
+        ),
     ]
     for i in range(plain):
-        rows.append(({"id": f"p{i}", "article": " ".join(_sentence(rng, 12) for _ in range(6)),
-                      "highlights": "\n".join(_sentence(rng, 8) for _ in range(2))}, Expect(0, "kept")))
+        rows.append(
+            (
+                {
+                    "id": f"p{i}",
+                    "article": " ".join(_sentence(rng, 12) for _ in range(6)),
+                    "highlights": "\n".join(_sentence(rng, 8) for _ in range(2)),
+                },
+                Expect(0, "kept"),
+            )
+        )
     return rows
 
 
@@ -282,8 +516,9 @@ def cnn_parquet(out: Path, rows: list[tuple[dict, Expect]]) -> Fixture:
     table = pa.Table.from_pylist([r for r, _ in rows])
     path = out / "cnn_dailymail.parquet"
     pq.write_table(table, path, row_group_size=16)
-    return Fixture(path, "cnn-dailymail", "grounded",
-                   [Expect(i, e.outcome, e.words) for i, (_, e) in enumerate(rows, start=1)])
+    return Fixture(
+        path, "cnn-dailymail", "grounded", [Expect(i, e.outcome, e.words) for i, (_, e) in enumerate(rows, start=1)]
+    )
 
 
 def cnn_jsonl(out: Path, rows: list[tuple[dict, Expect]]) -> Fixture:
@@ -294,16 +529,23 @@ def cnn_jsonl(out: Path, rows: list[tuple[dict, Expect]]) -> Fixture:
 
 def array_in_jsonl(out: Path, rng: random.Random, plain: int) -> Fixture:
     """A JSON array where JSON Lines was expected (one element per line, as some exporters write)."""
-    rows = [({"instruction": _sentence(rng, 9), "input": "", "output": _sentence(rng, 10)}, Expect(0, "kept"))
-            for _ in range(plain)]
+    rows = [
+        ({"instruction": _sentence(rng, 9), "input": "", "output": _sentence(rng, 10)}, Expect(0, "kept"))
+        for _ in range(plain)
+    ]
     path = out / "array_named.jsonl"
     return Fixture(path, "alpaca", "instruction", _json_array(path, rows, indent=None))
 
 
 def mapped_csv(out: Path, rng: random.Random, plain: int) -> Fixture:
     """An unpublished shape: needs `fields:` (question / passage / gold)."""
-    rows = [({"qid": f"m{i}", "question": _sentence(rng, 7), "passage": _sentence(rng, 20), "gold": rng.choice(WORDS)},
-             Expect(0, "kept")) for i in range(plain)]
+    rows = [
+        (
+            {"qid": f"m{i}", "question": _sentence(rng, 7), "passage": _sentence(rng, 20), "gold": rng.choice(WORDS)},
+            Expect(0, "kept"),
+        )
+        for i in range(plain)
+    ]
     path = out / "custom_qa.csv"
     with open(path, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, ["qid", "question", "passage", "gold"])
@@ -319,9 +561,18 @@ def broken(out: Path, rng: random.Random) -> dict[str, Path]:
         "empty": (out / "empty.jsonl", b""),
         "garbage": (out / "garbage.jsonl", b"\x00\x01\x02 not json\n" * 5 + b"{\n"),
         "unknown_shape": (out / "unknown_shape.jsonl", b'{"foo": 1, "bar": 2}\n' * 3),
-        "mostly_bad": (out / "mostly_bad.jsonl", b"".join(
-            (json.dumps({"instruction": _sentence(rng, 8), "input": "", "output": "ok"}).encode() if i % 2 else b"{oops")
-            + b"\n" for i in range(20))),
+        "mostly_bad": (
+            out / "mostly_bad.jsonl",
+            b"".join(
+                (
+                    json.dumps({"instruction": _sentence(rng, 8), "input": "", "output": "ok"}).encode()
+                    if i % 2
+                    else b"{oops"
+                )
+                + b"\n"
+                for i in range(20)
+            ),
+        ),
     }
     for path, data in files.values():
         path.write_bytes(data)
@@ -354,7 +605,9 @@ def write_fixtures(out: Path, *, max_field_chars: int = 100_000, seed: int = 0) 
 if __name__ == "__main__":
     target = Path(sys.argv[1] if len(sys.argv) > 1 else "fixtures")
     for name, f in write_fixtures(target).items():
-        print(f"{name:14s} {f.path}  ({f.format}: {f.count('kept')} kept, {f.count('excluded')} excluded, "
-              f"{f.count('invalid')} invalid, {f.count('too-large')} too large)")
+        print(
+            f"{name:14s} {f.path}  ({f.format}: {f.count('kept')} kept, {f.count('excluded')} excluded, "
+            f"{f.count('invalid')} invalid, {f.count('too-large')} too large)"
+        )
     for name, p in broken(target, random.Random(1)).items():
         print(f"{name:14s} {p}  (unusable)")

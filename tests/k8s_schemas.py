@@ -66,14 +66,35 @@ def validate(obj: Mapping[str, Any]) -> str:
         model = predictor.pop("model", None)
         containers = predictor.pop("containers", None) or []
         if model:
-            c = {"name": "kserve-container", **{k: v for k, v in model.items()
-                                                 if k not in ("modelFormat", "runtime", "storageUri", "protocolVersion")}}
+            c = {
+                "name": "kserve-container",
+                **{
+                    k: v
+                    for k, v in model.items()
+                    if k not in ("modelFormat", "runtime", "storageUri", "protocolVersion")
+                },
+            }
             containers = [c]
-        pod = {k: v for k, v in predictor.items() if k not in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric",
-                                                                "timeout", "canaryTrafficPercent", "deploymentStrategy")}
+        pod = {
+            k: v
+            for k, v in predictor.items()
+            if k
+            not in (
+                "minReplicas",
+                "maxReplicas",
+                "scaleTarget",
+                "scaleMetric",
+                "timeout",
+                "canaryTrafficPercent",
+                "deploymentStrategy",
+            )
+        }
         validate_core(_pod("predictor", {**pod, "containers": containers}))
     elif kind == "ServingRuntime":
-        rest = {k: v for k, v in spec.items() if k in ("containers", "volumes", "nodeSelector", "tolerations",
-                                                      "affinity", "imagePullSecrets")}
+        rest = {
+            k: v
+            for k, v in spec.items()
+            if k in ("containers", "volumes", "nodeSelector", "tolerations", "affinity", "imagePullSecrets")
+        }
         validate_core(_pod("runtime", rest))
     return "crd"

@@ -201,7 +201,11 @@ def manifest_mlflow(pg: Postgres, root: Path, s3_endpoint: str, timeout_s: float
     server = spec["containers"][0]
     secret_values = {
         "reset-mlflow-db": {"password": pg.password},
-        "reset-s3": {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_ENDPOINT_URL": s3_endpoint},
+        "reset-s3": {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ENDPOINT_URL": s3_endpoint,
+        },
     }
     bindir = os.path.dirname(sys.executable)  # the image's mlflow is this venv's (same pins)
     base_env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "AWS_DEFAULT_REGION")}

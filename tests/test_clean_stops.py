@@ -190,7 +190,8 @@ def test_a_resumed_job_reopens_its_parent_run(tmp_path):
         with tracking.step_run(cfg, "mix", parent_run_id=first):
             pass
         assert tracking.kill_job_runs(cfg, "job-r") == [first]
-        again = tracking.start_parent(cfg, {"train": {"epochs": 1}, "judge": {"budget_usd": 5}}, {tracking.JOB_TAG: "job-r"})
+        again = tracking.start_parent(cfg, {"train": {"epochs": 1}, "judge": {"budget_usd": 5}},
+                                      {tracking.JOB_TAG: "job-r"})
         client = mlflow.MlflowClient()
         run = client.get_run(again)
         assert again == first and run.info.status == "RUNNING"
@@ -203,17 +204,27 @@ def test_a_resumed_job_reopens_its_parent_run(tmp_path):
 
 
 # ------------------------------------------------------------------------------- bad command lines
-@pytest.mark.parametrize(("override", "message"), [
-    ("train.epochs.x=1", "error: --set 'train.epochs.x=1': train.epochs is a value, not a section (set train.epochs=... "
-                         "instead)"),
-    ("train.epochs", "error: --set 'train.epochs': expected section.key=value"),
-    ("=3", "error: --set '=3': '' is not a key path like train.epochs"),
-    ("data.instruction=[unclosed", "error: --set 'data.instruction=[unclosed': the value is not valid YAML: while "
-                                   "parsing a flow sequence"),
-    ("train.epochs=!!python/object/apply:os.system [echo]", "error: --set 'train.epochs=!!python/object/apply:os.system "
-     "[echo]': the value is not valid YAML: could not determine a constructor for the tag "
-     "'tag:yaml.org,2002:python/object/apply:os.system'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "train.epochs.x=1",
+            "error: --set 'train.epochs.x=1': train.epochs is a value, not a section (set train.epochs=... instead)",
+        ),
+        ("train.epochs", "error: --set 'train.epochs': expected section.key=value"),
+        ("=3", "error: --set '=3': '' is not a key path like train.epochs"),
+        (
+            "data.instruction=[unclosed",
+            "error: --set 'data.instruction=[unclosed': the value is not valid YAML: while parsing a flow sequence",
+        ),
+        (
+            "train.epochs=!!python/object/apply:os.system [echo]",
+            "error: --set 'train.epochs=!!python/object/apply:os.system "
+            "[echo]': the value is not valid YAML: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/object/apply:os.system'",
+        ),
+    ],
+)
 def test_a_malformed_set_is_one_line_and_exit_2(override, message, tmp_path, capsys):
     rc = main(["run", "--config", str(TINY), "--output-dir", str(tmp_path / "runs"), "--set", override])
     assert rc == 2
@@ -231,19 +242,43 @@ def test_an_output_path_that_is_a_file_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------- secrets in URLs
-@pytest.mark.parametrize("url", [
-    "http://user:pw@mlflow:5000", "https://mlflow.example.com/?token=abc", "http://h/?access_token=abc",
-    "http://h/v1?api_key=abc", "http://h/v1?apikey=abc", "http://h/v1?api-key=abc", "http://h/v1?key=abc",
-    "https://bucket.s3.amazonaws.com/o?X-Amz-Signature=abc&X-Amz-Credential=x", "http://h/?sig=abc",
-    "http://h/?a=1&client_secret=abc", "http://h/?password=abc", "http://h/?Token=abc", "http://h/?auth=abc",
-    "http://h/#access_token=abc", "http://h/?x-api-key=abc", "http://h/?api%5Fkey=abc", "http://h/?private_token=abc",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pw@mlflow:5000",
+        "https://mlflow.example.com/?token=abc",
+        "http://h/?access_token=abc",
+        "http://h/v1?api_key=abc",
+        "http://h/v1?apikey=abc",
+        "http://h/v1?api-key=abc",
+        "http://h/v1?key=abc",
+        "https://bucket.s3.amazonaws.com/o?X-Amz-Signature=abc&X-Amz-Credential=x",
+        "http://h/?sig=abc",
+        "http://h/?a=1&client_secret=abc",
+        "http://h/?password=abc",
+        "http://h/?Token=abc",
+        "http://h/?auth=abc",
+        "http://h/#access_token=abc",
+        "http://h/?x-api-key=abc",
+        "http://h/?api%5Fkey=abc",
+        "http://h/?private_token=abc",
+    ],
+)
 def test_a_secret_anywhere_in_a_url_is_found(url):
     assert url_secret(url)
 
 
-@pytest.mark.parametrize("url", ["http://mlflow:5000", "http://h/v1?model=x&timeout=3", "https://h/path/token/x",
-                                 "http://h/?monkey=1", "sqlite:////tmp/mlflow.db", "http://h/?keys_only=1"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://mlflow:5000",
+        "http://h/v1?model=x&timeout=3",
+        "https://h/path/token/x",
+        "http://h/?monkey=1",
+        "sqlite:////tmp/mlflow.db",
+        "http://h/?keys_only=1",
+    ],
+)
 def test_urls_without_secrets_pass(url):
     assert url_secret(url) == ""
 
@@ -252,7 +287,9 @@ def test_urls_without_secrets_pass(url):
 def test_a_secret_url_is_refused_naming_the_key_and_never_compiled_or_printed(key, tmp_path, capsys):
     secret = "s3cr3t-VALUE-42"
     out = tmp_path / "p.yaml"
-    rc = main(["compile", "--config", str(TINY), "--output", str(out), "--set", f"{key}=http://h:1/v1?api_key={secret}"])
+    rc = main(
+        ["compile", "--config", str(TINY), "--output", str(out), "--set", f"{key}=http://h:1/v1?api_key={secret}"]
+    )
     text = capsys.readouterr()
     assert rc == 2 and not out.exists()
     assert key in text.err and secret not in text.err + text.out
@@ -270,13 +307,20 @@ def test_a_task_that_fails_before_its_step_begins_is_named_with_its_reason(tmp_p
     from pipelines.console import Console
 
     console = Console(io.StringIO(), tmp_path / "logs")
-    for line in ["Executing task 'start-run'", "    Traceback (most recent call last):", '      File "x", line 1',
-                 "    reset.preflight.PreflightError: model.base: /m: no such directory",
-                 "    judge.llm.base_url: the judge endpoint http://j/v1 does not answer (Connection refused)",
-                 "Executing task 'finish-run'", "    [mlflow] no parent run for job 1"]:
+    for line in [
+        "Executing task 'start-run'",
+        "    Traceback (most recent call last):",
+        '      File "x", line 1',
+        "    reset.preflight.PreflightError: model.base: /m: no such directory",
+        "    judge.llm.base_url: the judge endpoint http://j/v1 does not answer (Connection refused)",
+        "Executing task 'finish-run'",
+        "    [mlflow] no parent run for job 1",
+    ]:
         console.write(line + "\n")
-    kfp_error = ("Pipeline \x1b[95m'reset'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m. Inner task failed: "
-                 "\x1b[96m'start-run'\x1b[0m inside \x1b[96m'exit-handler-1'\x1b[0m.")
+    kfp_error = (
+        "Pipeline \x1b[95m'reset'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m. Inner task failed: "
+        "\x1b[96m'start-run'\x1b[0m inside \x1b[96m'exit-handler-1'\x1b[0m."
+    )
     report = console.failure_report(kfp_error)
     reason = "reset.preflight.PreflightError: model.base: /m: no such directory"
     assert report[0] == f"The pipeline failed in step start-run: {reason}"
@@ -293,21 +337,25 @@ def test_a_run_that_is_still_running_is_not_resumed_beside_itself(tmp_path, caps
     job = {"job_id": "j", "driver": procs.identity()}  # this very process: alive
     (run_dir / local_runs.JOB_FILE).write_text(json.dumps(job))
     assert main(["run", "--resume", run_dir.name, "--output-dir", str(tmp_path / "runs")]) == 2
-    assert capsys.readouterr().err.strip() == (f"error: --resume {run_dir.name}: that run is still running (pid "
-                                               f"{os.getpid()}); stop it first (Ctrl-C, or kill its pid)")
+    assert capsys.readouterr().err.strip() == (
+        f"error: --resume {run_dir.name}: that run is still running (pid "
+        f"{os.getpid()}); stop it first (Ctrl-C, or kill its pid)"
+    )
 
 
 def test_sigterm_stops_a_run_like_ctrl_c_with_exit_code_143():
     """What run_local wraps the pipeline in: SIGTERM raises as Ctrl-C does, and the exit code
     says which signal it was."""
-    code = ("import os, signal, sys, time\n"
-            "from pipelines import local_runs\n"
-            "try:\n"
-            "    with local_runs.stop_signals():\n"
-            "        print('ready', flush=True)\n"
-            "        time.sleep(60)\n"
-            "except KeyboardInterrupt as exc:\n"
-            "    sys.exit(local_runs.exit_code(exc))\n")
+    code = (
+        "import os, signal, sys, time\n"
+        "from pipelines import local_runs\n"
+        "try:\n"
+        "    with local_runs.stop_signals():\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "except KeyboardInterrupt as exc:\n"
+        "    sys.exit(local_runs.exit_code(exc))\n"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert p.stdout.readline().strip() == "ready"

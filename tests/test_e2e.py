@@ -133,7 +133,8 @@ def test_parent_and_child_runs_with_metrics(pipeline_run):
 
 
 def test_artifacts_land_in_s3(pipeline_run, s3):
-    keys = [o["Key"] for p in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow") for o in p.get("Contents", [])]
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
+    keys = [o["Key"] for p in pages for o in p.get("Contents", [])]
     assert any(k.endswith("judged_samples.json") for k in keys)
     assert any(k.endswith("comparison.md") for k in keys)
     assert any(k.endswith("quarantine/rejected_rows") or "/quarantine/" in k for k in keys)
@@ -159,7 +160,9 @@ def test_registry_aliases_and_offline_load(pipeline_run):
     # the version records the test split it was judged on, and which use of it this was
     mix = client.search_runs([exp.experiment_id], "tags.`reset.step` = 'mix'")[0]
     assert chall.tags["reset.test_digest"] == mix.data.tags["reset.test_digest"] and chall.tags["reset.test_use"] == "1"
-    assert client.get_registered_model("reset-e2e").tags["reset.test_uses." + chall.tags["reset.test_digest"][:16]] == "1"
+    assert (
+        client.get_registered_model("reset-e2e").tags["reset.test_uses." + chall.tags["reset.test_digest"][:16]] == "1"
+    )
     model = mlflow.pyfunc.load_model("models:/reset-e2e@challenger")
     out = model.predict([{"instruction": "Say hello."}])
     assert len(out) == 1 and isinstance(out[0], str)
@@ -171,8 +174,19 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
     mp = pytest.MonkeyPatch()
     mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
     try:
-        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
-                   "--set", "select.min_selected=1000", "--set", "tracking.experiment=fail"])
+        rc = main(
+            [
+                "run",
+                "--config",
+                str(REPO / "configs" / "tiny.yaml"),
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--set",
+                "select.min_selected=1000",
+                "--set",
+                "tracking.experiment=fail",
+            ]
+        )
     finally:
         mp.undo()
     assert rc == 1
@@ -192,8 +206,13 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
         assert parent.info.status == "FAILED"
         kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         status = {r.data.tags["reset.step"]: r.info.status for r in kids}
-        assert status == {"mix": "FINISHED", "finetune-mtl": "FINISHED", "generate": "FINISHED",
-                          "judge": "FINISHED", "select": "FAILED"}
+        assert status == {
+            "mix": "FINISHED",
+            "finetune-mtl": "FINISHED",
+            "generate": "FINISHED",
+            "judge": "FINISHED",
+            "select": "FAILED",
+        }
         assert client.search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)

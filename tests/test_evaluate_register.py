@@ -102,15 +102,31 @@ def test_registered_model_loads_and_answers_offline(tiny_model_dir, local_mlflow
     from reset.config import DecodingSetting, GenerateConfig
     from reset.models.generation import generate
 
-    _register(tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv"))
+    _register(
+        tiny_model_dir, local_mlflow, {"if_prompt_acc": 0.1, "faithfulness": 0.1}, RegisterConfig(model_name="srv")
+    )
     model = mlflow.pyfunc.load_model("models:/srv@challenger")
     rows = [{"instruction": "Say hello.", "context": None}, {"instruction": "Who?", "context": "Ada wrote it."}]
     out = model.predict(pd.DataFrame(rows))
     # The served model answers exactly as the checkpoint does with greedy decoding (max_new_tokens 4).
-    exs = [Example(id=str(i), source="s", kind="grounded" if r["context"] else "instruction",
-                   instruction=r["instruction"], response="-", context=r["context"]) for i, r in enumerate(rows)]
-    direct = generate(tiny_model_dir, exs, GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=4),
-                      ModelConfig(), log=lambda _: None)
+    exs = [
+        Example(
+            id=str(i),
+            source="s",
+            kind="grounded" if r["context"] else "instruction",
+            instruction=r["instruction"],
+            response="-",
+            context=r["context"],
+        )
+        for i, r in enumerate(rows)
+    ]
+    direct = generate(
+        tiny_model_dir,
+        exs,
+        GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=4),
+        ModelConfig(),
+        log=lambda _: None,
+    )
     assert out == [c.text for c in direct]
 
 

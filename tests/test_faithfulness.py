@@ -48,8 +48,16 @@ def test_split_sentences_basic_and_abbreviations():
 
 
 def test_split_sentences_lines_lists_and_empty():
-    assert split_sentences("Intro line\nwrapped here.\n\nNew paragraph.") == ["Intro line wrapped here.", "New paragraph."]
-    assert split_sentences("Steps:\n- mix flour\n- add eggs\n1. bake") == ["Steps:", "- mix flour", "- add eggs", "1. bake"]
+    assert split_sentences("Intro line\nwrapped here.\n\nNew paragraph.") == [
+        "Intro line wrapped here.",
+        "New paragraph.",
+    ]
+    assert split_sentences("Steps:\n- mix flour\n- add eggs\n1. bake") == [
+        "Steps:",
+        "- mix flour",
+        "- add eggs",
+        "1. bake",
+    ]
     assert split_sentences("") == []
     assert split_sentences("  ... \n\n !! ") == []
 
@@ -94,7 +102,11 @@ def test_faithfulness_judge_adapter():
     j = FaithfulnessJudge(scorer)
     assert (j.name, j.axis) == ("fake", "faithfulness")
     out = j.score(pairs)
-    assert [(a.score, a.rationale) for a in out] == [(0.25, "fake answer e0"), (None, "no context"), (0.25, "fake answer e2")]
+    assert [(a.score, a.rationale) for a in out] == [
+        (0.25, "fake answer e0"),
+        (None, "no context"),
+        (0.25, "fake answer e2"),
+    ]
     assert scorer.calls == [(["answer e0", "answer e2"], [CONTEXT, "Other passage."])]  # one batched call
     # Plugs into reset.judge.judge as the faithfulness judge.
     judgments = judge(exs, [c for _, c in pairs], {"faithfulness": 1.0}, judges=[FaithfulnessJudge(scorer, name="x")])
@@ -118,18 +130,36 @@ def _save_tiny_nli(out: Path, id2label: dict[int, str], seed: int = 0) -> Path:
     wl = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     wl.normalizer = normalizers.Lowercase()
     wl.pre_tokenizer = pre_tokenizers.Whitespace()
-    wl.train_from_iterator([CONTEXT, "the recipe needs two eggs and flour", "paris tower built engineer metres"],
-                           trainer=trainers.WordLevelTrainer(special_tokens=specials, show_progress=False))
+    wl.train_from_iterator(
+        [CONTEXT, "the recipe needs two eggs and flour", "paris tower built engineer metres"],
+        trainer=trainers.WordLevelTrainer(special_tokens=specials, show_progress=False),
+    )
     cls, sep = wl.token_to_id("[CLS]"), wl.token_to_id("[SEP]")
     wl.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=wl, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                  sep_token="[SEP]", model_max_length=24)
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=wl,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=24,
+    )
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=3, id2label=id2label,
-                     label2id={v: k for k, v in id2label.items()}, pad_token_id=tok.pad_token_id,
-                     initializer_range=0.5)
+    cfg = BertConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=3,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        pad_token_id=tok.pad_token_id,
+        initializer_range=0.5,
+    )
     BertForSequenceClassification(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -168,7 +168,8 @@ def test_hf_and_vllm_agree_on_greedy_outputs(cache_dir, examples, capsys):
     exact = sum(a.text == b.text for a, b in pairs) / len(pairs)
     prefix = sum(a.text[:20] == b.text[:20] for a, b in pairs) / len(pairs)
     with capsys.disabled():
-        print(f"\n[hf vs vllm, fp32 greedy, {len(pairs)} prompts] identical {exact:.2f}, same first 20 chars {prefix:.2f}")
+        print(f"\n[hf vs vllm, fp32 greedy, {len(pairs)} prompts] identical {exact:.2f}, "
+              f"same first 20 chars {prefix:.2f}")
     assert prefix >= 0.75 and exact >= 0.5
 
 
@@ -182,8 +183,12 @@ def _adapter(base_dir, out, seed: int):
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False, task_type="CAUSAL_LM"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], init_lora_weights=False, task_type="CAUSAL_LM"
+        ),
+    )
     with torch.no_grad():
         for name, p in peft.named_parameters():
             if "lora_B" in name:
@@ -203,10 +208,20 @@ def test_vllm_generates_for_the_base_and_its_adapters(vllm_tiny_dir, examples, t
     merged (fp32)."""
     from reset.models.generation import run_many
 
-    models = {"base": str(vllm_tiny_dir), "a": str(_adapter(vllm_tiny_dir, tmp_path / "a", 1)),
-              "b": str(_adapter(vllm_tiny_dir, tmp_path / "b", 2))}
-    cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=8, backend="vllm", vllm_python=_vllm_python(),
-                         vllm_cpu_dtype="float32", vllm_kv_cache_gb=1, vllm_lora=lora)
+    models = {
+        "base": str(vllm_tiny_dir),
+        "a": str(_adapter(vllm_tiny_dir, tmp_path / "a", 1)),
+        "b": str(_adapter(vllm_tiny_dir, tmp_path / "b", 2)),
+    }
+    cfg = GenerateConfig(
+        grid=GRID[:1],
+        max_new_tokens=8,
+        backend="vllm",
+        vllm_python=_vllm_python(),
+        vllm_cpu_dtype="float32",
+        vllm_kv_cache_gb=1,
+        vllm_lora=lora,
+    )
     mcfg = ModelConfig(max_prompt_length=96)
     logs: list[str] = []
     out = run_many(models, examples, cfg, mcfg, log=logs.append)
@@ -258,8 +273,14 @@ def test_weights_swapped_in_place_sample_what_their_own_engine_samples(tied_pair
 
     base, ft = tied_pair
     assert vllm.engine_key(base) == vllm.engine_key(ft)
-    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
-                         vllm_python=_vllm_python(), vllm_kv_cache_gb=1)
+    cfg = GenerateConfig(
+        grid=GRID,
+        samples_per_setting=2,
+        max_new_tokens=8,
+        backend="vllm",
+        vllm_python=_vllm_python(),
+        vllm_kv_cache_gb=1,
+    )
     mcfg = ModelConfig(max_prompt_length=96)
     logs: list[str] = []
     both = run_many({"base": str(base), "ft": str(ft)}, examples, cfg, mcfg, log=logs.append)
@@ -312,12 +333,24 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
     from reset.config import PipelineConfig
 
     base, ft = tied_pair
-    cfg = GenerateConfig(grid=GRID, samples_per_setting=2, max_new_tokens=8, backend="vllm",
-                         vllm_python=_vllm_python(), vllm_kv_cache_gb=1, vllm_engine_keep_s=6)
+    cfg = GenerateConfig(
+        grid=GRID,
+        samples_per_setting=2,
+        max_new_tokens=8,
+        backend="vllm",
+        vllm_python=_vllm_python(),
+        vllm_kv_cache_gb=1,
+        vllm_engine_keep_s=6,
+    )
     mcfg = ModelConfig(max_prompt_length=96)
     own = run(ft, examples, cfg, mcfg, model_name="ft", log=lambda s: None)
-    pcfg = PipelineConfig.model_validate({"model": {"base": str(base), "max_prompt_length": 96},
-                                          "generate": cfg.model_dump(), "evaluate": {"max_new_tokens": 6}})
+    pcfg = PipelineConfig.model_validate(
+        {
+            "model": {"base": str(base), "max_prompt_length": 96},
+            "generate": cfg.model_dump(),
+            "evaluate": {"max_new_tokens": 6},
+        }
+    )
     server = local_engine_server(pcfg, tmp_path / "vllm")
     assert server is not None
     try:
@@ -325,8 +358,9 @@ def test_one_engine_server_serves_consecutive_steps(tied_pair, examples, tmp_pat
             monkeypatch.setenv(k, v)
         logs: list[str] = []
         first = run(ft, examples, cfg, mcfg, model_name="ft", log=logs.append)
-        second = run(base, examples, cfg.model_copy(update={"max_new_tokens": 6}), mcfg, model_name="b",
-                     log=logs.append)
+        second = run(
+            base, examples, cfg.model_copy(update={"max_new_tokens": 6}), mcfg, model_name="b", log=logs.append
+        )
         assert not first.stats["engine_reused"] and second.stats["engine_reused"], logs
         assert sum("served by the run's engine server" in line for line in logs) == 2
         assert [(c.id, c.text) for c in first.candidates] == [(c.id, c.text) for c in own.candidates]
@@ -351,7 +385,9 @@ def test_no_engine_server_where_the_steps_would_not_use_one(tmp_path):
     from pipelines.local_runs import local_engine_server
     from reset.config import PipelineConfig
 
-    for sections in ({"generate": {"backend": "hf"}, "evaluate": {"backend": "hf"}},
-                     {"generate": {"vllm_engine_server": False}}):
+    for sections in (
+        {"generate": {"backend": "hf"}, "evaluate": {"backend": "hf"}},
+        {"generate": {"vllm_engine_server": False}},
+    ):
         assert local_engine_server(PipelineConfig.model_validate(sections), tmp_path / "vllm") is None
     assert not (tmp_path / "vllm").exists()

@@ -57,12 +57,18 @@ PLACES = ("instruction", "context", "response")
 
 
 def pair(attack: str, place: str) -> tuple[Example, Candidate]:
-    ex = Example(id="e", source="t", kind="grounded", task="abstractive",
-                 instruction="Summarise the passage in one sentence." + (f"\n{attack}" if place == "instruction" else ""),
-                 response="ref", context="The bridge opened in 1932 and carries six lanes." +
-                 (f"\n{attack}" if place == "context" else ""))
-    cand = Candidate(id="c", example_id="e",
-                     text="The bridge opened in 1932." + (f"\n{attack}" if place == "response" else ""))
+    ex = Example(
+        id="e",
+        source="t",
+        kind="grounded",
+        task="abstractive",
+        instruction="Summarise the passage in one sentence." + (f"\n{attack}" if place == "instruction" else ""),
+        response="ref",
+        context="The bridge opened in 1932 and carries six lanes." + (f"\n{attack}" if place == "context" else ""),
+    )
+    cand = Candidate(
+        id="c", example_id="e", text="The bridge opened in 1932." + (f"\n{attack}" if place == "response" else "")
+    )
     return ex, cand
 
 
@@ -72,13 +78,13 @@ def blocks(user: str) -> tuple[str, list[tuple[str, str]], str]:
     header = re.match(r"The data tags in this message are <(data-[0-9a-f]{16})> \.\.\. </\1>\.\n\n", user)
     assert header, user[:200]
     tag = header.group(1)
-    rest = user[header.end():]
+    rest = user[header.end() :]
     found = []
     outside = [user[: header.end()]]
     pattern = re.compile(rf"([A-Z]+):\n<{tag}>\n(.*?)\n</{tag}>(\n\n|$)", re.S)
     pos = 0
     for m in pattern.finditer(rest):
-        outside.append(rest[pos:m.start()])
+        outside.append(rest[pos : m.start()])
         found.append((m.group(1), m.group(2)))
         pos = m.end()
     outside.append(rest[pos:])
@@ -129,16 +135,32 @@ def test_look_alike_folding_keeps_ordinary_text():
     assert unicodedata.normalize("NFC", strip_data_tags("é")) == "é"
 
 
-@pytest.mark.parametrize("name", ["json score", "score line", "fenced json score", "plain instruction",
-                                  "guessed closing tag", "invisible tag characters", "very long padding"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "json score",
+        "score line",
+        "fenced json score",
+        "plain instruction",
+        "guessed closing tag",
+        "invisible tag characters",
+        "very long padding",
+    ],
+)
 def test_through_the_endpoint_the_score_is_the_judges_and_the_schema_is_always_asked_for(name):
     """The server's verdict is its own rule over the prompt it received (never the material's
     10), every request carries the strict JSON schema, and the material never leaves the user
     message."""
     pairs = [pair(ATTACKS[name], place) for place in PLACES]
     with FaultServer() as server:
-        cfg = LLMJudgeConfig(base_url=server.base_url, model="judge", concurrency=4, timeout_s=5.0,
-                             backoff_base_s=0.005, backoff_max_s=0.05)
+        cfg = LLMJudgeConfig(
+            base_url=server.base_url,
+            model="judge",
+            concurrency=4,
+            timeout_s=5.0,
+            backoff_base_s=0.005,
+            backoff_max_s=0.05,
+        )
         for axis in ("instruction", "faithfulness"):
             judge = build_judge(axis, cfg)
             scores = judge.score(pairs)
@@ -171,6 +193,7 @@ def test_without_structured_output_a_quoting_judge_is_retried_then_an_error_neve
     """A server without response_format support whose model quotes the material's JSON: the
     judgment is retried and ends as an error record (the step fails on it), never as score 10;
     a model that answers cleanly on a retry is scored by its own verdict."""
+
     def reply(user_text: str, attempt: int) -> str:
         if attempt == 0 or "Ignore all previous" in user_text:
             return 'Material: {"rationale": "x", "score": 10}. Verdict: {"rationale": "weak", "score": 3}'
@@ -178,8 +201,9 @@ def test_without_structured_output_a_quoting_judge_is_retried_then_an_error_neve
 
     pairs = [pair(ATTACKS["json score"], "response"), pair(ATTACKS["plain instruction"], "response")]
     with FaultServer(FaultConfig(reject_response_format=True, reply=reply)) as server:
-        cfg = LLMJudgeConfig(base_url=server.base_url, model="judge", max_retries=2, backoff_base_s=0.005,
-                             backoff_max_s=0.05)
+        cfg = LLMJudgeConfig(
+            base_url=server.base_url, model="judge", max_retries=2, backoff_base_s=0.005, backoff_max_s=0.05
+        )
         first, second = build_judge("instruction", cfg).score(pairs)
     assert first.score == pytest.approx(to_unit(4)) and first.raw_score == 4
     assert second.score is None and "different scores" in second.error

@@ -96,8 +96,10 @@ def test_pytorchjob_created_watched_and_succeeds():
 def test_trainjob_failure_carries_the_jobs_own_reason():
     m = job_manifest(_launch(), TrainingEngine(engine="trainjob"))
     with K8sStandIn() as k8s:
-        k8s.script = [(0.05, {"conditions": [_cond("Created", "JobsCreationSucceeded", "jobs created")]}),
-                      (0.05, {"conditions": [_cond("Failed", "TrainingFailed", "node-0-0 exited with code 137 (OOMKilled)")]})]
+        k8s.script = [
+            (0.05, {"conditions": [_cond("Created", "JobsCreationSucceeded", "jobs created")]}),
+            (0.05, {"conditions": [_cond("Failed", "TrainingFailed", "node-0-0 exited with code 137 (OOMKilled)")]}),
+        ]
         with pytest.raises(JobFailed) as err:
             run_job(k8s.api_client(), m, timeout_s=30, log=lambda _: None)
         assert ("POST", "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-ml/trainjobs", {}, m) in k8s.requests
@@ -140,7 +142,8 @@ def test_a_job_deleted_by_someone_else_fails_the_step():
 
             time.sleep(0.3)
             client.CustomObjectsApi(k8s.api_client()).delete_namespaced_custom_object(
-                "kubeflow.org", "v1", "team-ml", "pytorchjobs", m["metadata"]["name"])
+                "kubeflow.org", "v1", "team-ml", "pytorchjobs", m["metadata"]["name"]
+            )
 
         import threading
 

@@ -229,7 +229,8 @@ def test_other_4xx_are_not_retried_and_auth_errors_raise():
         out = j.score(pairs)
         assert all(r.score is None and "HTTP 422" in r.error for r in out)
         assert server.stats["requests"] == 3 and j.stats()["retries"] == 0
-    with FaultServer(FaultConfig(fail_rate=1.0, fail_kinds=("401",))) as server, pytest.raises(LLMJudgeError, match="401"):
+    with FaultServer(FaultConfig(fail_rate=1.0, fail_kinds=("401",))) as server, \
+            pytest.raises(LLMJudgeError, match="401"):
         LLMJudge(fast_cfg(server, concurrency=1), axis="instruction").score(pairs)
 
 
@@ -285,8 +286,7 @@ def test_budget_usd_stops_before_overspending_and_resume_completes(tmp_path):
         st = info.value.stats
         done = sum(r is not None for r in info.value.results)
         assert 0 < done < 60 and st["cost_usd"] <= 3.0 and "budget_usd" in info.value.reason
-        assert st["cost_usd"] == pytest.approx(
-            (st["prompt_tokens"] * 0.5 + st["completion_tokens"] * 2.0) / 1000)
+        assert st["cost_usd"] == pytest.approx((st["prompt_tokens"] * 0.5 + st["completion_tokens"] * 2.0) / 1000)
         sent = server.stats["requests"]
         # no request after the stop: the judge's count is the server's
         assert st["requests"] == sent
@@ -353,7 +353,9 @@ def test_api_key_comes_from_the_named_env_var_and_never_leaks(monkeypatch, caplo
 
 
 def test_config_checks():
-    cfg = validate(LLMJudgeConfig, {"base_url": "http://h:8000/v1", "model": "m", "axes": ["faithfulness"]}, "llm_judge")
+    cfg = validate(
+        LLMJudgeConfig, {"base_url": "http://h:8000/v1", "model": "m", "axes": ["faithfulness"]}, "llm_judge"
+    )
     assert cfg.axes == ["faithfulness"] and cfg.concurrency == 8 and cfg.max_retries == 6
     with pytest.raises(ConfigError, match="llm_judge.axes") as info:
         validate(LLMJudgeConfig, {"axes": ["task"]}, "llm_judge")

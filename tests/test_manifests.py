@@ -164,7 +164,8 @@ def test_the_inference_service_serves_the_registrys_champion_with_vllm(tmp_path,
         + tiny_model_dir.name
     assert any(o["Key"].endswith("/model.safetensors") for o in s3.list_objects_v2(
         Bucket="serve-exports", Prefix=model["storageUri"].split("/", 3)[3]).get("Contents", []))
-    assert isvc["metadata"]["annotations"] == {"reset.kfp/registered-model": "serve", "reset.kfp/model-version": version}
+    assert isvc["metadata"]["annotations"] == {"reset.kfp/registered-model": "serve",
+                                               "reset.kfp/model-version": version}
     # the runtime: vLLM's OpenAI server from our image, on what the storage initializer downloads
     assert model["runtime"] == runtime["metadata"]["name"]
     assert model["modelFormat"]["name"] in [f["name"] for f in runtime["spec"]["supportedModelFormats"]]
@@ -198,7 +199,10 @@ def test_the_paper_config_reaches_mlflow_by_a_name_the_server_allows():
     cfg = load_config(REPO / "configs" / "paper-7b.yaml")
     docs = _render("manifests/base")
     dep = _one(docs, "Deployment", "mlflow")
-    allowed = next(a for a in dep["spec"]["template"]["spec"]["containers"][0]["command"]
-                   if a.startswith("--allowed-hosts=")).split("=", 1)[1].split(",")
+    allowed = (
+        next(a for a in dep["spec"]["template"]["spec"]["containers"][0]["command"] if a.startswith("--allowed-hosts="))
+        .split("=", 1)[1]
+        .split(",")
+    )
     assert urlsplit(cfg.tracking.tracking_uri).netloc in allowed
     assert urlsplit(cfg.tracking.tracking_uri).hostname == f"mlflow.{dep['metadata']['namespace']}.svc.cluster.local"

@@ -182,7 +182,8 @@ def test_train_size_too_large(demo) -> None:
 # ------------------------------------------------------------------------------- dev and test
 def test_dev_and_test_are_disjoint_from_train_and_each_other(demo) -> None:
     res = mix(*demo, _cfg(eval_per_kind=5, dev_per_kind=6))
-    assert _kinds(res.dev) == {"instruction": 6, "grounded": 6} and _kinds(res.test) == {"instruction": 5, "grounded": 5}
+    assert _kinds(res.dev) == {"instruction": 6, "grounded": 6}
+    assert _kinds(res.test) == {"instruction": 5, "grounded": 5}
     train, dev, test = set(_ids(res.train)), set(_ids(res.dev)), set(_ids(res.test))
     assert not (train & dev or train & test or dev & test)
     assert _kinds(res.train) == {"instruction": N - 11, "grounded": N - 11}
@@ -195,8 +196,14 @@ def _files(tmp_path: Path, cfg: DataConfig) -> dict:
     from reset.data.mix import mix_to_files
 
     out = {k: str(tmp_path / f"{k}.jsonl") for k in ("train", "dev", "test", "seen", "rejected")}
-    rep = mix_to_files(cfg, out_train=out["train"], out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"],
-                       out_rejected=out["rejected"])
+    rep = mix_to_files(
+        cfg,
+        out_train=out["train"],
+        out_dev=out["dev"],
+        out_test=out["test"],
+        out_seen=out["seen"],
+        out_rejected=out["rejected"],
+    )
     rows = {k: [json.loads(x) for x in Path(out[k]).read_text().splitlines()] for k in ("train", "dev", "test", "seen")}
     return {"rep": rep, "rows": rows, "paths": out}
 
@@ -231,18 +238,29 @@ def test_test_sources_feed_only_the_test_split_and_leave_the_rest_of_the_plan_al
 def test_too_few_test_rows_in_test_sources_is_an_error_naming_the_key() -> None:
     from reset.data.mix import Mixer
 
-    cfg = DataConfig(instruction=["builtin:demo-instruction", {"path": "builtin:demo-instruction", "split": "test",
-                                                               "seed": 5, "limit": 3}],
-                     grounded=["builtin:demo-grounded"], demo_size=40, eval_per_kind=4, dev_per_kind=2,
-                     train_size=10, seen_prompts_per_kind=2)
+    cfg = DataConfig(
+        instruction=[
+            "builtin:demo-instruction",
+            {"path": "builtin:demo-instruction", "split": "test", "seed": 5, "limit": 3},
+        ],
+        grounded=["builtin:demo-grounded"],
+        demo_size=40,
+        eval_per_kind=4,
+        dev_per_kind=2,
+        train_size=10,
+        seen_prompts_per_kind=2,
+    )
     m = Mixer(cfg)
     for split in ("pool", "test"):
         for slot in ("instruction", "grounded"):
             for src in getattr(cfg, slot):
                 if src.split == split:
                     m.read(src, slot)
-    with pytest.raises(DataError, match=r"data\.eval_per_kind: 4 test instruction examples requested but the "
-                                        r"`split: test` sources hold only 3"):
+    with pytest.raises(
+        DataError,
+        match=r"data\.eval_per_kind: 4 test instruction examples requested but the "
+        r"`split: test` sources hold only 3",
+    ):
         m.finish()
 
 
@@ -312,12 +330,15 @@ def test_load_source_from_s3(s3, tmp_path: Path) -> None:
     write_jsonl(local, rows)
     s3.upload_file(str(local), bucket, "data/cd.jsonl")
     uri = f"s3://{bucket}/data/cd.jsonl"
-    kept, bad = load_source(DataSource(path=uri), "grounded", _cfg(max_bad_fraction=0.5), cache_dir=str(tmp_path / "cache"))
+    kept, bad = load_source(
+        DataSource(path=uri), "grounded", _cfg(max_bad_fraction=0.5), cache_dir=str(tmp_path / "cache")
+    )
     assert kept == rows[:5]
     assert len(bad) == 1 and bad[0].file == uri and bad[0].line == 6  # the user's URI, not the cache path
     with pytest.raises(DataError) as err:
-        load_source(DataSource(path=f"s3://{bucket}/data/none.jsonl"), "grounded", _cfg(),
-                    cache_dir=str(tmp_path / "cache"))
+        load_source(
+            DataSource(path=f"s3://{bucket}/data/none.jsonl"), "grounded", _cfg(), cache_dir=str(tmp_path / "cache")
+        )
     assert f"s3://{bucket}/data/none.jsonl" in str(err.value)
 
 

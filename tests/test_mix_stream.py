@@ -252,12 +252,15 @@ def test_the_mix_step_logs_sources_splits_and_the_card_to_mlflow(fx, tmp_path, c
     cfg = steps.config(data=data, tracking={"tracking_uri": uri, "experiment": "mix-test"},
                        model={"base": "builtin:tiny-llama", "max_length": 64, "max_prompt_length": 48})
     stats = steps.mix(cfg, out_train=out["train"], out_dev=out["dev"], out_test=out["test"], out_seen=out["seen"],
-                      out_rejected=out["rejected"], cache_dir=str(cache_dir), out_card=str(tmp_path / "out" / "card.md"))
+                      out_rejected=out["rejected"], cache_dir=str(cache_dir),
+                      out_card=str(tmp_path / "out" / "card.md"))
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("mix-test").experiment_id])
     inputs = {(d.dataset.name, d.dataset.digest, d.dataset.source_type) for d in run.inputs.dataset_inputs}
-    digests = {f.path.name: __import__("hashlib").sha256(f.path.read_bytes()).hexdigest()[:16]
-               for f in (fx["alpaca"], fx["nq_common"])}
+    digests = {
+        f.path.name: __import__("hashlib").sha256(f.path.read_bytes()).hexdigest()[:16]
+        for f in (fx["alpaca"], fx["nq_common"])
+    }
     assert ("alpaca", digests["alpaca.json"], "local") in inputs and ("nq", digests["nq.jsonl"], "local") in inputs
     assert {n for n, _, _ in inputs} >= {"train", "dev", "test", "seen_prompts"}
     # the test split's digest is the file's, recorded on the run
@@ -355,5 +358,8 @@ def test_near_dedupe_leaves_no_near_pair_behind_in_the_demo_set() -> None:
 def test_held_out_sizes_per_kind(fx, tmp_path) -> None:
     rep, rows, _ = _run(tmp_path, _cfg(fx, eval_instruction=30, eval_grounded=7))
     assert Counter(e.kind for e in rows["test"]) == {"instruction": 30, "grounded": 7}
-    with pytest.raises(Exception, match=r"^data: 0 dev \+ 5000 test grounded examples requested \(data\.dev_per_kind, data\.eval_grounded\)"):
+    with pytest.raises(
+        Exception,
+        match=r"^data: 0 dev \+ 5000 test grounded examples requested \(data\.dev_per_kind, data\.eval_grounded\)",
+    ):
         _run(tmp_path / "x", _cfg(fx, eval_grounded=5000))

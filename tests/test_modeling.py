@@ -163,8 +163,13 @@ def test_unknown_target_modules_fail_clearly(tiny_model_dir, demo, tmp_path):
 
 def test_generate_covers_the_grid_with_recorded_settings(tiny_model_dir, demo):
     examples = demo[0][:3] + demo[1][:2]
-    cfg = GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0), DecodingSetting(temperature=0.8, top_p=0.9)], samples_per_setting=2,
-                         max_new_tokens=6, batch_size=4, seed=3)
+    cfg = GenerateConfig(
+        grid=[DecodingSetting(temperature=0.0, top_p=1.0), DecodingSetting(temperature=0.8, top_p=0.9)],
+        samples_per_setting=2,
+        max_new_tokens=6,
+        batch_size=4,
+        seed=3,
+    )
     cands = generate(tiny_model_dir, examples, cfg, ModelConfig(), model_name="tiny", log=lambda _: None)
     assert len(cands) == len(examples) * (1 + 2)
     assert len({c.id for c in cands}) == len(cands)

@@ -79,10 +79,11 @@ def test_stratified_mcnemar_is_mantel_haenszel_over_pairs():
         tables.append((int((first & ~second).sum()), int((second & ~first).sum()), 80))
     t = stratified_mcnemar(tables)
     # statsmodels' CMH with every pair a stratum (treatment x outcome, one subject per row)
-    strata = np.array([[[int(a), 1 - int(a)], [int(b), 1 - int(b)]] for f, s in flags for a, b in zip(f, s, strict=True)],
-                      dtype=float).transpose(1, 2, 0)
+    strata = np.array(
+        [[[int(a), 1 - int(a)], [int(b), 1 - int(b)]] for f, s in flags for a, b in zip(f, s, strict=True)], dtype=float
+    ).transpose(1, 2, 0)
     ref = StratifiedTable(strata).test_null_odds(correction=False)
-    assert t.statistic ** 2 == pytest.approx(ref.statistic, rel=1e-9)
+    assert t.statistic**2 == pytest.approx(ref.statistic, rel=1e-9)
     assert t.p_value == pytest.approx(ref.pvalue, rel=1e-9)
     b, c, n = (sum(x[i] for x in tables) for i in range(3))
     assert (t.diff, t.n) == (pytest.approx((b - c) / n), n)
@@ -96,14 +97,30 @@ def _payload(seed: int, rng, arms=("base", "mtl", "reset", "control"), n_if=300,
     for a in arms:
         bump = gain if a == "reset" else 0.0
         flip = rng.random(n_if) < 0.02
-        units[a] = {"if_prompt_acc": {f"i{u}": bool(v) for u, v in enumerate(np.where(flip, ~base_if, base_if))},
-                    "faithfulness": {f"f{u}": float(np.clip(v + bump + rng.normal(0, 0.1), 0, 1))
-                                     for u, v in enumerate(base_f)}}
-    est = {a: {k: {"value": float(np.mean(list(units[a][k].values()))), "low": 0.0, "high": 1.0}
-               for k in ("if_prompt_acc", "faithfulness")} for a in arms}
-    return {"seed": seed, "units": units, "verdicts": [],
-            "summary": {"arms": list(arms), "reference": "mtl", "estimates": est,
-                        "metrics": [{"key": "if_prompt_acc", "kind": "rate"}, {"key": "faithfulness", "kind": "mean"}]}}
+        units[a] = {
+            "if_prompt_acc": {f"i{u}": bool(v) for u, v in enumerate(np.where(flip, ~base_if, base_if))},
+            "faithfulness": {
+                f"f{u}": float(np.clip(v + bump + rng.normal(0, 0.1), 0, 1)) for u, v in enumerate(base_f)
+            },
+        }
+    est = {
+        a: {
+            k: {"value": float(np.mean(list(units[a][k].values()))), "low": 0.0, "high": 1.0}
+            for k in ("if_prompt_acc", "faithfulness")
+        }
+        for a in arms
+    }
+    return {
+        "seed": seed,
+        "units": units,
+        "verdicts": [],
+        "summary": {
+            "arms": list(arms),
+            "reference": "mtl",
+            "estimates": est,
+            "metrics": [{"key": "if_prompt_acc", "kind": "rate"}, {"key": "faithfulness", "kind": "mean"}],
+        },
+    }
 
 
 def test_experiment_report_pools_seeds_tests_the_primary_hypothesis_and_holm_adjusts_the_rest():

@@ -59,7 +59,9 @@ def test_an_output_path_that_is_a_file_or_under_a_file(tmp_path):
     f = tmp_path / "taken"
     f.write_text("x")
     assert lines(preflight.check_output_dir(f)) == [f"--output-dir: {f} is a file, not a directory"]
-    assert lines(preflight.check_output_dir(f / "runs")) == [f"--output-dir: {f / 'runs'}: {f} is a file, not a directory"]
+    assert lines(preflight.check_output_dir(f / "runs")) == [
+        f"--output-dir: {f / 'runs'}: {f} is a file, not a directory"
+    ]
     assert preflight.check_output_dir(tmp_path / "new" / "runs") == []
     assert not (tmp_path / "new").exists()  # the check creates nothing it leaves behind
 
@@ -73,13 +75,25 @@ def test_an_output_dir_on_a_read_only_file_system_fails_at_once_with_one_line(tm
     ro.mkdir()
     t0 = time.monotonic()
     proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f'mount -t tmpfs -o ro tmpfs "{ro}" && exec "$0" -m pipelines run '
-         f'--config "{TINY}" --output-dir "{ro}/runs"', sys.executable],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
+        [
+            "unshare",
+            "-rm",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o ro tmpfs "{ro}" && exec "$0" -m pipelines run '
+            f'--config "{TINY}" --output-dir "{ro}/runs"',
+            sys.executable,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     took = time.monotonic() - t0
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"preflight: --output-dir: {ro}/runs: cannot write there (Read-only file system)"], proc.stderr
+        f"preflight: --output-dir: {ro}/runs: cannot write there (Read-only file system)"
+    ], proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert took < 30, took
 
@@ -104,7 +118,8 @@ def test_model_directories(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, no_config)
     (no_config / "config.json").unlink()
     assert lines(preflight.check_model(str(no_config), "model.base", "local", "")) == [
-        f"model.base: {no_config}: no config.json (expected a Hugging Face model directory)"]
+        f"model.base: {no_config}: no config.json (expected a Hugging Face model directory)"
+    ]
     bad_tok = tmp_path / "bad-tokenizer"
     shutil.copytree(tiny_model_dir, bad_tok)
     (bad_tok / "tokenizer.json").write_text("{ not json")
@@ -113,14 +128,16 @@ def test_model_directories(tmp_path, tiny_model_dir):
     no_weights = tmp_path / "no-weights"
     shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     assert lines(preflight.check_model(str(no_weights), "model.base", "local", "")) == [
-        f"model.base: {no_weights}: no weights (*.safetensors or *.bin) beside config.json"]
+        f"model.base: {no_weights}: no weights (*.safetensors or *.bin) beside config.json"
+    ]
     bad_config = tmp_path / "bad-config"
     shutil.copytree(tiny_model_dir, bad_config)
     (bad_config / "config.json").write_text('{"model_type": "no-such-architecture"}')
     (found,) = lines(preflight.check_model(str(bad_config), "model.base", "local", ""))
     assert found.startswith(f"model.base: {bad_config}: config.json does not load: ")
     assert lines(preflight.check_model("builtin:gpt-9", "model.base", "local", ""))[0].startswith(
-        "model.base: unknown builtin model 'builtin:gpt-9'")
+        "model.base: unknown builtin model 'builtin:gpt-9'"
+    )
     assert preflight.check_model("builtin:tiny-llama", "model.base", "local", str(tmp_path / "c")) == []
 
 
@@ -129,11 +146,17 @@ def test_a_model_and_data_on_s3(s3, tiny_model_dir, tmp_path, fresh_credentials)
     upload(tiny_model_dir, "s3://preflight/models/tiny")
     (tmp_path / "d.jsonl").write_text('{"id": "a"}\n')
     upload(tmp_path / "d.jsonl", "s3://preflight/data/d.jsonl")
-    cfg = cfg_with("model.base=s3://preflight/models/tiny", "data.instruction=[s3://preflight/data/d.jsonl]",
-                   "data.grounded=[s3://preflight/data/]")
+    cfg = cfg_with(
+        "model.base=s3://preflight/models/tiny",
+        "data.instruction=[s3://preflight/data/d.jsonl]",
+        "data.grounded=[s3://preflight/data/]",
+    )
     assert preflight.check(cfg, output_dir=tmp_path / "runs") == []
-    cfg = cfg_with("model.base=s3://preflight/models/nothing-here", "data.instruction=[s3://preflight/data/missing.jsonl]",
-                   "data.grounded=[s3://no-such-bucket/x.jsonl]")
+    cfg = cfg_with(
+        "model.base=s3://preflight/models/nothing-here",
+        "data.instruction=[s3://preflight/data/missing.jsonl]",
+        "data.grounded=[s3://no-such-bucket/x.jsonl]",
+    )
     assert lines(preflight.check(cfg, output_dir=tmp_path / "runs")) == [
         "data.instruction[0]: s3://preflight/data/missing.jsonl: no such object or prefix",
         "data.grounded[0]: s3://no-such-bucket/x.jsonl: no bucket 'no-such-bucket' at this S3 endpoint",
@@ -142,15 +165,30 @@ def test_a_model_and_data_on_s3(s3, tiny_model_dir, tmp_path, fresh_credentials)
 
 
 def test_missing_s3_credentials_name_the_key_and_what_to_set(tmp_path, no_s3_credentials, capsys):
-    rc = main(["run", "--config", str(TINY), "--output-dir", str(tmp_path / "runs"),
-               "--set", "data.instruction=[s3://data/sets/if.jsonl]", "--set", "model.base=s3://data/models/tiny"])
+    rc = main(
+        [
+            "run",
+            "--config",
+            str(TINY),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            "data.instruction=[s3://data/sets/if.jsonl]",
+            "--set",
+            "model.base=s3://data/models/tiny",
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
-    why = ("no S3 credentials at hand: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for "
-           "a non-AWS endpoint), or run where a role provides them")
+    why = (
+        "no S3 credentials at hand: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL for "
+        "a non-AWS endpoint), or run where a role provides them"
+    )
     assert rc == 2
-    assert err == [f"preflight: data.instruction[0]: s3://data/sets/if.jsonl: {why}",
-                   f"preflight: model.base: s3://data/models/tiny: {why}",
-                   "preflight: 2 problems; nothing was started"]
+    assert err == [
+        f"preflight: data.instruction[0]: s3://data/sets/if.jsonl: {why}",
+        f"preflight: model.base: s3://data/models/tiny: {why}",
+        "preflight: 2 problems; nothing was started",
+    ]
     assert not (tmp_path / "runs").exists()
 
 
@@ -185,14 +223,28 @@ def test_the_tracking_server_answers_or_the_run_does_not_start(mlflow_server, tm
 
 
 def test_submit_checks_what_it_can_from_here_and_leaves_cluster_hosts_to_the_first_task(capsys):
-    rc = main(["submit", "--config", str(TINY), "--host", "http://127.0.0.1:9",
-               "--set", "tracking.tracking_uri=http://127.0.0.1:9"])
+    rc = main(
+        [
+            "submit",
+            "--config",
+            str(TINY),
+            "--host",
+            "http://127.0.0.1:9",
+            "--set",
+            "tracking.tracking_uri=http://127.0.0.1:9",
+        ]
+    )
     err = capsys.readouterr().err.splitlines()
-    assert rc == 2 and err[0].startswith("preflight: tracking.tracking_uri: the MLflow server at http://127.0.0.1:9 "
-                                         "does not answer"), err
-    cluster_only = cfg_with("tracking.tracking_uri=http://mlflow.mlflow.svc:5000",
-                            "judge.judges=[llm-instruction]", "judge.llm.base_url=http://vllm.judges.svc:8000/v1",
-                            "judge.llm.model=m", "model.base=/models/on-the-pvc")
+    assert rc == 2 and err[0].startswith(
+        "preflight: tracking.tracking_uri: the MLflow server at http://127.0.0.1:9 does not answer"
+    ), err
+    cluster_only = cfg_with(
+        "tracking.tracking_uri=http://mlflow.mlflow.svc:5000",
+        "judge.judges=[llm-instruction]",
+        "judge.llm.base_url=http://vllm.judges.svc:8000/v1",
+        "judge.llm.model=m",
+        "model.base=/models/on-the-pvc",
+    )
     assert preflight.check(cluster_only, where="submit") == []
 
 
@@ -208,8 +260,13 @@ def test_the_first_task_on_a_cluster_runs_the_checks(tmp_path, monkeypatch):
     with pytest.raises(preflight.PreflightError, match=r"model\.base: unknown builtin model 'builtin:no-such-model'"):
         steps.start_run(config, "job-c")
     # paths are on the run's volume, which the first task does not mount: left to the steps
-    assert preflight.check(load_config(TINY, [f"model.base={tmp_path}/on-the-volume",
-                                              f"data.instruction=[{tmp_path}/v.jsonl]"]), where="cluster") == []
+    assert (
+        preflight.check(
+            load_config(TINY, [f"model.base={tmp_path}/on-the-volume", f"data.instruction=[{tmp_path}/v.jsonl]"]),
+            where="cluster",
+        )
+        == []
+    )
     try:
         mlflow.set_tracking_uri(uri)
         exp = mlflow.MlflowClient().get_experiment_by_name("c")
@@ -221,17 +278,23 @@ def test_the_first_task_on_a_cluster_runs_the_checks(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------ judge
 def test_the_llm_judge_endpoint_key_and_model(monkeypatch):
     def judge_cfg(url, model="judge"):
-        return cfg_with("judge.judges=[llm-instruction, reference]", f"judge.llm.base_url={url}",
-                        f"judge.llm.model={model}", "judge.llm.api_key_env=PF_JUDGE_KEY")
+        return cfg_with(
+            "judge.judges=[llm-instruction, reference]",
+            f"judge.llm.base_url={url}",
+            f"judge.llm.model={model}",
+            "judge.llm.api_key_env=PF_JUDGE_KEY",
+        )
 
     monkeypatch.setenv("PF_JUDGE_KEY", "sk-right")
     with FaultServer(FaultConfig(models=("judge", "other"), api_key="sk-right")) as server:
         assert preflight.check_judge(judge_cfg(server.base_url), "local") == []
         assert lines(preflight.check_judge(judge_cfg(server.base_url, "missing-model"), "local")) == [
-            f"judge.llm.model: 'missing-model' is not served by {server.base_url} (it serves: judge, other)"]
+            f"judge.llm.model: 'missing-model' is not served by {server.base_url} (it serves: judge, other)"
+        ]
         monkeypatch.setenv("PF_JUDGE_KEY", "sk-wrong")
         assert lines(preflight.check_judge(judge_cfg(server.base_url), "local")) == [
-            f"judge.llm.base_url: the judge endpoint {server.base_url} refused the key in $PF_JUDGE_KEY (HTTP 401)"]
+            f"judge.llm.base_url: the judge endpoint {server.base_url} refused the key in $PF_JUDGE_KEY (HTTP 401)"
+        ]
         assert "sk-wrong" not in json.dumps(lines(preflight.check_judge(judge_cfg(server.base_url), "local")))
         monkeypatch.delenv("PF_JUDGE_KEY")
         # on the cluster the key is mounted on the judge steps only: the first task cannot hold it
@@ -256,8 +319,10 @@ def test_disk_space_for_the_checkpoints_the_config_implies(tmp_path, tiny_model_
     assert p.cause.startswith("the run needs about ") and "checkpoints + outputs" in p.cause and "free" in p.cause
     need = preflight.estimate(cfg, preflight._Model(weight_bytes=4 * 10**12, config={"torch_dtype": "float32"}))
     assert need["checkpoints"] == 2 * 12 * 10**12 and need["outputs"] >= 4 * 10**12
-    lora = preflight.estimate(cfg_with(), preflight._Model(weight_bytes=2_000_000, config=json.loads(
-        (tiny_model_dir / "config.json").read_text())))
+    lora = preflight.estimate(
+        cfg_with(),
+        preflight._Model(weight_bytes=2_000_000, config=json.loads((tiny_model_dir / "config.json").read_text())),
+    )
     assert lora["checkpoints"] < 10**6  # a LoRA adapter's optimizer state is small
     assert preflight.check(cfg_with(f"model.base={tiny_model_dir}"), output_dir=out) == []
 
@@ -265,17 +330,40 @@ def test_disk_space_for_the_checkpoints_the_config_implies(tmp_path, tiny_model_
 # ---------------------------------------------------------------------------------- all together
 def test_every_problem_at_once_in_seconds(tmp_path, no_s3_credentials, capsys):
     t0 = time.monotonic()
-    rc = main(["run", "--config", str(TINY), "--output-dir", str(tmp_path / "runs"),
-               "--set", f"model.base={tmp_path}/none", "--set", f"data.instruction=[{tmp_path}/none.jsonl]",
-               "--set", "data.grounded=[s3://b/cd.jsonl]", "--set", "tracking.tracking_uri=http://127.0.0.1:9",
-               "--set", "judge.judges=[llm-faithfulness]", "--set", "judge.llm.base_url=http://127.0.0.1:9/v1",
-               "--set", "judge.llm.model=m"])
+    rc = main(
+        [
+            "run",
+            "--config",
+            str(TINY),
+            "--output-dir",
+            str(tmp_path / "runs"),
+            "--set",
+            f"model.base={tmp_path}/none",
+            "--set",
+            f"data.instruction=[{tmp_path}/none.jsonl]",
+            "--set",
+            "data.grounded=[s3://b/cd.jsonl]",
+            "--set",
+            "tracking.tracking_uri=http://127.0.0.1:9",
+            "--set",
+            "judge.judges=[llm-faithfulness]",
+            "--set",
+            "judge.llm.base_url=http://127.0.0.1:9/v1",
+            "--set",
+            "judge.llm.model=m",
+        ]
+    )
     took = time.monotonic() - t0
     err = capsys.readouterr().err.splitlines()
     assert rc == 2
     keys = [x.split(": ")[1] for x in err[:-1]]
-    assert keys == ["tracking.tracking_uri", "data.instruction[0]", "data.grounded[0]", "model.base",
-                    "judge.llm.base_url"], err
+    assert keys == [
+        "tracking.tracking_uri",
+        "data.instruction[0]",
+        "data.grounded[0]",
+        "model.base",
+        "judge.llm.base_url",
+    ], err
     assert err[-1] == "preflight: 5 problems; nothing was started"
     assert took < 20, took
     assert not (tmp_path / "runs").exists()

@@ -123,18 +123,32 @@ def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_m
 
     # the same weights: never promoted, whatever the margins, and the reason says why
     loose = {**base.model_dump(), "margin_if": 0.99, "margin_faithfulness": 0.99}
-    kept = promote(steps.config(register=loose, evaluate=FAST, tracking=tracking), challenger=same, cache_dir=str(root / "cache"), log=lambda _: None)
+    kept = promote(
+        steps.config(register=loose, evaluate=FAST, tracking=tracking),
+        challenger=same,
+        cache_dir=str(root / "cache"),
+        log=lambda _: None,
+    )
     assert kept["outcome"] == "kept" and kept["reason"].startswith("weights identical to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v1
 
     # other weights, but 8 examples cannot show non-inferiority within 0.03: kept, naming the bound
-    strict = promote(steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking), challenger=v2, cache_dir=str(root / "cache"),
-                     log=lambda _: None)
+    strict = promote(
+        steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking),
+        challenger=v2,
+        cache_dir=str(root / "cache"),
+        log=lambda _: None,
+    )
     assert strict["outcome"] == "kept" and "not shown non-inferior to champion" in strict["reason"]
     assert strict["gate"]["deltas"]["if_prompt_acc"]["n"] > 0 and strict["gate"]["deltas"]["faithfulness"]["n"] > 0
 
     # margins wide enough for 8 examples: non-inferior, promoted; the run and the version record it
-    done = promote(steps.config(register=loose, evaluate=FAST, tracking=tracking), challenger=v2, cache_dir=str(root / "cache"), log=lambda _: None)
+    done = promote(
+        steps.config(register=loose, evaluate=FAST, tracking=tracking),
+        challenger=v2,
+        cache_dir=str(root / "cache"),
+        log=lambda _: None,
+    )
     assert done["outcome"] == "promoted" and done["champion_version"] == v1, done["reason"]
     assert done["reason"].startswith("non-inferior to champion v")
     assert str(client.get_model_version_by_alias("m", "champion").version) == v2
@@ -148,13 +162,20 @@ def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_m
     assert not [m for m in client.search_registered_models() if m.name.endswith(registry.LOCK_SUFFIX)]
 
     # again: the challenger is the champion now, nothing to evaluate
-    again = promote(steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking), challenger=v2, log=lambda _: None)
+    again = promote(
+        steps.config(register=base.model_dump(), evaluate=FAST, tracking=tracking), challenger=v2, log=lambda _: None
+    )
     assert again["outcome"] == "already-champion"
 
     # a changed evaluation set is refused, naming the key
     changed = {**base.model_dump(), "promotion_data_sha256": "0" * 64}
     with pytest.raises(ConfigError, match="register.promotion_data_sha256"):
-        promote(steps.config(register=changed, evaluate=FAST, tracking=tracking), challenger=v1, cache_dir=str(root / "cache"), log=lambda _: None)
+        promote(
+            steps.config(register=changed, evaluate=FAST, tracking=tracking),
+            challenger=v1,
+            cache_dir=str(root / "cache"),
+            log=lambda _: None,
+        )
     assert str(client.get_model_version_by_alias("m", "champion").version) == v2
 
 
@@ -163,8 +184,10 @@ def test_the_lock_excludes_a_second_holder_and_is_released(store):
     client = mlflow.MlflowClient()
     with registry.promotion_lock(client, "m", "A"):
         t0 = time.monotonic()
-        with pytest.raises(registry.PromotionLocked, match="held by 'A'"), \
-                registry.promotion_lock(client, "m", "B", wait_s=0.6, poll_s=0.1):
+        with (
+            pytest.raises(registry.PromotionLocked, match="held by 'A'"),
+            registry.promotion_lock(client, "m", "B", wait_s=0.6, poll_s=0.1),
+        ):
             pass
         assert time.monotonic() - t0 >= 0.6
     with registry.promotion_lock(client, "m", "B", wait_s=0.1):  # released: free again
@@ -176,8 +199,9 @@ def test_the_lock_excludes_a_second_holder_and_is_released(store):
 def test_a_stale_lock_is_broken_once_and_a_fresh_one_never(store):
     client = mlflow.MlflowClient()
     name = registry.lock_name("m")
-    client.create_registered_model(name, tags={registry.LOCK_HOLDER_TAG: "crashed",
-                                                registry.LOCK_SINCE_TAG: str(time.time() - 7200)})
+    client.create_registered_model(
+        name, tags={registry.LOCK_HOLDER_TAG: "crashed", registry.LOCK_SINCE_TAG: str(time.time() - 7200)}
+    )
     stale = f"{name}.stale.{hashlib.sha256(b'crashed').hexdigest()[:12]}"
     with registry.promotion_lock(client, "m", "B", wait_s=1, log=lambda _: None):
         assert client.get_registered_model(stale).tags[registry.LOCK_HOLDER_TAG] == "crashed"
@@ -227,8 +251,9 @@ def test_concurrent_moves_over_http_on_postgres_let_exactly_one_through(pg_mlflo
         def attempt(v: str) -> None:
             client = mlflow.MlflowClient(tracking_uri=pg_mlflow)
             start.wait(timeout=30)
-            results[v] = registry.move_champion(client, cfg, v, expected=v1, holder=f"thread {v}", reason="ok",
-                                                wait_s=60, log=lambda _: None)
+            results[v] = registry.move_champion(
+                client, cfg, v, expected=v1, holder=f"thread {v}", reason="ok", wait_s=60, log=lambda _: None
+            )
 
         threads = [threading.Thread(target=attempt, args=(v,)) for v in challengers]
         for t in threads:
@@ -246,8 +271,9 @@ def test_concurrent_moves_over_http_on_postgres_let_exactly_one_through(pg_mlflo
 
 
 @pytest.mark.integration
-def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_model_dir, other_tiny_models, frozen, s3,
-                                                             tmp_path):
+def test_two_promotion_pipelines_at_once_move_the_alias_once(
+    pg_mlflow, tiny_model_dir, other_tiny_models, frozen, s3, tmp_path
+):
     """Two `python -m pipelines promote` (kfp.local) processes started together, each with its own
     challenger, both evaluated against the same champion and both passing the gate: one moves
     the alias, the other finds it moved and stops."""
@@ -265,16 +291,48 @@ def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_mod
     finally:
         mlflow.set_tracking_uri(None)
     # margins wide enough for the 8-example frozen set: both challengers pass the gate
-    args = ["--config", str(REPO / "configs" / "tiny.yaml"), "--set", f"tracking.tracking_uri={pg_mlflow}",
-            "--set", "register.margin_if=0.99", "--set", "register.margin_faithfulness=0.99",
-            "--set", "tracking.experiment=race", "--set", "register.model_name=race",
-            "--set", "register.promotion_data=s3://frozen/race/v1.jsonl",
-            "--set", f"register.promotion_data_sha256={frozen[1]}", "--set", "evaluate.max_new_tokens=4"]
+    args = [
+        "--config",
+        str(REPO / "configs" / "tiny.yaml"),
+        "--set",
+        f"tracking.tracking_uri={pg_mlflow}",
+        "--set",
+        "register.margin_if=0.99",
+        "--set",
+        "register.margin_faithfulness=0.99",
+        "--set",
+        "tracking.experiment=race",
+        "--set",
+        "register.model_name=race",
+        "--set",
+        "register.promotion_data=s3://frozen/race/v1.jsonl",
+        "--set",
+        f"register.promotion_data_sha256={frozen[1]}",
+        "--set",
+        "evaluate.max_new_tokens=4",
+    ]
     env = {**os.environ, "RESET_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO)}
-    procs = {v: subprocess.Popen([sys.executable, "-m", "pipelines", "promote", *args, "--challenger", v,
-                                  "--output-dir", str(tmp_path / f"p{v}")], cwd=tmp_path, env=env,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for v in (v2, v3)}
+    procs = {
+        v: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipelines",
+                "promote",
+                *args,
+                "--challenger",
+                v,
+                "--output-dir",
+                str(tmp_path / f"p{v}"),
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for v in (v2, v3)
+    }
     outs = {}
     try:
         for v, p in procs.items():
@@ -292,7 +350,9 @@ def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_mod
     by_challenger = {r.data.tags["reset.challenger_version"]: r.data.tags for r in runs}
     assert set(by_challenger) == {v2, v3}
     # both raced: each evaluated against v1 and passed the gate
-    assert all(t["reset.champion_version"] == v1 and "gate.vs_champion.if_prompt_acc" in t for t in by_challenger.values())
+    assert all(
+        t["reset.champion_version"] == v1 and "gate.vs_champion.if_prompt_acc" in t for t in by_challenger.values()
+    )
     outcomes = {v: t["reset.outcome"] for v, t in by_challenger.items()}
     assert sorted(outcomes.values()) == ["aborted", "promoted"], outcomes
     winner = next(v for v, o in outcomes.items() if o == "promoted")
@@ -303,8 +363,9 @@ def test_two_promotion_pipelines_at_once_move_the_alias_once(pg_mlflow, tiny_mod
     assert not [m for m in client.search_registered_models() if m.name.endswith(registry.LOCK_SUFFIX)]
 
 
-def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_evaluate(store, tiny_model_dir,
-                                                                                     tmp_path, monkeypatch):
+def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_evaluate(
+    store, tiny_model_dir, tmp_path, monkeypatch
+):
     """The training run's own promotion (register.promote): its gates compared against champion
     v1 in the evaluate step; a promotion moved the champion before register ran: not moved."""
     import json
@@ -318,13 +379,19 @@ def test_the_register_step_does_not_promote_past_a_champion_that_moved_after_eva
     v1 = _register(tiny_model_dir, exp, cfg, champion=True)
     v2 = _register(tiny_model_dir, exp, cfg)
     passed = {"passed": True, "reason": "no worse", "deltas": {}}
-    payload = {"metrics": {"reset": {"if_prompt_acc": 0.5, "faithfulness": 0.5}}, "verdicts": [],
-               "gates": {"mtl": passed, "champion": passed}, "champion_version": v1}
+    payload = {
+        "metrics": {"reset": {"if_prompt_acc": 0.5, "faithfulness": 0.5}},
+        "verdicts": [],
+        "gates": {"mtl": passed, "champion": passed},
+        "champion_version": v1,
+    }
     (tmp_path / "scores.json").write_text(json.dumps(payload))
     assert registry.move_champion(client, cfg, v2, expected=v1, holder="promotion pipeline", reason="better")[0]
-    decision = steps.register(str(tiny_model_dir), str(tmp_path / "scores.json"),
-                              steps.config(register=cfg.model_dump(), evaluate=FAST,
-                                           tracking={"tracking_uri": uri, "experiment": "promo"}))
+    decision = steps.register(
+        str(tiny_model_dir),
+        str(tmp_path / "scores.json"),
+        steps.config(register=cfg.model_dump(), evaluate=FAST, tracking={"tracking_uri": uri, "experiment": "promo"}),
+    )
     assert not decision["promote"] and f"it is v{v2} now, v{v1} when this decision was made" in decision["reason"]
     assert str(client.get_model_version_by_alias("inrun", "champion").version) == v2
     assert client.get_model_version("inrun", decision["version"]).tags["promotion"] == decision["reason"]
@@ -358,8 +425,11 @@ def test_the_promotion_pipeline_compiles_with_the_cluster_settings(tmp_path, mon
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["RESET_CACHE_DIR"] == "/scratch/cache" and env["TMPDIR"] == "/scratch"
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-promote-challenger"]
-    assert {s["secretName"]: s["optional"] for s in k8s["secretAsEnv"]} == {"reset-s3": False, "reset-mlflow": True,
-                                                                           "reset-llm": True}
+    assert {s["secretName"]: s["optional"] for s in k8s["secretAsEnv"]} == {
+        "reset-s3": False,
+        "reset-mlflow": True,
+        "reset-llm": True,
+    }
     assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert int(k8s["activeDeadlineSeconds"]) == cfg.cluster.step_resources("promote").timeout_s
     assert k8s["emptyDirMounts"][0]["sizeLimit"] == cfg.cluster.step_resources("promote").ephemeral_storage

@@ -215,8 +215,13 @@ def test_evaluate_step_writes_the_report_and_logs_it(tiny_model_dir, demo, tmp_p
         out = {k: str(tmp_path / f"{k}.out") for k in ("out_metrics", "out_report", "out_rows")}
         cfg = steps.config(evaluate={"max_new_tokens": 4, "batch_size": 6, "backend": "hf"},
                            tracking=tcfg.model_dump())
-        payload = steps.evaluate({"mtl": str(tiny_model_dir), "reset": str(tiny_model_dir)}, str(tmp_path / "eval.jsonl"),
-                                 cfg, include_base=False, **out)
+        payload = steps.evaluate(
+            {"mtl": str(tiny_model_dir), "reset": str(tiny_model_dir)},
+            str(tmp_path / "eval.jsonl"),
+            cfg,
+            include_base=False,
+            **out,
+        )
         results = payload["metrics"]
         assert set(results) == {"mtl", "reset"} and results["mtl"]["n_examples"] == 6
         report = (tmp_path / "out_report.out").read_text()

@@ -92,9 +92,12 @@ def test_sharded_generate_judge_and_evaluate_equal_the_unsharded_steps(vllm_tiny
     assert len(whole) == len(examples) * 3 and gathered == whole
     assert len({t for _, t, _ in whole}) > len(examples)  # really sampled: not all alike
     judged = [(j.candidate_id, j.scores, j.combined, j.details) for j in read_jsonl(tmp_path / "j.jsonl", Judgment)[0]]
-    assert [(j.candidate_id, j.scores, j.combined, j.details) for j in read_jsonl(tmp_path / "gj.jsonl", Judgment)[0]] == judged
+    assert [
+        (j.candidate_id, j.scores, j.combined, j.details) for j in read_jsonl(tmp_path / "gj.jsonl", Judgment)[0]
+    ] == judged
     runs = mlflow.MlflowClient(trk["tracking_uri"]).search_runs(
-        [mlflow.MlflowClient(trk["tracking_uri"]).get_experiment_by_name("shards").experiment_id])
+        [mlflow.MlflowClient(trk["tracking_uri"]).get_experiment_by_name("shards").experiment_id]
+    )
     assert {r.info.run_name for r in runs} >= {"generate", "generate-1of2", "generate-2of2", "judge-2of2"}
 
     # evaluation: base + two "arms" answered in two shards, then the statistics over the gathered rows
@@ -139,23 +142,28 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
     assert all(t["parameterIterator"]["items"]["raw"] == "[0, 1, 2]" for t in loops.values())
     body = {n: sorted(spec["components"][t["componentRef"]["name"]]["dag"]["tasks"]) for n, t in loops.items()}
     # the same components as the unsharded DAG: a shard is a parameter, not a twin component
-    assert body == {"generate-shards": ["generate-candidates", "judge-candidates"],
-                    "answer-shards": ["answer-heldout"]}
+    assert body == {"generate-shards": ["generate-candidates", "judge-candidates"], "answer-shards": ["answer-heldout"]}
     # gather after the generate shards, select after gather; evaluate after the answer shards
     key = {t["taskInfo"]["name"]: k for k, t in inner.items()}
     assert key["generate-shards"] in by_name["gather"]["dependentTasks"]
     assert key["gather"] in by_name["select"]["dependentTasks"]
     assert key["answer-shards"] in by_name["evaluate"]["dependentTasks"]
     gather_inputs = by_name["gather"]["inputs"]["artifacts"]
-    assert {gather_inputs[k]["taskOutputArtifact"]["producerTask"] for k in ("shard_candidates", "shard_judgments")} \
-        == {key["generate-shards"]}
+    assert {
+        gather_inputs[k]["taskOutputArtifact"]["producerTask"] for k in ("shard_candidates", "shard_judgments")
+    } == {key["generate-shards"]}
     # an answer shard runs with the evaluate step's resources (GPUs, memory) and volume
     executors = spec["deploymentSpec"]["executors"]
-    assert executors["exec-answer-heldout"]["container"]["resources"] == \
-        executors["exec-evaluate-models"]["container"]["resources"]
+    assert (
+        executors["exec-answer-heldout"]["container"]["resources"]
+        == executors["exec-evaluate-models"]["container"]["resources"]
+    )
     k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert [m["mountPath"] for m in k8s["exec-answer-heldout"]["pvcMount"]] == \
-        [m["mountPath"] for m in k8s["exec-evaluate-models"]["pvcMount"]] == [cfg.cluster.storage.mount_path]
+    assert (
+        [m["mountPath"] for m in k8s["exec-answer-heldout"]["pvcMount"]]
+        == [m["mountPath"] for m in k8s["exec-evaluate-models"]["pvcMount"]]
+        == [cfg.cluster.storage.mount_path]
+    )
 
 
 @pytest.mark.integration
@@ -176,12 +184,32 @@ def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tin
     monkeypatch.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
     monkeypatch.setenv("OPENAI_API_KEY", key)
     with FaultServer(FaultConfig(fail_rate=0.2, fail_kinds=("429", "500"), seed=3)) as server:
-        llm = json.dumps({"base_url": server.base_url, "model": "judge", "concurrency": 8,
-                          "backoff_base_s": 0.01, "cache_path": str(tmp_path / "judge.sqlite")})
-        rc = main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(tmp_path / "runs"),
-                   "--set", "cluster.shards=2", "--set", "tracking.experiment=sharded",
-                   "--set", "judge.judges=[llm-instruction, llm-faithfulness, reference]",
-                   "--set", f"judge.llm={llm}"])
+        llm = json.dumps(
+            {
+                "base_url": server.base_url,
+                "model": "judge",
+                "concurrency": 8,
+                "backoff_base_s": 0.01,
+                "cache_path": str(tmp_path / "judge.sqlite"),
+            }
+        )
+        rc = main(
+            [
+                "run",
+                "--config",
+                str(REPO / "configs" / "tiny.yaml"),
+                "--output-dir",
+                str(tmp_path / "runs"),
+                "--set",
+                "cluster.shards=2",
+                "--set",
+                "tracking.experiment=sharded",
+                "--set",
+                "judge.judges=[llm-instruction, llm-faithfulness, reference]",
+                "--set",
+                f"judge.llm={llm}",
+            ]
+        )
         served = server.stats["requests"]
     assert rc == 0 and served > 0
     summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
@@ -189,8 +217,17 @@ def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tin
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sharded")
     runs = {r.data.tags.get("reset.step"): r for r in client.search_runs([exp.experiment_id])}
-    assert {"generate-1of2", "generate-2of2", "judge-1of2", "judge-2of2", "answer-1of2", "answer-2of2",
-            "select", "evaluate", "register"} <= set(runs)
+    assert {
+        "generate-1of2",
+        "generate-2of2",
+        "judge-1of2",
+        "judge-2of2",
+        "answer-1of2",
+        "answer-2of2",
+        "select",
+        "evaluate",
+        "register",
+    } <= set(runs)
     # tiny.yaml: 4 seen prompts per kind, 2 per shard; greedy + 2 samples at T 0.7 + the reference each
     assert [runs[f"generate-{k}of2"].data.metrics["prompts"] for k in (1, 2)] == [4, 4]
     assert sum(runs[f"generate-{k}of2"].data.metrics["candidates"] for k in (1, 2)) == 8 * 4

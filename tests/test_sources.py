@@ -251,9 +251,15 @@ def test_an_oversize_line_is_quarantined_without_reading_it_whole(tmp_path) -> N
 
 def test_json_array_elements_have_their_lines_and_fail_alone(tmp_path) -> None:
     path = tmp_path / "arr.json"
-    path.write_bytes(b"\xef\xbb\xbf[\r\n  {\"a\": 1,\r\n   \"b\": \"two\"},\r\n  {\"a\": \"caf\xe9\"},\r\n  "
-                     + b"[" * 5000 + b"]" * 5000 + b",\r\n  {\"a\": oops},\r\n  {\"a\": \"x\" \"y\"},\r\n  \"text\",\r\n"
-                     + b"  {\"big\": \"" + b"z" * 5000 + b"\"},\r\n  {\"a\": 3}\r\n]\r\n")
+    path.write_bytes(
+        b'\xef\xbb\xbf[\r\n  {"a": 1,\r\n   "b": "two"},\r\n  {"a": "caf\xe9"},\r\n  '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b',\r\n  {"a": oops},\r\n  {"a": "x" "y"},\r\n  "text",\r\n'
+        + b'  {"big": "'
+        + b"z" * 5000
+        + b'"},\r\n  {"a": 3}\r\n]\r\n'
+    )
     rows, _ = _rows(path, max_row_bytes=4000)
     got = [(r.line, r.element, r.category, r.error.split(":")[0] if r.error else r.value) for r in rows]
     assert got == [
@@ -291,8 +297,11 @@ def test_a_json_array_in_a_jsonl_file(tmp_path) -> None:
 
 def test_csv_tsv_and_gzip(tmp_path) -> None:
     path = tmp_path / "t.tsv.gz"
-    path.write_bytes(gzip.compress(b"\xef\xbb\xbfquestion\tcontext\tanswers\r\nq1\tc1\ta1\r\nq2\tonly two\r\n"
-                                   b"q3\tc\xe93\ta3\r\nq4\tc4\ta4\r\n"))
+    path.write_bytes(
+        gzip.compress(
+            b"\xef\xbb\xbfquestion\tcontext\tanswers\r\nq1\tc1\ta1\r\nq2\tonly two\r\nq3\tc\xe93\ta3\r\nq4\tc4\ta4\r\n"
+        )
+    )
     rows, reader = _rows(path)
     assert reader.layout == "tsv"
     assert [r.line for r in rows] == [2, 3, 4, 5]
@@ -325,8 +334,12 @@ def test_data_check_accepts_each_fixture(fx, name: str, capsys) -> None:
 
 def test_data_check_refuses_broken_files(tmp_path, capsys) -> None:
     files = broken(tmp_path, random.Random(0))
-    for name, words in [("empty", "empty dataset"), ("garbage", "6 of 6 rows rejected"),
-                        ("unknown_shape", "cannot tell the format"), ("mostly_bad", "max_bad_fraction")]:
+    for name, words in [
+        ("empty", "empty dataset"),
+        ("garbage", "6 of 6 rows rejected"),
+        ("unknown_shape", "cannot tell the format"),
+        ("mostly_bad", "max_bad_fraction"),
+    ]:
         assert main(["data", "check", str(files[name])]) == 1, name
         err = capsys.readouterr().err
         assert "usable: NO" in err and words in err and str(files[name]) in err, (name, err)

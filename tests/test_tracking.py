@@ -66,7 +66,10 @@ def test_a_failing_step_fails_its_run_and_the_parent(cfg):
     with pytest.raises(RuntimeError, match="boom"), tracking.step_run(cfg, "generate", parent_run_id=parent):
         raise RuntimeError("boom")
     assert _children(cfg, parent) == {"mix": "FINISHED", "generate": "FAILED"}
-    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-f") == "FAILED"
+    assert (
+        steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-f")
+        == "FAILED"
+    )
     assert mlflow.MlflowClient().get_run(parent).info.status == "FAILED"
 
 
@@ -79,11 +82,17 @@ def test_parent_finishes_only_when_the_last_step_ran(cfg):
     for step in ("mix", "register"):
         with tracking.step_run(cfg, step, parent_run_id=parent):
             pass
-    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-ok2") == "FINISHED"
+    assert (
+        steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "job-ok2")
+        == "FINISHED"
+    )
 
 
 def test_finish_without_a_parent_is_a_clean_no_op(cfg):
-    assert steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "never-started") == "NONE"
+    assert (
+        steps.finish_run(steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}), "never-started")
+        == "NONE"
+    )
 
 
 def test_local_store_keeps_artifacts_beside_the_database(tmp_path, monkeypatch):
@@ -111,16 +120,22 @@ def test_select_step_logs_keep_rates_for_free_text_source_names(cfg, tmp_path):
     ex = Example(id="e1", source="dolly (15k), v2", kind="instruction", instruction="Hi?", response="Hello.")
     write_jsonl(tmp_path / "seen.jsonl", [ex])
     write_jsonl(tmp_path / "c.jsonl", [Candidate(id="e1/0", example_id="e1", text="Hello.")])
-    write_jsonl(tmp_path / "j.jsonl", [Judgment(candidate_id="e1/0", example_id="e1",
-                                                scores={"task": 1.0}, combined=1.0)])
+    write_jsonl(
+        tmp_path / "j.jsonl", [Judgment(candidate_id="e1/0", example_id="e1", scores={"task": 1.0}, combined=1.0)]
+    )
     with monkeypatch_env(tracking.JOB_ENV, "job-sel"):
         tracking.start_parent(cfg, {}, {tracking.JOB_TAG: "job-sel"})
-        rep = steps.select(str(tmp_path / "seen.jsonl"), str(tmp_path / "c.jsonl"), str(tmp_path / "j.jsonl"),
-                           steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}),
-                           out_selected=str(tmp_path / "sel.jsonl"))
+        rep = steps.select(
+            str(tmp_path / "seen.jsonl"),
+            str(tmp_path / "c.jsonl"),
+            str(tmp_path / "j.jsonl"),
+            steps.config(tracking={"tracking_uri": cfg.tracking_uri, "experiment": "t"}),
+            out_selected=str(tmp_path / "sel.jsonl"),
+        )
     assert rep["selected"] == 1
-    run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name("t").experiment_id],
-                                            "tags.`reset.step` = 'select'")[0]
+    run = mlflow.MlflowClient().search_runs(
+        [mlflow.get_experiment_by_name("t").experiment_id], "tags.`reset.step` = 'select'"
+    )[0]
     assert run.data.metrics["keep_rate.dolly _15k__ v2.instruction"] == 1.0
 
 
@@ -138,8 +153,10 @@ def test_a_dataset_another_run_inserted_meanwhile_is_linked_not_an_error(cfg, tm
         if len(calls) == 1:  # the other run wins the insert
             with mlflow.start_run(nested=True):
                 real(dataset, **kw)
-            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
-                                  "datasets.name, datasets.digest")
+            raise MlflowException(
+                "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                "datasets.name, datasets.digest"
+            )
         return real(dataset, **kw)
 
     monkeypatch.setattr(mlflow, "log_input", racing)

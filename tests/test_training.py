@@ -63,8 +63,15 @@ def examples(demo):
 def adapter_run(tiny_model_dir, examples, tmp_path_factory):
     """A LoRA run at the default precision (bf16 on this CPU when it has avx512_bf16)."""
     out = tmp_path_factory.mktemp("lora") / "mtl"
-    metrics = finetune(tiny_model_dir, examples, out, _cfg(max_steps=20, checkpoint_every=5), ModelConfig(max_length=192),
-                       provenance={"stage": "mtl"}, log=_quiet)
+    metrics = finetune(
+        tiny_model_dir,
+        examples,
+        out,
+        _cfg(max_steps=20, checkpoint_every=5),
+        ModelConfig(max_length=192),
+        provenance={"stage": "mtl"},
+        log=_quiet,
+    )
     return out, metrics
 
 
@@ -79,8 +86,14 @@ def test_cpu_bf16_detection_reads_the_cpu_flags():
 def test_bf16_and_fp32_losses_are_close_but_not_equal(tiny_model_dir, examples, tmp_path):
     runs = {}
     for precision in ("fp32", "bf16"):
-        runs[precision] = finetune(tiny_model_dir, examples, tmp_path / precision, _cfg(precision=precision),
-                                   ModelConfig(max_length=192), log=_quiet)
+        runs[precision] = finetune(
+            tiny_model_dir,
+            examples,
+            tmp_path / precision,
+            _cfg(precision=precision),
+            ModelConfig(max_length=192),
+            log=_quiet,
+        )
     fp32, bf16 = runs["fp32"]["loss_history"], runs["bf16"]["loss_history"]
     assert fp32 != bf16  # bf16 really ran in lower precision
     for a, b in zip(fp32, bf16, strict=True):
@@ -109,8 +122,9 @@ def test_response_only_logits_give_the_models_own_loss(tiny_model_dir, examples)
     batch = [chat.encode_sft(tok, ex, ex.response, 192) for ex in examples[:5]]
     for inputs in (pad(batch, tok.pad_token_id), pack(batch)):
         with torch.no_grad():
-            torch.testing.assert_close(response_loss(model, inputs), model(**inputs, use_cache=False).loss,
-                                       rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                response_loss(model, inputs), model(**inputs, use_cache=False).loss, rtol=1e-5, atol=1e-5
+            )
 
 
 def test_length_grouped_plan_pads_less_and_sees_every_example_once_per_pass():
@@ -185,8 +199,9 @@ def test_continued_finetuning_trains_the_same_adapter(adapter_run, tiny_model_di
 
     mtl, mtl_metrics = adapter_run
     out = tmp_path / "reset"
-    metrics = finetune(mtl, examples, out, _cfg(max_steps=4, lora_r=4, learning_rate=5e-3), ModelConfig(max_length=192),
-                       log=_quiet)
+    metrics = finetune(
+        mtl, examples, out, _cfg(max_steps=4, lora_r=4, learning_rate=5e-3), ModelConfig(max_length=192), log=_quiet
+    )
     # It starts where the MTL run ended (its adapter is loaded), not from the base model's loss.
     assert metrics["first_loss"] < 0.8 * mtl_metrics["first_loss"]
     before, after = load_file(mtl / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
@@ -198,8 +213,14 @@ def test_continued_finetuning_trains_the_same_adapter(adapter_run, tiny_model_di
 
 def test_full_finetuning_saves_a_whole_model(tiny_model_dir, examples, tmp_path):
     out = tmp_path / "full"
-    metrics = finetune(tiny_model_dir, examples, out, _cfg(method="full", learning_rate=1e-3, max_steps=6),
-                       ModelConfig(max_length=192), log=_quiet)
+    metrics = finetune(
+        tiny_model_dir,
+        examples,
+        out,
+        _cfg(method="full", learning_rate=1e-3, max_steps=6),
+        ModelConfig(max_length=192),
+        log=_quiet,
+    )
     assert metrics["trainable_params"] == sum(p.numel() for p in modeling.load(tiny_model_dir)[0].parameters())
     assert not modeling.is_adapter_dir(out) and modeling.checkpoint_parts(out) == (out, None)
     model, tok = modeling.load(out)
@@ -256,8 +277,9 @@ def _kill_tree(pid: int) -> None:
 
 def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run a command; on timeout it and everything it started are killed, so nothing is left running."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -272,8 +294,17 @@ def _metrics_line(stdout: str) -> dict:
 
 
 def test_sigkill_then_run_again_resumes_and_ends_like_an_uninterrupted_run(tiny_model_dir, examples, tmp_path):
-    train = {"max_steps": 60, "batch_size": 4, "learning_rate": 0.005, "lora_r": 8, "lora_alpha": 16,
-             "lora_dropout": 0.1, "warmup_ratio": 0.1, "log_every": 100, "checkpoint_every": 5}
+    train = {
+        "max_steps": 60,
+        "batch_size": 4,
+        "learning_rate": 0.005,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.1,
+        "warmup_ratio": 0.1,
+        "log_every": 100,
+        "checkpoint_every": 5,
+    }
     cfg, data = _cli_setup(tmp_path, tiny_model_dir, examples, train)
     ref = _run(_cli(cfg, data, tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-3000:]
@@ -282,18 +313,25 @@ def test_sigkill_then_run_again_resumes_and_ends_like_an_uninterrupted_run(tiny_
     out = tmp_path / "killed"
     # The fault, injected: the process SIGKILLs itself right after its second checkpoint (step 10 of
     # 60) is complete; a kill from outside raced the end of so short a run on a busy machine.
-    killer = ("import os, signal, sys\n"
-              "import reset.models.finetune as F\n"
-              "save, saved = F._save_checkpoint, []\n"
-              "def _save(*a, **k):\n"
-              "    save(*a, **k)\n"
-              "    saved.append(1)\n"
-              "    if len(saved) == 2:\n"
-              "        os.kill(os.getpid(), signal.SIGKILL)\n"
-              "F._save_checkpoint = _save\n"
-              "sys.exit(F.main(sys.argv[1:]))\n")
-    proc = subprocess.Popen([sys.executable, "-c", killer, *_cli(cfg, data, out)[3:]], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=_env(), start_new_session=True)
+    killer = (
+        "import os, signal, sys\n"
+        "import reset.models.finetune as F\n"
+        "save, saved = F._save_checkpoint, []\n"
+        "def _save(*a, **k):\n"
+        "    save(*a, **k)\n"
+        "    saved.append(1)\n"
+        "    if len(saved) == 2:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "F._save_checkpoint = _save\n"
+        "sys.exit(F.main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", killer, *_cli(cfg, data, out)[3:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_env(),
+        start_new_session=True,
+    )
     try:
         proc.wait(timeout=240)
     finally:
@@ -316,22 +354,50 @@ def test_checkpoint_of_another_configuration_is_not_resumed(tiny_model_dir, exam
     out = tmp_path / "m"
     root = tmp_path / "ckpt"
     # A run that stops before its end leaves its checkpoint (here: kept by a separate directory).
-    finetune(tiny_model_dir, examples, tmp_path / "first", _cfg(max_steps=6, checkpoint_every=3, checkpoint_dir=str(root)),
-             ModelConfig(max_length=192), log=_quiet)
+    finetune(
+        tiny_model_dir,
+        examples,
+        tmp_path / "first",
+        _cfg(max_steps=6, checkpoint_every=3, checkpoint_dir=str(root)),
+        ModelConfig(max_length=192),
+        log=_quiet,
+    )
     assert not root.exists()  # removed when the step ended
     logs: list[str] = []
-    finetune(tiny_model_dir, examples, out, _cfg(max_steps=4, checkpoint_every=2, checkpoint_dir=str(root)),
-             ModelConfig(max_length=192), log=logs.append)
+    finetune(
+        tiny_model_dir,
+        examples,
+        out,
+        _cfg(max_steps=4, checkpoint_every=2, checkpoint_dir=str(root)),
+        ModelConfig(max_length=192),
+        log=logs.append,
+    )
     assert not any("resuming" in line for line in logs)
 
 
 def test_torchrun_two_processes_train_with_fsdp_and_save_a_loadable_adapter(tiny_model_dir, examples, tmp_path):
-    train = {"max_steps": 8, "batch_size": 2, "learning_rate": 0.01, "lora_r": 8, "lora_alpha": 16,
-             "lora_dropout": 0.0, "warmup_ratio": 0.0, "log_every": 4, "checkpoint_every": 4}
+    train = {
+        "max_steps": 8,
+        "batch_size": 2,
+        "learning_rate": 0.01,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "warmup_ratio": 0.0,
+        "log_every": 4,
+        "checkpoint_every": 4,
+    }
     cfg, data = _cli_setup(tmp_path, tiny_model_dir, examples, train)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *_cli(cfg, data, out)[1:]]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *_cli(cfg, data, out)[1:],
+    ]
     run = _run(cmd)
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     metrics = _metrics_line(run.stdout)

@@ -107,7 +107,8 @@ def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo
         run = client.search_runs([client.get_experiment_by_name("llm").experiment_id], "tags.`reset.step` = 'judge'")[0]
         m = run.data.metrics
         grounded = sum(1 for ex, _ in pairs if ex.has_context)
-        assert m["llm.requests"] == len(pairs) + grounded  # one shared ledger: both axes, faithfulness where a context exists
+        # one shared ledger: both axes, faithfulness where a context exists
+        assert m["llm.requests"] == len(pairs) + grounded
         assert m["llm.prompt_tokens"] > 0 and m["llm.errors"] == 0
         local = client.download_artifacts(run.info.run_id, "judged_samples.json", str(tmp_path))
         with open(local) as fh:

@@ -116,10 +116,29 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
     for s in card.get("sources", []):
         src_rows.append([s["name"], s["slot"], s["format"], s["rows"], s["kept"], s.get("moved", 0),
                          s.get("rejected", {}), s.get("duplicates", {}), s.get("kinds", {}), s.get("splits", {})])
-    out.append(("Sources", ["source", "slot", "format", "rows read", "kept", "moved to grounded", "not kept (by reason)",
-                            "duplicates", "kind/task kept", "in train / dev / test / seen"], src_rows,
-                [f"{s['name']}: {f['file']} ({f['layout']}, {_fmt(f['bytes'])} bytes, sha256 {f['digest'][:16]})"
-                 for s in card.get("sources", []) for f in s.get("files", [])]))
+    out.append(
+        (
+            "Sources",
+            [
+                "source",
+                "slot",
+                "format",
+                "rows read",
+                "kept",
+                "moved to grounded",
+                "not kept (by reason)",
+                "duplicates",
+                "kind/task kept",
+                "in train / dev / test / seen",
+            ],
+            src_rows,
+            [
+                f"{s['name']}: {f['file']} ({f['layout']}, {_fmt(f['bytes'])} bytes, sha256 {f['digest'][:16]})"
+                for s in card.get("sources", [])
+                for f in s.get("files", [])
+            ],
+        )
+    )
     len_rows = []
     for s in card.get("sources", []):
         lg = s.get("lengths", {})
@@ -128,36 +147,93 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
             if p.get("n"):
                 len_rows.append([s["name"], what, p["n"], p["p50"], p["p90"], p["p99"], p["max"]])
     lim = card.get("limits", {})
-    out.append((f"Lengths in {unit} (prompt = instruction + context in the chat template; total = with the response)",
-                ["source", "part", "measured", "p50", "p90", "p99", "max"], len_rows,
-                [f"measured with {card.get('length_note', '')}; a seeded sample of at most "
-                 f"{_fmt(card.get('card_sample', 0))} rows per source"]))
-    trunc_rows = [[s["name"], s.get("kept", 0), s.get("truncated", {}).get("prompt", 0),
-                   s.get("truncated", {}).get("sequence", 0)] for s in card.get("sources", [])]
+    out.append(
+        (
+            f"Lengths in {unit} (prompt = instruction + context in the chat template; total = with the response)",
+            ["source", "part", "measured", "p50", "p90", "p99", "max"],
+            len_rows,
+            [
+                f"measured with {card.get('length_note', '')}; a seeded sample of at most "
+                f"{_fmt(card.get('card_sample', 0))} rows per source"
+            ],
+        )
+    )
+    trunc_rows = [
+        [
+            s["name"],
+            s.get("kept", 0),
+            s.get("truncated", {}).get("prompt", 0),
+            s.get("truncated", {}).get("sequence", 0),
+        ]
+        for s in card.get("sources", [])
+    ]
     for name, sp in card.get("splits", {}).items():
-        trunc_rows.append([f"split: {name}", sp.get("rows", 0), sp.get("truncated_prompt", 0),
-                           sp.get("truncated_sequence", 0)])
-    out.append(("Truncation", ["rows", "count", f"prompt > model.max_prompt_length ({lim.get('max_prompt_length')})",
-                               f"prompt + response > model.max_length ({lim.get('max_length')})"], trunc_rows,
-                ["every row is counted (rows that cannot reach a limit by their size are not tokenized)"]))
-    split_rows = [[name, sp.get("rows", 0), sp.get("unique", sp.get("rows", 0)), sp.get("by_kind_task", {}),
-                   sp.get("by_source", {}), (sp.get("digest") or "")[:16] or "-"]
-                  for name, sp in card.get("splits", {}).items()]
+        trunc_rows.append(
+            [f"split: {name}", sp.get("rows", 0), sp.get("truncated_prompt", 0), sp.get("truncated_sequence", 0)]
+        )
+    out.append(
+        (
+            "Truncation",
+            [
+                "rows",
+                "count",
+                f"prompt > model.max_prompt_length ({lim.get('max_prompt_length')})",
+                f"prompt + response > model.max_length ({lim.get('max_length')})",
+            ],
+            trunc_rows,
+            ["every row is counted (rows that cannot reach a limit by their size are not tokenized)"],
+        )
+    )
+    split_rows = [
+        [
+            name,
+            sp.get("rows", 0),
+            sp.get("unique", sp.get("rows", 0)),
+            sp.get("by_kind_task", {}),
+            sp.get("by_source", {}),
+            (sp.get("digest") or "")[:16] or "-",
+        ]
+        for name, sp in card.get("splits", {}).items()
+    ]
     if split_rows:
-        out.append(("Splits", ["split", "rows", "distinct examples", "kind/task", "source", "sha256"], split_rows,
-                    ["test is frozen: only the final evaluation and the promotion gate read it (its digest is "
-                     "recorded on the parent run and the registered model); everything chosen looks at dev"]))
+        out.append(
+            (
+                "Splits",
+                ["split", "rows", "distinct examples", "kind/task", "source", "sha256"],
+                split_rows,
+                [
+                    "test is frozen: only the final evaluation and the promotion gate read it (its digest is "
+                    "recorded on the parent run and the registered model); everything chosen looks at dev"
+                ],
+            )
+        )
     q = card.get("quarantine", {})
     q_rows = [[k, v] for k, v in q.get("by_category", {}).items()]
     q_notes = [f"{r}: {n}" for r, n in q.get("excluded_reasons", {}).items()] + q.get("first", [])
-    out.append((f"Quarantine ({_fmt(q.get('total', 0))} rows, each with file, line and reason)", ["category", "rows"],
-                q_rows, q_notes))
+    out.append(
+        (
+            f"Quarantine ({_fmt(q.get('total', 0))} rows, each with file, line and reason)",
+            ["category", "rows"],
+            q_rows,
+            q_notes,
+        )
+    )
     ov = card.get("overlap")
     if ov:
-        out.append((f"{ov.get('split', 'held-out').capitalize()} / train overlap (word {ov['n']}-grams of the prompts)",
-                    [f"{ov.get('split', 'held-out')} prompts", "measurable", "sharing any n-gram", "sharing at least half", "mean share"],
-                    [[ov["heldout"], ov["measurable"], ov["any"], ov["half"], ov["mean_share"]]],
-                    [f"{e['id']}: {e['share']:.2f}" for e in ov.get("worst", [])]))
+        out.append(
+            (
+                f"{ov.get('split', 'held-out').capitalize()} / train overlap (word {ov['n']}-grams of the prompts)",
+                [
+                    f"{ov.get('split', 'held-out')} prompts",
+                    "measurable",
+                    "sharing any n-gram",
+                    "sharing at least half",
+                    "mean share",
+                ],
+                [[ov["heldout"], ov["measurable"], ov["any"], ov["half"], ov["mean_share"]]],
+                [f"{e['id']}: {e['share']:.2f}" for e in ov.get("worst", [])],
+            )
+        )
     notes = card.get("notes", [])
     if notes:
         out.append(("Notes", ["note"], [[n] for n in notes], []))
@@ -165,8 +241,12 @@ def _tables(card: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]],
 
 
 def to_markdown(card: dict[str, Any]) -> str:
-    lines = [f"# Data card: {card.get('title', 'data')}", "",
-             f"{card.get('generated', '')} · seed {card.get('seed', '')} · lengths in {card.get('length_unit', '')}", ""]
+    lines = [
+        f"# Data card: {card.get('title', 'data')}",
+        "",
+        f"{card.get('generated', '')} · seed {card.get('seed', '')} · lengths in {card.get('length_unit', '')}",
+        "",
+    ]
     for title, header, rows, notes in _tables(card):
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for r in rows:
@@ -180,13 +260,15 @@ def to_markdown(card: dict[str, Any]) -> str:
 
 def to_html(card: dict[str, Any]) -> str:
     e = html.escape
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Data card</title><style>"
-             "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#eee}"
-             "</style></head><body>",
-             f"<h1>Data card: {e(str(card.get('title', 'data')))}</h1>",
-             f"<p>{e(str(card.get('generated', '')))} · seed {e(str(card.get('seed', '')))} · lengths in "
-             f"{e(str(card.get('length_unit', '')))}</p>"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Data card</title><style>"
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1em}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}th{background:#eee}"
+        "</style></head><body>",
+        f"<h1>Data card: {e(str(card.get('title', 'data')))}</h1>",
+        f"<p>{e(str(card.get('generated', '')))} · seed {e(str(card.get('seed', '')))} · lengths in "
+        f"{e(str(card.get('length_unit', '')))}</p>",
+    ]
     for title, header, rows, notes in _tables(card):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         for r in rows:

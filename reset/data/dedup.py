@@ -43,10 +43,14 @@ SHINGLE = 3
 MAX_WORDS = 256
 BATCH = 1024
 
-_PUNCT = str.maketrans({c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00ab\u00bb\u00bf\u00a1"})
+_PUNCT = str.maketrans(
+    {c: " " for c in string.punctuation + "\u2018\u2019\u201c\u201d\u2013\u2014\u2026\u00ab\u00bb\u00bf\u00a1"}
+)
 # bytes: ASCII punctuation, whitespace and NUL all become a space (the only word separator left)
-_FOLD = bytes.maketrans((string.punctuation + string.whitespace + "\x00").encode(),
-                        b" " * len(string.punctuation + string.whitespace + "\x00"))
+_FOLD = bytes.maketrans(
+    (string.punctuation + string.whitespace + "\x00").encode(),
+    b" " * len(string.punctuation + string.whitespace + "\x00"),
+)
 _P = np.uint64(0x100000001B3)
 _PINV = np.uint64(pow(0x100000001B3, -1, 1 << 64))
 _M1 = np.uint64(0x9E3779B97F4A7C15)
@@ -127,8 +131,8 @@ def ngram_hashes(words: np.ndarray, owner: np.ndarray, n: int, *, short_whole: b
         if m > 0:
             h = words[:m] * _M1
             for k in range(1, n):
-                h = (h ^ (h >> np.uint64(29))) * _M2 + words[k:m + k]
-            same = owner[:m] == owner[n - 1:]
+                h = (h ^ (h >> np.uint64(29))) * _M2 + words[k : m + k]
+            same = owner[:m] == owner[n - 1 :]
             grams, gowner = h[same], owner[:m][same]
         else:
             grams, gowner = np.zeros(0, np.uint64), np.zeros(0, np.int64)
@@ -140,8 +144,9 @@ def ngram_hashes(words: np.ndarray, owner: np.ndarray, n: int, *, short_whole: b
                 acc = np.zeros(len(short), np.uint64)
                 for k in range(n - 1):
                     valid = counts[short] > k
-                    acc = np.where(valid, (acc ^ (acc >> np.uint64(29))) * _M2 + words[np.minimum(pos + k, len(words) - 1)],
-                                   acc)
+                    acc = np.where(
+                        valid, (acc ^ (acc >> np.uint64(29))) * _M2 + words[np.minimum(pos + k, len(words) - 1)], acc
+                    )
                 grams = np.concatenate([grams, acc])
                 gowner = np.concatenate([gowner, short.astype(np.int64)])
         grams = grams ^ (grams >> np.uint64(31))
@@ -190,7 +195,7 @@ class _Grow:
             new = np.zeros((size, self.width) if self.width else size, self.data.dtype)
             new[: self.n] = self.data[: self.n]
             self.data = new
-        self.data[self.n: self.n + k] = values
+        self.data[self.n : self.n + k] = values
         self.n += k
 
     def view(self) -> np.ndarray:
@@ -198,8 +203,12 @@ class _Grow:
 
 
 DUP_NONE, DUP_ID, DUP_EXACT, DUP_NORMALIZED, DUP_NEAR = 0, 1, 2, 3, 4
-DUP_NAMES = {DUP_ID: "duplicate-id", DUP_EXACT: "duplicate-exact", DUP_NORMALIZED: "duplicate-normalized",
-             DUP_NEAR: "near-duplicate"}
+DUP_NAMES = {
+    DUP_ID: "duplicate-id",
+    DUP_EXACT: "duplicate-exact",
+    DUP_NORMALIZED: "duplicate-normalized",
+    DUP_NEAR: "near-duplicate",
+}
 
 
 class Deduper:
@@ -229,8 +238,13 @@ class Deduper:
         else:
             folded = (fold(instruction), fold(context))
             # (Python's hash: equality within this process is all that is asked of these three)
-            self._buf.append((hash(id_), hash(instruction + "\x1f" + context),
-                              hash(b" ".join(folded[0].split()) + b"\x1f" + b" ".join(folded[1].split()))))
+            self._buf.append(
+                (
+                    hash(id_),
+                    hash(instruction + "\x1f" + context),
+                    hash(b" ".join(folded[0].split()) + b"\x1f" + b" ".join(folded[1].split())),
+                )
+            )
             if self.level == "near":
                 self._pending.append(folded)
         if len(self._buf) >= BATCH:
@@ -293,13 +307,14 @@ class Deduper:
         with np.errstate(over="ignore"):
             for sig in (si, sc):
                 for band in range(BANDS):
-                    part = sig[alive, band * ROWS_PER_BAND:(band + 1) * ROWS_PER_BAND].astype(np.uint64)
+                    part = sig[alive, band * ROWS_PER_BAND : (band + 1) * ROWS_PER_BAND].astype(np.uint64)
                     key = np.zeros(len(alive), np.uint64)
                     for j in range(ROWS_PER_BAND):
                         key = (key ^ (key >> np.uint64(29))) * _M1 + part[:, j]
                     # a band with no shingle says nothing: a key no other row has
-                    key = np.where((part != 0xFFFF).any(axis=1), key >> np.uint64(1),
-                                   np.uint64(1 << 63) | idx.astype(np.uint64))
+                    key = np.where(
+                        (part != 0xFFFF).any(axis=1), key >> np.uint64(1), np.uint64(1 << 63) | idx.astype(np.uint64)
+                    )
                     _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
                     leader = first[inverse]
                     cand = np.flatnonzero(leader != idx)
@@ -323,8 +338,10 @@ class Deduper:
         if not len(rows):
             return
         needed = np.unique(np.concatenate([rows, leads]))
-        shingles = {int(r): (shingle_set(i), shingle_set(c or ""))
-                    for r, (i, c) in zip(needed, texts(needed.tolist()), strict=True)}
+        shingles = {
+            int(r): (shingle_set(i), shingle_set(c or ""))
+            for r, (i, c) in zip(needed, texts(needed.tolist()), strict=True)
+        }
         for r, lead in zip(rows.tolist(), leads.tolist(), strict=True):  # sorted by row: earlier rows decide first
             if of[r] >= 0:
                 continue
@@ -343,7 +360,7 @@ def shingle_set(text: str) -> set[tuple[bytes, ...]]:
     w = fold(text).split()[:MAX_WORDS]
     if len(w) < SHINGLE:
         return {tuple(w)} if w else set()
-    return {tuple(w[i:i + SHINGLE]) for i in range(len(w) - SHINGLE + 1)}
+    return {tuple(w[i : i + SHINGLE]) for i in range(len(w) - SHINGLE + 1)}
 
 
 def jaccard(a: set, b: set) -> float:

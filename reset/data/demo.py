@@ -496,21 +496,39 @@ def _fictional_passage(rng: random.Random) -> tuple[list[str], list[dict[str, An
             f"Every {month} the main square fills with stalls for a week-long fair.",
         ]
         facts = [
-            dict(q=[f"Which river does {t} stand on?", f"On the banks of which river did {t} grow up?"],
-                 refs=["According to the passage, it is on the {A} River.", f"{t} lies on the {{A}} River."],
-                 a=river, i=0),
-            dict(q=[f"When were the first houses in {t} built?", f"In what year was {t} first settled?"],
-                 refs=["The passage says the first houses date from {A}.", "The town was first settled in {A}."],
-                 a=year, i=1),
-            dict(q=[f"How many residents does {t} have?"],
-                 refs=["According to the passage, roughly {A} people live there.", f"About {{A}} residents live in {t}."],
-                 a=pop, i=2),
-            dict(q=[f"What is {t} best known for?", f"What product is {t} famous for?"],
-                 refs=["According to the passage, it is famous for its {A}.", f"{t} is famous for its {{A}}."],
-                 a=prod, i=3),
-            dict(q=[f"In which month is the fair in {t} held?"],
-                 refs=["According to the passage, the fair is held in {A}.", "The yearly fair takes place in {A}."],
-                 a=month, i=4),
+            dict(
+                q=[f"Which river does {t} stand on?", f"On the banks of which river did {t} grow up?"],
+                refs=["According to the passage, it is on the {A} River.", f"{t} lies on the {{A}} River."],
+                a=river,
+                i=0,
+            ),
+            dict(
+                q=[f"When were the first houses in {t} built?", f"In what year was {t} first settled?"],
+                refs=["The passage says the first houses date from {A}.", "The town was first settled in {A}."],
+                a=year,
+                i=1,
+            ),
+            dict(
+                q=[f"How many residents does {t} have?"],
+                refs=[
+                    "According to the passage, roughly {A} people live there.",
+                    f"About {{A}} residents live in {t}.",
+                ],
+                a=pop,
+                i=2,
+            ),
+            dict(
+                q=[f"What is {t} best known for?", f"What product is {t} famous for?"],
+                refs=["According to the passage, it is famous for its {A}.", f"{t} is famous for its {{A}}."],
+                a=prod,
+                i=3,
+            ),
+            dict(
+                q=[f"In which month is the fair in {t} held?"],
+                refs=["According to the passage, the fair is held in {A}.", "The yearly fair takes place in {A}."],
+                a=month,
+                i=4,
+            ),
         ]
     elif kind == "inventor":
         p, born, inv, job = _person(rng), _town(rng), rng.choice(_INVENTIONS), rng.choice(_JOBS)
@@ -525,18 +543,33 @@ def _fictional_passage(rng: random.Random) -> tuple[list[str], list[dict[str, An
             f"A small museum in {born} now displays the original drawings.",
         ]
         facts = [
-            dict(q=[f"Where was {p} born?", f"In which village was {p} born?"],
-                 refs=[f"According to the passage, {first} was born in {{A}}.", f"{first} came from the village of {{A}}."],
-                 a=born, i=0),
-            dict(q=[f"What did {p} invent?", f"Which device did {p} build first?"],
-                 refs=[f"According to the passage, {first} invented the {{A}}.", f"{first} built the first {{A}}."],
-                 a=inv, i=2),
-            dict(q=[f"In which year did {p} build the first {inv}?"],
-                 refs=["According to the passage, it was built in {A}.", "The first one was made in {A}."],
-                 a=str(y2), i=2),
-            dict(q=[f"What was {p}'s job before inventing?"],
-                 refs=[f"According to the passage, {first} was a {{A}}.", f"The text says {first} worked as a {{A}}."],
-                 a=job, i=1),
+            dict(
+                q=[f"Where was {p} born?", f"In which village was {p} born?"],
+                refs=[
+                    f"According to the passage, {first} was born in {{A}}.",
+                    f"{first} came from the village of {{A}}.",
+                ],
+                a=born,
+                i=0,
+            ),
+            dict(
+                q=[f"What did {p} invent?", f"Which device did {p} build first?"],
+                refs=[f"According to the passage, {first} invented the {{A}}.", f"{first} built the first {{A}}."],
+                a=inv,
+                i=2,
+            ),
+            dict(
+                q=[f"In which year did {p} build the first {inv}?"],
+                refs=["According to the passage, it was built in {A}.", "The first one was made in {A}."],
+                a=str(y2),
+                i=2,
+            ),
+            dict(
+                q=[f"What was {p}'s job before inventing?"],
+                refs=[f"According to the passage, {first} was a {{A}}.", f"The text says {first} worked as a {{A}}."],
+                a=job,
+                i=1,
+            ),
         ]
     else:
         c = rng.choice(_SYL_A) + rng.choice(["tek", "wright", "works", "line", "craft"])
@@ -549,21 +582,36 @@ def _fictional_passage(rng: random.Random) -> tuple[list[str], list[dict[str, An
             f"At present it employs about {staff} people and trains a group of apprentices every year.",
         ]
         facts = [
-            dict(q=[f"Who founded {c}?", f"Which person started the company {c}?"],
-                 refs=["According to the passage, it was founded by {A}.", f"{c} was started by {{A}}."],
-                 a=founder, i=0),
-            dict(q=[f"Where is {c} based?", f"In which town are the headquarters of {c}?"],
-                 refs=["According to the passage, it is based in {A}.", f"{c} has its headquarters in {{A}}."],
-                 a=hq, i=1),
-            dict(q=[f"What does {c} make?", f"What products does {c} sell?"],
-                 refs=["According to the passage, it makes {A}.", f"{c} produces {{A}}."],
-                 a=makes, i=2),
-            dict(q=[f"When was {c} founded?"],
-                 refs=["According to the passage, it was founded in {A}.", f"{c} was established in {{A}}."],
-                 a=year, i=0),
-            dict(q=[f"How many people does {c} employ?"],
-                 refs=["According to the passage, about {A} people.", f"{c} has roughly {{A}} employees."],
-                 a=staff, i=3),
+            dict(
+                q=[f"Who founded {c}?", f"Which person started the company {c}?"],
+                refs=["According to the passage, it was founded by {A}.", f"{c} was started by {{A}}."],
+                a=founder,
+                i=0,
+            ),
+            dict(
+                q=[f"Where is {c} based?", f"In which town are the headquarters of {c}?"],
+                refs=["According to the passage, it is based in {A}.", f"{c} has its headquarters in {{A}}."],
+                a=hq,
+                i=1,
+            ),
+            dict(
+                q=[f"What does {c} make?", f"What products does {c} sell?"],
+                refs=["According to the passage, it makes {A}.", f"{c} produces {{A}}."],
+                a=makes,
+                i=2,
+            ),
+            dict(
+                q=[f"When was {c} founded?"],
+                refs=["According to the passage, it was founded in {A}.", f"{c} was established in {{A}}."],
+                a=year,
+                i=0,
+            ),
+            dict(
+                q=[f"How many people does {c} employ?"],
+                refs=["According to the passage, about {A} people.", f"{c} has roughly {{A}} employees."],
+                a=staff,
+                i=3,
+            ),
         ]
     return sentences, facts
 
@@ -650,8 +698,7 @@ def _event(rng: random.Random) -> tuple[list[str], list[str], dict[str, Any]]:
             "The researchers have asked for the forest to be protected while more studies take place.",
         ]
         sums = [
-            f"In {month}, a team led by {lead} reported a new {animal} species near {town}, "
-            f"after finding {n} of them.",
+            f"In {month}, a team led by {lead} reported a new {animal} species near {town}, after finding {n} of them.",
             f"Researchers under {lead} discovered a previously unknown {animal} near {town} in {month}.",
         ]
         key = {"entity": lead, "number": n, "when": month}
@@ -769,11 +816,19 @@ def _draw_if(rng: random.Random, index: int, kinds: list[str], topic: str, sente
             {"id": "keywords:forbidden_words", "kwargs": {"forbidden_words": rng.sample(pool, rng.randint(1, 3))}}
         )
     if "number_words" in kinds:
-        constraints.append({"id": "length_constraints:number_words", "kwargs": _length_kwargs(
-            rng, count_words(text), "num_words", step=5)})
+        constraints.append(
+            {
+                "id": "length_constraints:number_words",
+                "kwargs": _length_kwargs(rng, count_words(text), "num_words", step=5),
+            }
+        )
     if "number_sentences" in kinds:
-        constraints.append({"id": "length_constraints:number_sentences", "kwargs": _length_kwargs(
-            rng, count_sentences(text), "num_sentences", step=1)})
+        constraints.append(
+            {
+                "id": "length_constraints:number_sentences",
+                "kwargs": _length_kwargs(rng, count_sentences(text), "num_sentences", step=1),
+            }
+        )
 
     rng.shuffle(constraints)
     # The bullet description ends with an example list: keep it last in the prompt.
@@ -916,7 +971,10 @@ def _spread(rng: random.Random, n: int, share: float) -> set[int]:
 
 
 def build_demo(
-    seed: int = 0, n_instruction: int = 300, n_grounded: int = 300, families: Sequence[str] | None = None,
+    seed: int = 0,
+    n_instruction: int = 300,
+    n_grounded: int = 300,
+    families: Sequence[str] | None = None,
 ) -> tuple[list[Example], list[Example]]:
     """(instruction examples, grounded examples), deterministic for a seed. `families`: the
     constraint kinds IF examples draw from (default: all of IF_CONSTRAINTS)."""

@@ -229,7 +229,7 @@ class Mixer:
         self.files: list[str] = []
         self._file_ids: dict[str, int] = {}
         self._cols: list[list[int]] = [[], [], [], [], []]  # kind, task, src, file, line
-        self._arr = [dedup._Grow(np.uint8), dedup._Grow(np.uint8), dedup._Grow(np.uint16), dedup._Grow(np.uint32), dedup._Grow(np.int64)]
+        self._arr = [dedup._Grow(t) for t in (np.uint8, np.uint8, np.uint16, np.uint32, np.int64)]
         self._flag_pending: list[tuple[int, Example]] = []
         self._flag_vals: dict[int, int] = {}
         self._samples: dict[int, Reservoir] = {}
@@ -253,8 +253,9 @@ class Mixer:
         if name in self._by_name:  # two sources with one name: tell them apart
             name = f"{name}-{len(self.sources) + 1}"
         si = self.source_index(name, slot, src.weight, src.cap, test=src.split == "test")
-        reader = SourceReader(src if src.name == name else src.model_copy(update={"name": name}), slot, self.cfg,
-                              cache_dir)
+        reader = SourceReader(
+            src if src.name == name else src.model_copy(update={"name": name}), slot, self.cfg, cache_dir
+        )
         self.sources[si].report = reader.report
         add, qadd = self.add, self.quarantine.add
         try:
@@ -310,7 +311,8 @@ class Mixer:
         lengths = m.measure([ex for _, ex in self._flag_pending])
         for (i, _), (p, t) in zip(self._flag_pending, lengths, strict=True):
             f = (TRUNC_PROMPT if m.max_prompt_length and p > m.max_prompt_length else 0) | (
-                TRUNC_SEQ if m.max_length and t > m.max_length else 0)
+                TRUNC_SEQ if m.max_length and t > m.max_length else 0
+            )
             if f:
                 self._flag_vals[i] = f
         self._flag_pending = []
@@ -339,14 +341,21 @@ class Mixer:
             if k:
                 self.dups[name] = k
         for start in range(0, len(dups), 4096):
-            chunk = dups[start:start + 4096]
+            chunk = dups[start : start + 4096]
             rows = self.store.get(chunk.tolist())
             firsts = self.store.get(of[chunk].tolist())
             for i, ex, first in zip(chunk.tolist(), rows, firsts, strict=True):
                 code = int(why[i])
-                self.quarantine.add(Rejected(self.files[self.file[i]], int(self.line[i]),
-                                             _dup_reason(code, ex, first, float(score[i])), _raw(ex),
-                                             dedup.DUP_NAMES[code], self.sources[self.src[i]].name))
+                self.quarantine.add(
+                    Rejected(
+                        self.files[self.file[i]],
+                        int(self.line[i]),
+                        _dup_reason(code, ex, first, float(score[i])),
+                        _raw(ex),
+                        dedup.DUP_NAMES[code],
+                        self.sources[self.src[i]].name,
+                    )
+                )
 
     def _plan(self, alive: np.ndarray) -> dict[str, np.ndarray]:
         cfg = self.cfg
@@ -372,12 +381,14 @@ class Mixer:
                 raise DataError(
                     f"data: {n_dev} dev {'' if has_test_src else f'+ {n_test} test '}{KINDS[k]} examples requested "
                     f"({self._size_keys(k, has_test_src)}) but only {len(rows)} valid {KINDS[k]} examples are in the "
-                    "pool (training needs at least one more)")
+                    "pool (training needs at least one more)"
+                )
             if has_test_src:
                 if len(test_rows) < n_test:
                     raise DataError(
                         f"data.{self._test_key(k)}: {n_test} test {KINDS[k]} examples requested but the `split: test` "
-                        f"sources hold only {len(test_rows)} valid ones that repeat no pool prompt")
+                        f"sources hold only {len(test_rows)} valid ones that repeat no pool prompt"
+                    )
                 tests.append(self._stratified(test_rows, n_test, test_rng))
             strata = self.src[rows].astype(np.int64) * 8 + self.task[rows]
             keys, inverse, sizes = np.unique(strata, return_inverse=True, return_counts=True)
@@ -405,8 +416,9 @@ class Mixer:
         n_if, n_cd = _mixture_counts(len(train_pool[0]), len(train_pool[1]), cfg)
         train = np.concatenate([train_pool[0][:n_if], train_pool[1][:n_cd]]).astype(np.int64)
         if not len(train):
-            raise DataError("data: the training mixture is empty (check the sources, their weights and "
-                            "instruction_fraction)")
+            raise DataError(
+                "data: the training mixture is empty (check the sources, their weights and instruction_fraction)"
+            )
         train = rng.permutation(train)
         seen = []
         for k in (0, 1):
@@ -419,10 +431,15 @@ class Mixer:
 
         dev_idx, test_idx, seen_idx = cat(devs), cat(tests), cat(seen)
         self.stats = {
-            "valid_instruction": valid[0], "valid_grounded": valid[1],
-            "train_instruction": int(n_if), "train_grounded": int(n_cd),
-            "train": int(len(train)), "dev": int(len(dev_idx)), "test": int(len(test_idx)),
-            "seen_prompts": int(len(seen_idx)), "rejected": int(self.quarantine.total),
+            "valid_instruction": valid[0],
+            "valid_grounded": valid[1],
+            "train_instruction": int(n_if),
+            "train_grounded": int(n_cd),
+            "train": int(len(train)),
+            "dev": int(len(dev_idx)),
+            "test": int(len(test_idx)),
+            "seen_prompts": int(len(seen_idx)),
+            "rejected": int(self.quarantine.total),
         }
         return {"train": train, "dev": dev_idx, "test": test_idx, "seen": seen_idx}
 
@@ -494,14 +511,21 @@ class Mixer:
         else:
             check = dedup.OverlapCheck([_prompt(e) for e in heldout], self.cfg.overlap_ngram)
             for start in range(0, len(distinct), 4096):
-                check.add_train([_prompt(e) for e in self.store.get(distinct[start:start + 4096].tolist())])
+                check.add_train([_prompt(e) for e in self.store.get(distinct[start : start + 4096].tolist())])
         shares = check.shares()
         ok = ~np.isnan(shares)
         order = np.argsort(-np.where(ok, shares, -1.0), kind="stable")
         worst = [{"id": heldout[i].id, "share": float(shares[i])} for i in order[:5] if ok[i] and shares[i] > 0]
-        return {"n": self.cfg.overlap_ngram, "split": which, "heldout": len(heldout), "measurable": int(ok.sum()),
-                "any": int((shares[ok] > 0).sum()), "half": int((shares[ok] >= 0.5).sum()),
-                "mean_share": round(float(shares[ok].mean()), 4) if ok.any() else 0.0, "worst": worst}
+        return {
+            "n": self.cfg.overlap_ngram,
+            "split": which,
+            "heldout": len(heldout),
+            "measurable": int(ok.sum()),
+            "any": int((shares[ok] > 0).sum()),
+            "half": int((shares[ok] >= 0.5).sum()),
+            "mean_share": round(float(shares[ok].mean()), 4) if ok.any() else 0.0,
+            "worst": worst,
+        }
 
     def close(self) -> None:
         self.store.close()
@@ -523,14 +547,24 @@ class Mixer:
                         kinds[f"{KINDS[k]}/{TASKS[t]}"] = c
             dups = {name: int((mine & (self.dup_why == code)).sum()) for code, name in dedup.DUP_NAMES.items()}
             entry: dict[str, Any] = {
-                "name": s.name, "slot": s.slot or (rep.slot if rep else ""), "path": rep.path if rep else "",
-                "format": rep.format if rep else "", "files": rep.files if rep else [],
-                "rows": rep.rows if rep else int(mine.sum()), "kept": rep.kept if rep else int(mine.sum()),
-                "moved": rep.moved if rep else 0, "rejected": dict(rep.rejected) if rep else {},
-                "duplicates": {k: v for k, v in dups.items() if v}, "after_dedupe": int((mine & alive).sum()),
-                "kinds": kinds, "weight": s.weight, "cap": s.cap,
-                "truncated": {"prompt": int(((self.flag & TRUNC_PROMPT) > 0)[mine & alive].sum()),
-                              "sequence": int(((self.flag & TRUNC_SEQ) > 0)[mine & alive].sum())},
+                "name": s.name,
+                "slot": s.slot or (rep.slot if rep else ""),
+                "path": rep.path if rep else "",
+                "format": rep.format if rep else "",
+                "files": rep.files if rep else [],
+                "rows": rep.rows if rep else int(mine.sum()),
+                "kept": rep.kept if rep else int(mine.sum()),
+                "moved": rep.moved if rep else 0,
+                "rejected": dict(rep.rejected) if rep else {},
+                "duplicates": {k: v for k, v in dups.items() if v},
+                "after_dedupe": int((mine & alive).sum()),
+                "kinds": kinds,
+                "weight": s.weight,
+                "cap": s.cap,
+                "truncated": {
+                    "prompt": int(((self.flag & TRUNC_PROMPT) > 0)[mine & alive].sum()),
+                    "sequence": int(((self.flag & TRUNC_SEQ) > 0)[mine & alive].sum()),
+                },
             }
             if rep:
                 entry["unknown_fields"] = dict(rep.unknown_fields)
@@ -541,21 +575,29 @@ class Mixer:
             sample = self._samples.get(si)
             if m is not None and sample is not None and sample.items:
                 lengths = m.measure(sample.items)
-                entry["lengths"] = {"prompt": percentiles([p for p, _ in lengths]),
-                                    "total": percentiles([t for _, t in lengths])}
+                entry["lengths"] = {
+                    "prompt": percentiles([p for p, _ in lengths]),
+                    "total": percentiles([t for _, t in lengths]),
+                }
             srcs.append(entry)
         splits = {}
         for w, idx in self.plan.items():
             codes, counts = np.unique(self.kind[idx].astype(np.int64) * 8 + self.task[idx], return_counts=True)
-            kt = {f"{KINDS[c // 8]}/{TASKS[c % 8]}": int(n) for c, n in zip(codes.tolist(), counts.tolist(),
-                                                                             strict=True)}
-            by_src = {self.sources[s].name: int(c) for s, c in zip(*np.unique(self.src[idx], return_counts=True),
-                                                                    strict=True)}
-            splits[w] = {"rows": int(len(idx)), "unique": int(len(np.unique(idx))), "by_kind_task": kt,
-                         "digest": self.digests.get(w, ""),
-                         "by_source": by_src,
-                         "truncated_prompt": int(((self.flag[idx] & TRUNC_PROMPT) > 0).sum()),
-                         "truncated_sequence": int(((self.flag[idx] & TRUNC_SEQ) > 0).sum())}
+            kt = {
+                f"{KINDS[c // 8]}/{TASKS[c % 8]}": int(n) for c, n in zip(codes.tolist(), counts.tolist(), strict=True)
+            }
+            by_src = {
+                self.sources[s].name: int(c) for s, c in zip(*np.unique(self.src[idx], return_counts=True), strict=True)
+            }
+            splits[w] = {
+                "rows": int(len(idx)),
+                "unique": int(len(np.unique(idx))),
+                "by_kind_task": kt,
+                "digest": self.digests.get(w, ""),
+                "by_source": by_src,
+                "truncated_prompt": int(((self.flag[idx] & TRUNC_PROMPT) > 0).sum()),
+                "truncated_sequence": int(((self.flag[idx] & TRUNC_SEQ) > 0).sum()),
+            }
         q = self.quarantine
         excluded: dict[str, int] = {}
         notes = list(self.notes)
@@ -567,25 +609,53 @@ class Mixer:
                 for what, c in s.report.notes.items():
                     notes.append(f"{s.name}: {what}: {c}")
                 if s.report.unknown_fields:
-                    where = {"meta": "kept under meta.extra_fields", "ignore": "ignored",
-                             "reject": "rows rejected"}[self.cfg.unknown_fields]
-                    notes.append(f"{s.name}: fields the format does not know ({where}): " + ", ".join(
-                        f"{k} ({c} rows)" for k, c in sorted(s.report.unknown_fields.items())))
+                    where = {"meta": "kept under meta.extra_fields", "ignore": "ignored", "reject": "rows rejected"}[
+                        self.cfg.unknown_fields
+                    ]
+                    notes.append(
+                        f"{s.name}: fields the format does not know ({where}): "
+                        + ", ".join(f"{k} ({c} rows)" for k, c in sorted(s.report.unknown_fields.items()))
+                    )
                 if s.report.stopped_at_limit:
                     notes.append(f"{s.name}: reading stopped at its limit of {s.report.kept} usable rows")
         return {
-            "title": title, "generated": now(), "seed": self.cfg.seed,
-            "length_unit": m.unit if m else "", "length_note": m.note if m else "",
+            "title": title,
+            "generated": now(),
+            "seed": self.cfg.seed,
+            "length_unit": m.unit if m else "",
+            "length_note": m.note if m else "",
             "limits": {"max_length": m.max_length if m else 0, "max_prompt_length": m.max_prompt_length if m else 0},
             "card_sample": self.cfg.card_sample,
-            "recipe": {k: getattr(self.cfg, k) for k in ("instruction_fraction", "train_size", "eval_per_kind",
-                                                        "eval_instruction", "eval_grounded", "dev_per_kind",
-                                                        "dev_instruction", "dev_grounded", "seen_prompts_per_kind", "dedupe", "near_duplicate_threshold",
-                                                        "max_bad_fraction", "unknown_fields")},
-            "sources": srcs, "splits": splits, "dedupe": dict(self.dups),
-            "quarantine": {"total": q.total, "by_category": dict(q.by_category), "excluded_reasons": excluded,
-                           "first": [str(r) for r in q.first[:10]]},
-            "overlap": overlap, "stats": dict(self.stats), "notes": notes,
+            "recipe": {
+                k: getattr(self.cfg, k)
+                for k in (
+                    "instruction_fraction",
+                    "train_size",
+                    "eval_per_kind",
+                    "eval_instruction",
+                    "eval_grounded",
+                    "dev_per_kind",
+                    "dev_instruction",
+                    "dev_grounded",
+                    "seen_prompts_per_kind",
+                    "dedupe",
+                    "near_duplicate_threshold",
+                    "max_bad_fraction",
+                    "unknown_fields",
+                )
+            },
+            "sources": srcs,
+            "splits": splits,
+            "dedupe": dict(self.dups),
+            "quarantine": {
+                "total": q.total,
+                "by_category": dict(q.by_category),
+                "excluded_reasons": excluded,
+                "first": [str(r) for r in q.first[:10]],
+            },
+            "overlap": overlap,
+            "stats": dict(self.stats),
+            "notes": notes,
         }
 
 
@@ -626,8 +696,13 @@ def _mixture_counts(avail_if: int, avail_cd: int, cfg: DataConfig) -> tuple[int,
 
 
 # ------------------------------------------------------------------------------------ entry points
-def mix(instruction: Sequence[Example], grounded: Sequence[Example], cfg: DataConfig,
-        origins: Origins | None = None, meter: LengthMeter | None = None) -> MixResult:
+def mix(
+    instruction: Sequence[Example],
+    grounded: Sequence[Example],
+    cfg: DataConfig,
+    origins: Origins | None = None,
+    meter: LengthMeter | None = None,
+) -> MixResult:
     """Mix lists of examples (already read): dedupe, split, mixture, seen prompts. Each example's
     source is its `source` field (weight 1); `rejected` holds the duplicates."""
     q = QuarantineWriter(None, keep=None)
@@ -638,9 +713,15 @@ def mix(instruction: Sequence[Example], grounded: Sequence[Example], cfg: DataCo
         file, line = (origins or {}).get(id(ex), (ex.source, mixer.n + 1))
         mixer.add(ex, si, file, line)
     mixer.finish()
-    return MixResult(train=mixer.examples("train"), dev=mixer.examples("dev"), test=mixer.examples("test"),
-                     seen=mixer.examples("seen"), rejected=list(q.first), stats=mixer.stats,
-                     card=mixer.card(overlap=mixer.overlap()))
+    return MixResult(
+        train=mixer.examples("train"),
+        dev=mixer.examples("dev"),
+        test=mixer.examples("test"),
+        seen=mixer.examples("seen"),
+        rejected=list(q.first),
+        stats=mixer.stats,
+        card=mixer.card(overlap=mixer.overlap()),
+    )
 
 
 @dataclass
@@ -652,8 +733,18 @@ class MixReport:
     quarantine: QuarantineWriter
 
 
-def mix_to_files(cfg: DataConfig, *, out_train: str, out_dev: str, out_test: str, out_seen: str, out_rejected: str,
-                 meter: LengthMeter | None = None, cache_dir: str = "", title: str = "") -> MixReport:
+def mix_to_files(
+    cfg: DataConfig,
+    *,
+    out_train: str,
+    out_dev: str,
+    out_test: str,
+    out_seen: str,
+    out_rejected: str,
+    meter: LengthMeter | None = None,
+    cache_dir: str = "",
+    title: str = "",
+) -> MixReport:
     """The mix step's work, streamed: read every configured source (the pool sources first, then
     the `split: test` ones), mix, write the four splits (train, dev, test, seen prompts) and the
     quarantine (JSONL), and build the data card (with each split's digest). Peak memory does not

@@ -70,7 +70,9 @@ def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
                 _download(client, bucket, key, dest)
             return dest
         prefix = key.rstrip("/") + "/" if key else ""
-        root = cache / bucket / _tag(key, "|".join(f"{k}={e}" for k, e in keys)) / (Path(key.rstrip("/")).name or bucket)
+        root = (
+            cache / bucket / _tag(key, "|".join(f"{k}={e}" for k, e in keys)) / (Path(key.rstrip("/")).name or bucket)
+        )
         for k, _ in keys:
             rel = k[len(prefix) :]
             if not rel or rel.endswith("/"):

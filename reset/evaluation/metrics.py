@@ -98,7 +98,9 @@ def evaluate(
     """Greedy answers of one model to the held-out examples, judged and scored.
     Returns (point metrics, one row per example)."""
     gen_cfg = GenerateConfig(
-        grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+        grid=[DecodingSetting(temperature=0.0, top_p=1.0)],
+        max_new_tokens=cfg.max_new_tokens,
+        batch_size=cfg.batch_size,
         backend=cfg.backend,
     )
     # The one generation call (the backend seam); the rows only need the texts in example order.
@@ -107,8 +109,9 @@ def evaluate(
     return point_metrics(rows), rows
 
 
-def score_candidates(examples: Sequence[Example], candidates: Sequence[Any], judge_cfg: JudgeConfig, *,
-                     model_name: str = "") -> list[Row]:
+def score_candidates(
+    examples: Sequence[Example], candidates: Sequence[Any], judge_cfg: JudgeConfig, *, model_name: str = ""
+) -> list[Row]:
     """Judge one candidate per example with the configured judges and score it: one row each."""
     judges = build_judges(judge_cfg)
     try:
@@ -128,15 +131,29 @@ def _key_facts(value: Any) -> list[list[str]]:
 
 def score_example(ex: Example, response: str, judgment: Judgment | None = None, *, model_name: str = "") -> Row:
     """Every per-example measure of one response (see the module docstring for the fields)."""
-    row: Row = {"model": model_name, "example_id": ex.id, "source": ex.source, "kind": ex.kind, "task": ex.task,
-                "response": response, "n_words": len(response.split())}
+    row: Row = {
+        "model": model_name,
+        "example_id": ex.id,
+        "source": ex.source,
+        "kind": ex.kind,
+        "task": ex.task,
+        "response": response,
+        "n_words": len(response.split()),
+    }
     # instruction following: IFEval's checkers, strict and loose
     ids = [c["id"] for c in ex.constraints]
     strict = [ifeval.check(c, response, prompt=ex.instruction) for c in ex.constraints]
-    loose = [s or ifeval.check(c, response, loose=True, prompt=ex.instruction)
-             for c, s in zip(ex.constraints, strict, strict=True)]
-    row.update(if_ids=ids, if_followed=strict, if_followed_loose=loose,
-               if_pass=all(strict) if ids else None, if_pass_loose=all(loose) if ids else None)
+    loose = [
+        s or ifeval.check(c, response, loose=True, prompt=ex.instruction)
+        for c, s in zip(ex.constraints, strict, strict=True)
+    ]
+    row.update(
+        if_ids=ids,
+        if_followed=strict,
+        if_followed_loose=loose,
+        if_pass=all(strict) if ids else None,
+        if_pass_loose=all(loose) if ids else None,
+    )
     # grounded: correctness against the passage, copying, overlap with the reference
     grounded = ex.has_context
     tokens = normalize_tokens(response)
@@ -148,7 +165,11 @@ def score_example(ex: Example, response: str, judgment: Judgment | None = None, 
         key = sum(contains_span(tokens, f) for f in facts) / len(facts)
     kp = k_precision(response, ex.context or "") if grounded else None
     row.update(
-        answer_in_response=in_resp, passage_copy=copy, answer_correct=correct, counterfactual=cf, cf_outcome=outcome,
+        answer_in_response=in_resp,
+        passage_copy=copy,
+        answer_correct=correct,
+        counterfactual=cf,
+        cf_outcome=outcome,
         k_precision=kp,
         answer_f1=token_f1(response, ex.response) if ex.task == "extractive" else None,
         rouge_l=rouge_l_f1(response, ex.response) if ex.task != "extractive" else None,
@@ -202,13 +223,18 @@ def _field(name: str, where: Callable[[Mapping[str, Any]], bool] = lambda r: Tru
     def units(row: Mapping[str, Any]) -> Iterable[tuple[str, Value]]:
         v = row.get(name)
         return [("", v)] if v is not None and where(row) else []
+
     return units
 
 
 def _per_instruction(name: str, keep: Callable[[str], bool] = lambda iid: True):
     def units(row: Mapping[str, Any]) -> Iterable[tuple[str, Value]]:
-        return [(f"#{i}", bool(v)) for i, (iid, v) in enumerate(zip(row.get("if_ids") or [], row.get(name) or [],
-                                                                    strict=True)) if keep(iid)]
+        return [
+            (f"#{i}", bool(v))
+            for i, (iid, v) in enumerate(zip(row.get("if_ids") or [], row.get(name) or [], strict=True))
+            if keep(iid)
+        ]
+
     return units
 
 
@@ -220,58 +246,182 @@ def _outcome(kind: str):
     def units(row: Mapping[str, Any]) -> Iterable[tuple[str, Value]]:
         o = row.get("cf_outcome")
         return [("", o == kind)] if o is not None else []
+
     return units
 
 
 METRICS: list[Metric] = [
-    Metric("if_prompt_acc", "IF prompt acc", "rate", "instruction", _field("if_pass"),
-           "share of prompts with constraints whose every instruction is followed (IFEval strict)",
-           shared_with=("rules",)),
-    Metric("if_prompt_acc.instruction", "IF prompt acc (IF prompts)", "rate", "instruction",
-           _field("if_pass", lambda r: r.get("kind") == "instruction"),
-           "if_prompt_acc on instruction prompts (no context)", shared_with=("rules",)),
-    Metric("if_prompt_acc.grounded", "IF prompt acc (grounded)", "rate", "instruction",
-           _field("if_pass", lambda r: r.get("kind") == "grounded"),
-           "if_prompt_acc on grounded prompts that carry a constraint", shared_with=("rules",)),
-    Metric("if_instruction_acc", "IF instr acc", "rate", "instruction", _per_instruction("if_followed"),
-           "share of single instructions followed (IFEval strict, instruction level)", shared_with=("rules",)),
-    Metric("if_prompt_loose", "IF prompt loose", "rate", "instruction", _field("if_pass_loose"),
-           "if_prompt_acc in IFEval's loose mode", shared_with=("rules",)),
-    Metric("if_instruction_loose", "IF instr loose", "rate", "instruction", _per_instruction("if_followed_loose"),
-           "if_instruction_acc in IFEval's loose mode", shared_with=("rules",)),
-    Metric("faithfulness", "Faithfulness", "mean", "faithfulness", _field("faithfulness"),
-           "grounded: the faithfulness judges' score, 0 for an extractive answer wrong against the passage"),
-    Metric("faithfulness_extractive", "Faith (extr)", "mean", "faithfulness",
-           _field("faithfulness", _task("extractive")), "faithfulness on extractive items"),
-    Metric("faithfulness_abstractive", "Faith (abstr)", "mean", "faithfulness",
-           _field("faithfulness", _task("abstractive")), "faithfulness on abstractive items"),
-    Metric("answer_correct", "Answer correct (extr)", "rate", "faithfulness", _field("answer_correct"),
-           "extractive: the passage's answer given, not a passage copy, not the memory answer",
-           shared_with=("reference",)),
-    Metric("counterfactual_rate", "Counterfactual: passage", "rate", "faithfulness", _outcome("passage"),
-           "counterfactual passages answered with the passage's answer (not the model's memory)",
-           shared_with=("reference",)),
-    Metric("memory_rate", "Counterfactual: memory", "rate", "faithfulness", _outcome("memory"),
-           "counterfactual passages answered from memory against the passage", higher_is_better=False),
-    Metric("answer_f1", "Answer F1 (extr)", "mean", "faithfulness", _field("answer_f1"),
-           "extractive: SQuAD token F1 against the reference", shared_with=("reference",)),
-    Metric("rouge_l_abstractive", "ROUGE-L (abstr)", "mean", "faithfulness", _field("rouge_l", _task("abstractive")),
-           "abstractive: ROUGE-L F1 against the reference summary", shared_with=("reference",)),
-    Metric("key_facts", "Key facts (abstr)", "mean", "faithfulness", _field("key_facts"),
-           "abstractive: share of the article's key facts stated"),
-    Metric("k_precision_extractive", "K-Prec (extr)", "mean", "faithfulness",
-           _field("k_precision", _task("extractive")), "K-Precision on extractive items (gameable by copying)",
-           shared_with=("k-precision",)),
-    Metric("k_precision_abstractive", "K-Prec (abstr)", "mean", "faithfulness",
-           _field("k_precision", _task("abstractive")), "K-Precision on abstractive items (gameable by copying)",
-           shared_with=("k-precision",)),
-    Metric("passage_copy_extractive", "Copy (extr)", "mean", "diagnostic",
-           _field("passage_copy", _task("extractive")), "share of the passage reproduced", higher_is_better=None),
-    Metric("passage_copy_abstractive", "Copy (abstr)", "mean", "diagnostic",
-           _field("passage_copy", _task("abstractive")), "share of the passage reproduced", higher_is_better=None),
+    Metric(
+        "if_prompt_acc",
+        "IF prompt acc",
+        "rate",
+        "instruction",
+        _field("if_pass"),
+        "share of prompts with constraints whose every instruction is followed (IFEval strict)",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "if_prompt_acc.instruction",
+        "IF prompt acc (IF prompts)",
+        "rate",
+        "instruction",
+        _field("if_pass", lambda r: r.get("kind") == "instruction"),
+        "if_prompt_acc on instruction prompts (no context)",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "if_prompt_acc.grounded",
+        "IF prompt acc (grounded)",
+        "rate",
+        "instruction",
+        _field("if_pass", lambda r: r.get("kind") == "grounded"),
+        "if_prompt_acc on grounded prompts that carry a constraint",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "if_instruction_acc",
+        "IF instr acc",
+        "rate",
+        "instruction",
+        _per_instruction("if_followed"),
+        "share of single instructions followed (IFEval strict, instruction level)",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "if_prompt_loose",
+        "IF prompt loose",
+        "rate",
+        "instruction",
+        _field("if_pass_loose"),
+        "if_prompt_acc in IFEval's loose mode",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "if_instruction_loose",
+        "IF instr loose",
+        "rate",
+        "instruction",
+        _per_instruction("if_followed_loose"),
+        "if_instruction_acc in IFEval's loose mode",
+        shared_with=("rules",),
+    ),
+    Metric(
+        "faithfulness",
+        "Faithfulness",
+        "mean",
+        "faithfulness",
+        _field("faithfulness"),
+        "grounded: the faithfulness judges' score, 0 for an extractive answer wrong against the passage",
+    ),
+    Metric(
+        "faithfulness_extractive",
+        "Faith (extr)",
+        "mean",
+        "faithfulness",
+        _field("faithfulness", _task("extractive")),
+        "faithfulness on extractive items",
+    ),
+    Metric(
+        "faithfulness_abstractive",
+        "Faith (abstr)",
+        "mean",
+        "faithfulness",
+        _field("faithfulness", _task("abstractive")),
+        "faithfulness on abstractive items",
+    ),
+    Metric(
+        "answer_correct",
+        "Answer correct (extr)",
+        "rate",
+        "faithfulness",
+        _field("answer_correct"),
+        "extractive: the passage's answer given, not a passage copy, not the memory answer",
+        shared_with=("reference",),
+    ),
+    Metric(
+        "counterfactual_rate",
+        "Counterfactual: passage",
+        "rate",
+        "faithfulness",
+        _outcome("passage"),
+        "counterfactual passages answered with the passage's answer (not the model's memory)",
+        shared_with=("reference",),
+    ),
+    Metric(
+        "memory_rate",
+        "Counterfactual: memory",
+        "rate",
+        "faithfulness",
+        _outcome("memory"),
+        "counterfactual passages answered from memory against the passage",
+        higher_is_better=False,
+    ),
+    Metric(
+        "answer_f1",
+        "Answer F1 (extr)",
+        "mean",
+        "faithfulness",
+        _field("answer_f1"),
+        "extractive: SQuAD token F1 against the reference",
+        shared_with=("reference",),
+    ),
+    Metric(
+        "rouge_l_abstractive",
+        "ROUGE-L (abstr)",
+        "mean",
+        "faithfulness",
+        _field("rouge_l", _task("abstractive")),
+        "abstractive: ROUGE-L F1 against the reference summary",
+        shared_with=("reference",),
+    ),
+    Metric(
+        "key_facts",
+        "Key facts (abstr)",
+        "mean",
+        "faithfulness",
+        _field("key_facts"),
+        "abstractive: share of the article's key facts stated",
+    ),
+    Metric(
+        "k_precision_extractive",
+        "K-Prec (extr)",
+        "mean",
+        "faithfulness",
+        _field("k_precision", _task("extractive")),
+        "K-Precision on extractive items (gameable by copying)",
+        shared_with=("k-precision",),
+    ),
+    Metric(
+        "k_precision_abstractive",
+        "K-Prec (abstr)",
+        "mean",
+        "faithfulness",
+        _field("k_precision", _task("abstractive")),
+        "K-Precision on abstractive items (gameable by copying)",
+        shared_with=("k-precision",),
+    ),
+    Metric(
+        "passage_copy_extractive",
+        "Copy (extr)",
+        "mean",
+        "diagnostic",
+        _field("passage_copy", _task("extractive")),
+        "share of the passage reproduced",
+        higher_is_better=None,
+    ),
+    Metric(
+        "passage_copy_abstractive",
+        "Copy (abstr)",
+        "mean",
+        "diagnostic",
+        _field("passage_copy", _task("abstractive")),
+        "share of the passage reproduced",
+        higher_is_better=None,
+    ),
     Metric("task", "Task", "mean", "task", _field("score_task"), "the task judges' score (all prompts)"),
-    Metric("combined", "Combined", "mean", "diagnostic", _field("combined"),
-           "the judges' weighted mean, as in selection"),
+    Metric(
+        "combined", "Combined", "mean", "diagnostic", _field("combined"), "the judges' weighted mean, as in selection"
+    ),
 ]
 _BY_KEY = {m.key: m for m in METRICS}
 
@@ -294,9 +444,18 @@ def family_metrics(rows: Iterable[Mapping[str, Any]], level: Literal["family", "
     id (`if_id.<id>`), for the families / ids present in `rows`."""
     group = family_of if level == "family" else (lambda iid: iid)
     names = sorted({group(i) for r in rows for i in (r.get("if_ids") or [])})
-    return [Metric(f"if_{level}.{name}", name, "rate", "instruction",
-                   _per_instruction("if_followed", lambda iid, name=name: group(iid) == name),
-                   f"instructions of {level} {name} followed (strict)", shared_with=("rules",)) for name in names]
+    return [
+        Metric(
+            f"if_{level}.{name}",
+            name,
+            "rate",
+            "instruction",
+            _per_instruction("if_followed", lambda iid, name=name: group(iid) == name),
+            f"instructions of {level} {name} followed (strict)",
+            shared_with=("rules",),
+        )
+        for name in names
+    ]
 
 
 def judge_metrics(rows: Iterable[Mapping[str, Any]]) -> list[Metric]:
@@ -309,9 +468,18 @@ def judge_metrics(rows: Iterable[Mapping[str, Any]]) -> list[Metric]:
         axis = JUDGE_AXES.get(name, "diagnostic")
         col = f"judge.{name}"
         if axis == "faithfulness":
-            out += [Metric(f"{col}.{t}", f"{name} ({t[:5]})", "mean", axis, _field(col, _task(t)),
-                           f"the {name} judge's score on {t} items (not gated)", shared_with=(name,))
-                    for t in ("extractive", "abstractive")]
+            out += [
+                Metric(
+                    f"{col}.{t}",
+                    f"{name} ({t[:5]})",
+                    "mean",
+                    axis,
+                    _field(col, _task(t)),
+                    f"the {name} judge's score on {t} items (not gated)",
+                    shared_with=(name,),
+                )
+                for t in ("extractive", "abstractive")
+            ]
         else:
             out.append(Metric(col, name, "mean", axis, _field(col), f"the {name} judge's score", shared_with=(name,)))
     return out

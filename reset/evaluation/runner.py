@@ -41,21 +41,28 @@ def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequ
     return rows, metrics, {name: g.stats for name, g in gens.items()}
 
 
-def gather_rows(shard_rows: Sequence[Sequence[Row]], examples: Sequence[Example]) -> tuple[dict[str, list[Row]], str | None]:
+def gather_rows(
+    shard_rows: Sequence[Sequence[Row]], examples: Sequence[Example]
+) -> tuple[dict[str, list[Row]], str | None]:
     """The evaluation shards' rows (each shard's list), in the unsharded step's order, by model;
     and the champion version they re-scored (None without a champion)."""
     from reset.data.shards import ordered
 
     ids = [e.id for e in examples]
-    gathered = ordered([r for rows in shard_rows for r in rows], ids, lambda r: r["example_id"],
-                       lambda r: (r["model"], r["example_id"]))
+    gathered = ordered(
+        [r for rows in shard_rows for r in rows],
+        ids,
+        lambda r: r["example_id"],
+        lambda r: (r["model"], r["example_id"]),
+    )
     rows_by_model: dict[str, list] = {}
     for r in gathered:
         rows_by_model.setdefault(r["model"], []).append(r)
     short = {m: len(rs) for m, rs in rows_by_model.items() if len(rs) != len(examples)}
     if short:
-        raise ValueError(f"the {len(shard_rows)} evaluation shards hold {short} rows per model, "
-                         f"expected {len(examples)} each")
+        raise ValueError(
+            f"the {len(shard_rows)} evaluation shards hold {short} rows per model, expected {len(examples)} each"
+        )
     versions = {r.pop("registry_version", None) for r in rows_by_model.get("champion", [])}
     if len(versions) > 1:
         raise ValueError(f"the evaluation shards re-scored different champion versions: {sorted(versions)}")

@@ -240,8 +240,10 @@ def flat_metrics(summary: Summary, keys: Iterable[str] | None = None) -> dict[st
     return out
 
 
-def unit_values(summary: Summary, rows_by_model: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, dict[str, Any]]:
+def unit_values(summary: Summary, rows_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
+                ) -> dict[str, dict[str, Any]]:
     """arm -> primary metric -> {unit: value}: what the experiment's report pools across seeds."""
     have = {m.key for m in summary.metrics}
-    return {arm: {k: summary.metric(k).values(rows) for k in PRIMARY if k in have}
-            for arm, rows in rows_by_model.items()}
+    return {
+        arm: {k: summary.metric(k).values(rows) for k in PRIMARY if k in have} for arm, rows in rows_by_model.items()
+    }

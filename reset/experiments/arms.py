@@ -45,9 +45,15 @@ ARMS: dict[str, tuple[str, str]] = {
 ALL_ARMS = tuple(ARMS)
 
 RESET_S_DEFAULT: dict[str, dict[str, Any]] = {
-    "generate": {"samples_per_setting": 3,
-                 "grid": [{"temperature": 0.0}, {"temperature": 0.7, "top_p": 0.95}, {"temperature": 1.0, "top_p": 0.95},
-                          {"temperature": 1.2, "top_p": 0.95}]},
+    "generate": {
+        "samples_per_setting": 3,
+        "grid": [
+            {"temperature": 0.0},
+            {"temperature": 0.7, "top_p": 0.95},
+            {"temperature": 1.0, "top_p": 0.95},
+            {"temperature": 1.2, "top_p": 0.95},
+        ],
+    },
     "select": {"mode": "reset-s"},
 }
 
@@ -72,7 +78,9 @@ def needed(arms: Sequence[str]) -> list[str]:
     return out
 
 
-def overlay(cfg: PipelineConfig, changes: Mapping[str, Mapping[str, Any]], where: str = "experiment.overlays") -> PipelineConfig:
+def overlay(
+    cfg: PipelineConfig, changes: Mapping[str, Mapping[str, Any]], where: str = "experiment.overlays"
+) -> PipelineConfig:
     """`cfg` with sections updated by `changes` (section -> values), validated (errors name the key)."""
     data = cfg.model_dump(mode="json")
     for section, values in changes.items():
@@ -82,15 +90,22 @@ def overlay(cfg: PipelineConfig, changes: Mapping[str, Mapping[str, Any]], where
     return validate(PipelineConfig, data, where)
 
 
-def arm_config(cfg: PipelineConfig, arm: str, overlays: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
-               seed: int | None = None) -> PipelineConfig:
+def arm_config(
+    cfg: PipelineConfig,
+    arm: str,
+    overlays: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    seed: int | None = None,
+) -> PipelineConfig:
     """The config one arm runs with: the arm's overlay (ReSet-S's default when none is given), then
     the seed on train, continued_train and generate."""
     changes = dict((overlays or {}).get(arm) or (RESET_S_DEFAULT if arm == "reset-s" else {}))
     out = overlay(cfg, changes, f"experiment.overlays.{arm}") if changes else cfg
     if seed is not None:
-        out = overlay(out, {"train": {"seed": seed}, "continued_train": {"seed": seed}, "generate": {"seed": seed}},
-                      "experiment.seeds")
+        out = overlay(
+            out,
+            {"train": {"seed": seed}, "continued_train": {"seed": seed}, "generate": {"seed": seed}},
+            "experiment.seeds",
+        )
     return out
 
 
@@ -105,7 +120,9 @@ def shared_generation(configs: Mapping[str, PipelineConfig]) -> dict[str, tuple[
         if ARMS[arm][1] != "selected":
             continue
         g = cfg.generate.model_dump(mode="json", exclude={"grid", "samples_per_setting", "include_reference"})
-        key = repr((ARMS[arm][0], sorted(g.items()), cfg.judge.model_dump(mode="json"), cfg.model.model_dump(mode="json")))
+        key = repr(
+            (ARMS[arm][0], sorted(g.items()), cfg.judge.model_dump(mode="json"), cfg.model.model_dump(mode="json"))
+        )
         groups.setdefault(key, []).append(arm)
     out: dict[str, tuple[str, dict[str, Any]]] = {}
     for arms in groups.values():
@@ -115,9 +132,12 @@ def shared_generation(configs: Mapping[str, PipelineConfig]) -> dict[str, tuple[
                 item = d.model_dump(mode="json")
                 if item not in grid:
                     grid.append(item)
-        union = {**configs[arms[0]].generate.model_dump(mode="json"), "grid": grid,
-                 "samples_per_setting": max(configs[a].generate.samples_per_setting for a in arms),
-                 "include_reference": any(configs[a].generate.include_reference for a in arms)}
+        union = {
+            **configs[arms[0]].generate.model_dump(mode="json"),
+            "grid": grid,
+            "samples_per_setting": max(configs[a].generate.samples_per_setting for a in arms),
+            "include_reference": any(configs[a].generate.include_reference for a in arms),
+        }
         for arm in arms:
             out[arm] = (arms[0], union)
     return out
@@ -132,6 +152,5 @@ def control_examples(selected: Sequence[Example], seen: Sequence[Example]) -> li
         src = by_id.get(s.id.removesuffix("@reset")) or by_id.get(str(s.meta.get("candidate_id", "")).split("/")[0])
         if src is None:
             raise ValueError(f"control: selected example {s.id} has no seen prompt")
-        out.append(Example(**{**src.__dict__, "id": f"{src.id}@control",
-                              "meta": {**src.meta, "origin": "control"}}))
+        out.append(Example(**{**src.__dict__, "id": f"{src.id}@control", "meta": {**src.meta, "origin": "control"}}))
     return out

@@ -73,12 +73,16 @@ class FaithfulnessJudge:
             return out
         results = self.scorer.score([pairs[i][1].text for i in idx], [pairs[i][0].context or "" for i in idx])
         if len(results) != len(idx):
-            raise RuntimeError(f"faithfulness scorer {self.scorer.name!r} returned {len(results)} scores for {len(idx)} pairs")
+            raise RuntimeError(
+                f"faithfulness scorer {self.scorer.name!r} returned {len(results)} scores for {len(idx)} pairs"
+            )
         for i, (value, reason) in zip(idx, results, strict=True):
             value = float(value)
             if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-                raise RuntimeError(f"faithfulness scorer {self.scorer.name!r} returned {value} (expected [0, 1]) for "
-                                   f"candidate {pairs[i][1].id}")
+                raise RuntimeError(
+                    f"faithfulness scorer {self.scorer.name!r} returned {value} (expected [0, 1]) for "
+                    f"candidate {pairs[i][1].id}"
+                )
             out[i] = AxisScore(value, reason)
         return out
 
@@ -111,8 +115,12 @@ def judge(
         raise ValueError("judge: no judges given")
     jw = dict(judge_weights or {})
     per_judge = [j.score(pairs) for j in judges]
-    failed = [(j.name, pairs[i][1].id, r.error) for j, results in zip(judges, per_judge, strict=True)
-              for i, r in enumerate(results) if getattr(r, "error", "")]
+    failed = [
+        (j.name, pairs[i][1].id, r.error)
+        for j, results in zip(judges, per_judge, strict=True)
+        for i, r in enumerate(results)
+        if getattr(r, "error", "")
+    ]
     if failed:  # never let a failed judgment pass as "axis not applicable"
         name, cid, why = failed[0]
         raise JudgeError(

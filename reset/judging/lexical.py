@@ -37,7 +37,111 @@ def normalize_tokens(text: str) -> list[str]:
 # Function words and attribution words ("according to the passage", "the text says") carry no
 # claim about the world: a grounded answer that cites its source must not lose faithfulness for it.
 NEUTRAL_WORDS = frozenset(
-    ["i", "me", "my", "we", "our", "you", "your", "he", "him", "his", "she", "her", "it", "its", "they", "them", "their", "this", "that", "these", "those", "is", "are", "was", "were", "be", "been", "being", "am", "has", "have", "had", "do", "does", "did", "will", "would", "shall", "should", "can", "could", "may", "might", "must", "of", "in", "on", "at", "to", "for", "from", "by", "with", "about", "as", "into", "over", "after", "before", "than", "then", "so", "and", "or", "but", "if", "not", "no", "yes", "also", "there", "here", "which", "who", "whom", "whose", "what", "when", "where", "why", "how", "all", "any", "some", "such", "very", "just", "only", "according", "passage", "text", "article", "context", "source", "says", "say", "said", "states", "stated", "mentions", "mentioned", "reports", "reported"]
+    [
+        "i",
+        "me",
+        "my",
+        "we",
+        "our",
+        "you",
+        "your",
+        "he",
+        "him",
+        "his",
+        "she",
+        "her",
+        "it",
+        "its",
+        "they",
+        "them",
+        "their",
+        "this",
+        "that",
+        "these",
+        "those",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "has",
+        "have",
+        "had",
+        "do",
+        "does",
+        "did",
+        "will",
+        "would",
+        "shall",
+        "should",
+        "can",
+        "could",
+        "may",
+        "might",
+        "must",
+        "of",
+        "in",
+        "on",
+        "at",
+        "to",
+        "for",
+        "from",
+        "by",
+        "with",
+        "about",
+        "as",
+        "into",
+        "over",
+        "after",
+        "before",
+        "than",
+        "then",
+        "so",
+        "and",
+        "or",
+        "but",
+        "if",
+        "not",
+        "no",
+        "yes",
+        "also",
+        "there",
+        "here",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "what",
+        "when",
+        "where",
+        "why",
+        "how",
+        "all",
+        "any",
+        "some",
+        "such",
+        "very",
+        "just",
+        "only",
+        "according",
+        "passage",
+        "text",
+        "article",
+        "context",
+        "source",
+        "says",
+        "say",
+        "said",
+        "states",
+        "stated",
+        "mentions",
+        "mentioned",
+        "reports",
+        "reported",
+    ]
 )
 
 
@@ -128,7 +232,7 @@ def answers(value: Any) -> list[list[str]]:
 def contains_span(tokens: Sequence[str], span: Sequence[str]) -> bool:
     """Whether `span` occurs as a contiguous run of `tokens`."""
     k = len(span)
-    return k > 0 and any(list(tokens[i:i + k]) == list(span) for i in range(len(tokens) - k + 1))
+    return k > 0 and any(list(tokens[i : i + k]) == list(span) for i in range(len(tokens) - k + 1))
 
 
 def passage_copy(response: str, context: str) -> float:
@@ -167,8 +271,17 @@ def check_answer(example: Any, response: str) -> AnswerCheck:
     is_copy = copy is not None and copy >= COPY_LIMIT
     outcome = None
     if cf:
-        outcome = ("copy" if is_copy else "both" if in_resp and memory else "passage" if in_resp
-                   else "memory" if memory else "neither")
+        outcome = (
+            "copy"
+            if is_copy
+            else "both"
+            if in_resp and memory
+            else "passage"
+            if in_resp
+            else "memory"
+            if memory
+            else "neither"
+        )
     return AnswerCheck(in_resp, in_resp and not memory and not is_copy, outcome, copy)
 
 
@@ -190,8 +303,11 @@ class KPrecisionScorer:
             value = k_precision(response, context, content_only=self.content_only)
             reason = f"K-Precision {value:.2f} ({'content words' if self.content_only else 'all tokens'})"
             known = set(normalize_tokens(context))
-            missing = [t for t in dict.fromkeys(normalize_tokens(response))
-                       if t not in known and not (self.content_only and t in NEUTRAL_WORDS)]
+            missing = [
+                t
+                for t in dict.fromkeys(normalize_tokens(response))
+                if t not in known and not (self.content_only and t in NEUTRAL_WORDS)
+            ]
             if missing and known and self.show_missing > 0:
                 reason += f"; not in context: {', '.join(missing[: self.show_missing])}"
                 reason += ", ..." if len(missing) > self.show_missing else ""

@@ -20,6 +20,16 @@ from reset.launch.jobs import (
 from reset.launch.manifests import TrainingLaunch, job_manifest, pytorchjob_manifest, trainjob_manifest
 
 __all__ = [
-    "JOB_KINDS", "JobFailed", "JobResult", "JobTimeout", "LaunchError", "TrainingLaunch", "api_client", "current_namespace",
-    "job_manifest", "pytorchjob_manifest", "run_job", "trainjob_manifest",
+    "JOB_KINDS",
+    "JobFailed",
+    "JobResult",
+    "JobTimeout",
+    "LaunchError",
+    "TrainingLaunch",
+    "api_client",
+    "current_namespace",
+    "job_manifest",
+    "pytorchjob_manifest",
+    "run_job",
+    "trainjob_manifest",
 ]

@@ -373,7 +373,8 @@ def _shard(net, bf16: bool) -> None:
 
     if torch.cuda.is_available():
         net.to(torch.device("cuda", torch.cuda.current_device()))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16
+          else MixedPrecisionPolicy())
     for layer in _decoder_layers(net):
         fully_shard(layer, mp_policy=mp)
     fully_shard(net, mp_policy=mp)
@@ -525,8 +526,9 @@ def _state_options(full_model: bool, **kw):
     return StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=not full_model, **kw)
 
 
-def _save_checkpoint(root: Path, net, opt, sched, plan: BatchPlan, state: TrainState, fingerprint: str,
-                     dist: Dist) -> None:
+def _save_checkpoint(
+    root: Path, net, opt, sched, plan: BatchPlan, state: TrainState, fingerprint: str, dist: Dist
+) -> None:
     """Write `step-<n>` atomically: into a temporary directory, renamed when complete; then drop
     older checkpoints. Every process writes its own RNG state; rank 0 the rest."""
     import torch
@@ -539,16 +541,28 @@ def _save_checkpoint(root: Path, net, opt, sched, plan: BatchPlan, state: TrainS
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     _barrier(dist)
-    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
-           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    rng = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
     torch.save(rng, tmp / f"rng-{dist.rank}.pt")
     _barrier(dist)
     if dist.main:
-        torch.save({
-            "fingerprint": fingerprint, "step": state.step, "tokens": state.tokens, "seconds": state.seconds,
-            "losses": state.losses, "plan": plan.state_dict(), "model": model_sd, "optim": optim_sd,
-            "sched": sched.state_dict(),
-        }, tmp / "state.pt.tmp")
+        torch.save(
+            {
+                "fingerprint": fingerprint,
+                "step": state.step,
+                "tokens": state.tokens,
+                "seconds": state.seconds,
+                "losses": state.losses,
+                "plan": plan.state_dict(),
+                "model": model_sd,
+                "optim": optim_sd,
+                "sched": sched.state_dict(),
+            },
+            tmp / "state.pt.tmp",
+        )
         os.replace(tmp / "state.pt.tmp", tmp / "state.pt")
         final = root / f"step-{state.step}"
         shutil.rmtree(final, ignore_errors=True)
@@ -559,8 +573,9 @@ def _save_checkpoint(root: Path, net, opt, sched, plan: BatchPlan, state: TrainS
     _barrier(dist)
 
 
-def _load_checkpoint(path: Path, net, opt, sched, plan: BatchPlan, state: TrainState, fingerprint: str,
-                     dist: Dist) -> bool:
+def _load_checkpoint(
+    path: Path, net, opt, sched, plan: BatchPlan, state: TrainState, fingerprint: str, dist: Dist
+) -> bool:
     import torch
     from torch.distributed.checkpoint.state_dict import set_state_dict
 
@@ -568,8 +583,13 @@ def _load_checkpoint(path: Path, net, opt, sched, plan: BatchPlan, state: TrainS
     if saved.get("fingerprint") != fingerprint:
         return False
     full = not hasattr(net, "peft_config")
-    set_state_dict(net, opt, model_state_dict=saved["model"], optim_state_dict=saved["optim"],
-                   options=_state_options(full, strict=False))
+    set_state_dict(
+        net,
+        opt,
+        model_state_dict=saved["model"],
+        optim_state_dict=saved["optim"],
+        options=_state_options(full, strict=False),
+    )
     sched.load_state_dict(saved["sched"])
     plan.load_state_dict(saved["plan"])
     state.step, state.tokens, state.seconds = saved["step"], saved["tokens"], saved["seconds"]
@@ -585,8 +605,18 @@ def _load_checkpoint(path: Path, net, opt, sched, plan: BatchPlan, state: TrainS
 
 
 # ---------------------------------------------------------------------------------------------- save
-def _save_output(net, tok, out: Path, cfg: TrainConfig, prov: dict[str, Any], metrics: dict[str, Any], *,
-                 bf16: bool, base_ref: str, dist: Dist) -> None:
+def _save_output(
+    net,
+    tok,
+    out: Path,
+    cfg: TrainConfig,
+    prov: dict[str, Any],
+    metrics: dict[str, Any],
+    *,
+    bf16: bool,
+    base_ref: str,
+    dist: Dist,
+) -> None:
     """LoRA: the adapter (adapter_config.json + adapter_model.safetensors), the tokenizer and the
     provenance naming the base. Full: the whole model (bf16 when trained in bf16). The provenance
     is written last: a directory with it is complete."""
@@ -639,8 +669,11 @@ def main(argv: list[str] | None = None) -> int:
     from reset.config import load_config
     from reset.data.records import read_jsonl
 
-    ap = argparse.ArgumentParser(prog="python -m reset.models.finetune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m reset.models.finetune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--config", required=True, help="a pipeline config file (its model and train sections)")
     ap.add_argument("--data", required=True, help="training examples (JSONL in the record schema)")
     ap.add_argument("--out", required=True, help="output directory (run again with the same one to resume)")
@@ -653,10 +686,15 @@ def main(argv: list[str] | None = None) -> int:
     examples, _ = read_jsonl(args.data, Example)
     dist = init_distributed()
     try:
-        metrics = finetune(args.model or cfg.model.base, examples, args.out, getattr(cfg, args.section), cfg.model,
-                           provenance={"stage": args.section, "command": "reset.models.finetune",
-                                       "train_data": args.data},
-                           log=lambda m: print(m, flush=True))
+        metrics = finetune(
+            args.model or cfg.model.base,
+            examples,
+            args.out,
+            getattr(cfg, args.section),
+            cfg.model,
+            provenance={"stage": args.section, "command": "reset.models.finetune", "train_data": args.data},
+            log=lambda m: print(m, flush=True),
+        )
         if dist.main:
             print(json.dumps({k: v for k, v in metrics.items() if k != "loss_history"}), flush=True)
     finally:

@@ -111,7 +111,10 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=1024,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer=trainer)
     tok = PreTrainedTokenizerFast(
@@ -145,8 +148,17 @@ def build_tiny_llama(out: Path, seed: int = 0) -> None:
 
 # The files a tokenizer may have (a model directory has some of them): what a tokenizer is fetched as,
 # what two models must share to share an engine, what the preflight looks for.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "chat_template.jinja")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
 
 # tokenizer_config.json's tokenizer_class values that name transformers' generic tokenizer over a
 # tokenizer.json: the class AutoTokenizer would pick, loaded without AutoTokenizer's import cost.
@@ -255,8 +267,7 @@ def load(path: str | os.PathLike[str], *, for_training: bool = False, dtype=None
     return model, tok
 
 
-def merge_to(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, cache_dir: str = "",
-             dtype=None) -> Path:
+def merge_to(path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, cache_dir: str = "", dtype=None) -> Path:
     """Write a plain Hugging Face directory for a checkpoint: base + adapter merged, with the
     tokenizer and a provenance naming what was merged. For the consumers that need one (the
     registry's export, a backend without LoRA support). Saved in `dtype`; by default bf16 when

@@ -25,8 +25,9 @@ and unparseable replies (Retry-After / retry-after-ms honoured); no retry on oth
 a 400 to a request carrying `response_format` is retried once without it (prompt-only JSON), and
 structured output then stays off for that judge. 401/403/404 raise LLMJudgeError at once (a wrong
 key, model or URL fails every request), and so do max(3, concurrency) judgments in a row that
-exhaust their retries on transport errors with no success between them (the endpoint is down). A judgment that still fails after max_retries is an error
-record (LLMAxisScore with score None and `error` set), never a silent 0, and is not cached.
+exhaust their retries on transport errors with no success between them (the endpoint is down).
+A judgment that still fails after max_retries is an error record (LLMAxisScore with score None
+and `error` set), never a silent 0, and is not cached.
 
 Cache: SQLite (WAL, busy timeout, a lock per connection) keyed by sha256 of (model, rubric id and
 version, axis, full prompt): a re-run, or a duplicate prompt within a run, sends nothing twice.
@@ -119,8 +120,14 @@ class LLMJudge:
     """A Judge (reset.judge) scoring one axis with an LLM. faithfulness: None where the example has
     no context; instruction: every example."""
 
-    def __init__(self, cfg: LLMJudgeConfig, axis: str = "instruction", *, ledger: Ledger | None = None,
-                 cache: JudgeCache | None = None):
+    def __init__(
+        self,
+        cfg: LLMJudgeConfig,
+        axis: str = "instruction",
+        *,
+        ledger: Ledger | None = None,
+        cache: JudgeCache | None = None,
+    ):
         require_endpoint(cfg)
         if axis not in LLM_AXES:
             raise ValueError(f"axis {axis!r} is not one of {list(LLM_AXES)}")
@@ -202,8 +209,10 @@ class LLMJudge:
             if total >= 50 and (done % every == 0 or done == total):
                 st = self.ledger.stats()
                 rate = done / max(time.monotonic() - t0, 1e-9)
-                self.log(f"[{self.name}] {done}/{total} requests done, {rate:.1f}/s, retries {st['retries']:.0f}, "
-                         f"errors {st['errors']:.0f}, cost ${st['cost_usd']:.4f}")
+                self.log(
+                    f"[{self.name}] {done}/{total} requests done, {rate:.1f}/s, retries {st['retries']:.0f}, "
+                    f"errors {st['errors']:.0f}, cost ${st['cost_usd']:.4f}"
+                )
 
         self._give_up_streak = 0
         try:
@@ -243,7 +252,10 @@ class LLMJudge:
             usage = None
             try:
                 resp = await client.chat.completions.create(
-                    model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                    model=cfg.model,
+                    messages=messages,
+                    temperature=cfg.temperature,
+                    max_tokens=cfg.max_tokens,
                     **extra,
                 )
                 usage = getattr(resp, "usage", None) or _NO_USAGE
@@ -252,7 +264,9 @@ class LLMJudge:
                 if status == 400 and structured:
                     structured = False
                     ledger.add("structured_fallbacks")
-                    log.info("llm judge: %s rejected response_format (400); falling back to prompt-only JSON", cfg.model)
+                    log.info(
+                        "llm judge: %s rejected response_format (400); falling back to prompt-only JSON", cfg.model
+                    )
                     continue
                 if status in (401, 403, 404):
                     raise _Fatal(f"{cfg.model} at {_safe_url(cfg.base_url)}: HTTP {status}: {_message(exc)}") from None
@@ -278,7 +292,9 @@ class LLMJudge:
                     if not structured and self._structured:
                         self._structured = False  # the fallback worked: stop sending response_format
                     if self.cache is not None:
-                        self.cache.put(job.key, cfg.model, f"{self.rubric.id}@{self.rubric.version}", self.axis, raw, why)
+                        self.cache.put(
+                            job.key, cfg.model, f"{self.rubric.id}@{self.rubric.version}", self.axis, raw, why
+                        )
                     ledger.add("judged")
                     self._give_up_streak = 0
                     return LLMAxisScore(to_unit(raw), why, raw_score=raw)
@@ -292,8 +308,9 @@ class LLMJudge:
                     # the endpoint is down; stop instead of spending every job's full backoff.
                     self._give_up_streak += 1
                     if self._give_up_streak >= max(3, cfg.concurrency):
-                        raise _Fatal(f"{_safe_url(cfg.base_url)} keeps failing: {self._give_up_streak} judgments "
-                                     f"in a row {why}")
+                        raise _Fatal(
+                            f"{_safe_url(cfg.base_url)} keeps failing: {self._give_up_streak} judgments in a row {why}"
+                        )
                 return self._error(job, why)
             ledger.add("retries")
             delay = 0.0 if last_error.startswith("unparseable") else self._delay(failures, retry_after)

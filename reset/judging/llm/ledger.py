@@ -33,14 +33,17 @@ class Ledger:
 
     def _price(self, prompt_tokens: float, completion_tokens: float) -> float:
         c = self.cfg
-        return (prompt_tokens * c.price_per_1k_prompt_tokens + completion_tokens * c.price_per_1k_completion_tokens) / 1000
+        return (
+            prompt_tokens * c.price_per_1k_prompt_tokens + completion_tokens * c.price_per_1k_completion_tokens
+        ) / 1000
 
     def estimate(self, prompt_chars: int) -> float:
         with self._lock:
             per_char = self.counts["prompt_tokens"] / self.prompt_chars_billed if self.prompt_chars_billed else 0.25
             completion = (
                 self.counts["completion_tokens"] / self.responses_with_usage
-                if self.responses_with_usage else self.cfg.max_tokens
+                if self.responses_with_usage
+                else self.cfg.max_tokens
             )
         return self._price(prompt_chars * per_char, completion)
 

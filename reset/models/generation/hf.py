@@ -70,7 +70,9 @@ def generate(
                               "tokens_per_s": tokens / gen_s if gen_s else 0.0, "prompts_cut": cut})
 
 
-def _sample(model, tok, reqs: Sequence[Request], max_new_tokens: int, stops: list[int], torch) -> tuple[list[list[str]], int]:
+def _sample(
+    model, tok, reqs: Sequence[Request], max_new_tokens: int, stops: list[int], torch
+) -> tuple[list[list[str]], int]:
     """Generate each request's n samples; one generate call per request seed group (a batch)."""
     setting = reqs[0].setting
     width = max(len(r.prompt_ids) for r in reqs)
@@ -89,8 +91,15 @@ def _sample(model, tok, reqs: Sequence[Request], max_new_tokens: int, stops: lis
         r.seed = reqs[0].seed
     torch.manual_seed(reqs[0].seed)
     with torch.inference_mode():
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, eos_token_id=stops,
-                             pad_token_id=pad, top_k=None, **kwargs)
+        gen = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=stops,
+            pad_token_id=pad,
+            top_k=None,
+            **kwargs,
+        )
     new = gen[:, width:]
     n_tok = int(sum(int((row != pad).sum()) for row in new))
     decoded = tok.batch_decode(new, skip_special_tokens=True)

@@ -281,20 +281,35 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
         gen_s = float(g.get("generate_s", stats.get("generate_s", wall)))
         tokens = int(g.get("output_tokens", stats.get("output_tokens", 0)))
         reload_s = float(g.get("reload_s", 0.0))
-        log(f"[generate:vllm] {name}: {sum(r.n for r in reqs)} samples, {tokens} tokens in {gen_s:.1f}s "
-            f"({tokens / max(gen_s, 1e-9):.0f} tokens/s" + (", one call with its base's adapters" if adapters and not key
-                                                             else "") + ")"
-            + (f", weights swapped in {reload_s:.1f}s" if key else ""))
+        log(
+            f"[generate:vllm] {name}: {sum(r.n for r in reqs)} samples, {tokens} tokens in {gen_s:.1f}s "
+            f"({tokens / max(gen_s, 1e-9):.0f} tokens/s"
+            + (", one call with its base's adapters" if adapters and not key else "")
+            + ")"
+            + (f", weights swapped in {reload_s:.1f}s" if key else "")
+        )
         texts = [by_id[f"{name}\t{i}"] for i in range(len(reqs))]
         cands = candidates(reqs, texts, cfg, backend="vllm", model_name=name, order=examples)
-        out[name] = Generation(cands, {"backend": "vllm", "engine_start_s": start_s, "generate_s": gen_s,
-                                       "output_tokens": tokens, "tokens_per_s": tokens / gen_s if gen_s else 0.0,
-                                       "reload_s": reload_s, "prompts_cut": cut, "wall_s": wall,
-                                       "engine_reused": bool(stats.get("engine_reused", False)),
-                                       "models_in_engine": len(names)})
-    log(f"[generate:vllm] {total} samples from {len(names)} model(s) in one engine: engine start {start_s:.1f}s, "
+        out[name] = Generation(
+            cands,
+            {
+                "backend": "vllm",
+                "engine_start_s": start_s,
+                "generate_s": gen_s,
+                "output_tokens": tokens,
+                "tokens_per_s": tokens / gen_s if gen_s else 0.0,
+                "reload_s": reload_s,
+                "prompts_cut": cut,
+                "wall_s": wall,
+                "engine_reused": bool(stats.get("engine_reused", False)),
+                "models_in_engine": len(names),
+            },
+        )
+    log(
+        f"[generate:vllm] {total} samples from {len(names)} model(s) in one engine: engine start {start_s:.1f}s, "
         f"sampling {float(stats.get('generate_s', 0.0)):.1f}s, weight swaps {float(stats.get('reload_s', 0.0)):.1f}s, "
-        f"wall {wall:.1f}s")
+        f"wall {wall:.1f}s"
+    )
     return out
 
 

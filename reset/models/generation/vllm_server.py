@@ -242,8 +242,10 @@ def run_worker(python: str, req_path: str, out_path: str, env: dict[str, str], t
                 os.killpg(proc.pid, signal.SIGKILL)
     code = proc.wait()
     if stalled:
-        raise ModelError(f"the vLLM worker ({python}) printed nothing for {stall_s:.0f}s (its engine died?); killed it. "
-                         "Last lines:\n" + "\n".join(tail))
+        raise ModelError(
+            f"the vLLM worker ({python}) printed nothing for {stall_s:.0f}s (its engine died?); killed it. "
+            "Last lines:\n" + "\n".join(tail)
+        )
     if code != 0 or not os.path.exists(out_path):
         raise ModelError(f"the vLLM worker ({python}) exited with code {code}; last lines:\n" + "\n".join(tail))
 
