@@ -13,6 +13,7 @@ from reset.data.demo import build_demo
 from reset.models import chat
 from reset.models.generation import choose_backend, run
 from reset.models.generation import vllm_backend as vllm
+from reset.models.generation import vllm_server
 from reset.models.loading import load_tokenizer, merge_to, resolve_model
 
 from .conftest import REPO, wait_for
@@ -85,7 +86,7 @@ def test_prompts_are_cut_before_they_are_tokenized_in_full(tiny_model_dir, examp
 
 def test_auto_falls_back_to_hf_with_a_note_when_no_vllm(tiny_model_dir, examples, monkeypatch, tmp_path):
     monkeypatch.setenv("RESET_VLLM_PYTHON", str(tmp_path / "missing-python"))
-    monkeypatch.setattr(vllm, "PROJECT_ROOT", tmp_path)  # no .venv-vllm there either
+    monkeypatch.setattr(vllm_server, "PROJECT_ROOT", tmp_path)  # no .venv-vllm there either
     cfg = GenerateConfig(grid=GRID[:1], max_new_tokens=4, backend="auto")
     assert choose_backend(cfg)[0] == "hf"
     notes: list[str] = []
