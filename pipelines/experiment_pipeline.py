@@ -73,7 +73,9 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
             # the base model has no seed: its answers are scored once for every seed
             base_ans = step("answer-base", answer_heldout, **splits, **judging, tracking=tracking,
                             with_register=False, include_base=True)
-            with dsl.ParallelFor(seeds, name="seeds", parallelism=exp.parallelism) as seed:
+            # on a cluster experiment.parallelism seeds at once; locally one after the other (kfp.local would
+            # run two at once, each step then sharing the machine's cores with another's)
+            with dsl.ParallelFor(seeds, name="seeds", parallelism=exp.parallelism if cluster else 1) as seed:
                 ckpt: dict[str, Any] = {}
                 judged_by: dict[str, tuple[Any, Any]] = {}
                 for arm in order:

@@ -175,3 +175,22 @@ def test_the_report_shows_per_seed_spread():
     one, _ = seed_report({0: payload(0, 0.5)})
     assert "0.50 [0.40, 0.60]" in one  # one seed: the interval
     assert "one seed: one trained model" in one
+
+
+def test_seeds_run_one_after_the_other_locally_and_as_configured_on_a_cluster(tmp_path):
+    from kfp import compiler
+
+    from pipelines import definitions
+    from pipelines.experiment_pipeline import build_experiment
+
+    cfg = load_config(REPO / "configs" / "experiment.yaml", ["experiment.parallelism=3"])
+
+    def loop_policy(path) -> dict:
+        doc = yaml.safe_load(path.read_text().split("\n---\n")[0])
+        root = doc["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+        return next(spec for spec in root.values() if "parameterIterator" in spec).get("iteratorPolicy", {})
+
+    compiler.Compiler().compile(build_experiment(cfg), str(tmp_path / "local.yaml"))  # no cluster: a local run
+    definitions.compile_to(cfg, definitions.EXPERIMENT, str(tmp_path / "cluster.yaml"))
+    assert loop_policy(tmp_path / "local.yaml") == {"parallelismLimit": 1}
+    assert loop_policy(tmp_path / "cluster.yaml") == {"parallelismLimit": 3}

@@ -663,7 +663,7 @@ class ExperimentConfig(Section):
     """The arm every other arm is paired against."""
     parallelism: NonNegativeInt = 0
     """Seeds that run at once on a cluster (the seeds' ParallelFor; 0 = all). Locally they run one
-    after the other."""
+    after the other, each step with the machine's every core."""
 
     @field_validator("seeds")
     @classmethod
