@@ -26,6 +26,7 @@ import yaml
 from reset import config as configs
 from reset import tracking
 from reset.config.cluster import StepResources, TrainingEngine
+from reset.config.steps import settings_of
 from reset.launch import TrainingLaunch, api_client, current_namespace, job_manifest, run_job
 from reset.launch.manifests import job_name
 
@@ -43,8 +44,9 @@ def engine() -> dict[str, Any] | None:
 
 
 def settings(cluster: configs.ClusterConfig, stage: str, image: str) -> dict[str, Any]:
-    """What `engine()` reads back, from the cluster section (compile time)."""
-    step = f"finetune-{stage}"
+    """What `engine()` reads back, from the cluster section (compile time); an experiment arm's
+    stage (if-only, reset-s, ...) takes the settings of the step it runs (reset/config/steps.py)."""
+    step = settings_of(f"finetune-{stage}")
     secrets: dict[str, list[Any]] = {}
     if cluster.s3_secret:
         for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):

@@ -74,6 +74,8 @@ def settings_of(task: str) -> str:
     experiment's arm tasks (finetune-if-only, select-reset-s, answer-base, ...) the step they run."""
     if task in STEPS:
         return task
+    if task.startswith("finetune-reset") or task == "finetune-control":  # continued from the MTL checkpoint
+        return "finetune-reset"
     head = task.split("-", 1)[0]
     for prefix in (task, head):
         if prefix in PARTS:
