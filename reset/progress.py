@@ -14,10 +14,12 @@ step's log file. Without RESET_PROGRESS nothing extra is printed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 PREFIX = "##reset "
@@ -63,3 +65,43 @@ class Progress:
         if done >= self.total or now - self._last >= self.every_s:
             self._last = now
             emit("progress", done=done, total=self.total, unit=self.unit, label=self.label)
+
+
+# ------------------------------------------------------------------------- where a step's time goes
+# The phases of the running step (model load, engine start, compute, ...), summed in seconds; the
+# step run logs them as `phase.<name>_s` with `step.startup_s` (the process's start to the step's:
+# the interpreter, kfp's executor, the imports) and `step.body_s`; bench/profile_run.py tables them.
+_PHASES: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def timed(phase: str) -> Iterator[None]:
+    """Add the time the block takes to `phase` of the running step."""
+    t0 = time.monotonic()
+    try:
+        yield
+    finally:
+        add_phase(phase, time.monotonic() - t0)
+
+
+def add_phase(phase: str, seconds: float) -> None:
+    _PHASES[phase] = _PHASES.get(phase, 0.0) + max(0.0, float(seconds))
+
+
+def take_phases() -> dict[str, float]:
+    """The phases recorded since the last call (and forget them)."""
+    out = dict(_PHASES)
+    _PHASES.clear()
+    return out
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux: /proc; 0.0 where that cannot be read)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0

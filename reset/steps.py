@@ -118,10 +118,13 @@ def mix(cfg: PipelineConfig, *, out_train: str, out_dev: str, out_test: str, out
     with tracking.step_run(cfg.tracking, "mix", cfg.data.model_dump()) as run:
         import mlflow
 
-        meter = length_meter(cfg.model, cache_dir)
+        with progress.timed("model_load"):  # the base model's tokenizer
+            meter = length_meter(cfg.model, cache_dir)
         _log(f"[mix] lengths in {meter.unit}: {meter.note}")
-        report = mix_to_files(cfg.data, out_train=out_train, out_dev=out_dev, out_test=out_test, out_seen=out_seen,
-                              out_rejected=out_rejected, meter=meter, cache_dir=cache_dir, title="mix")
+        with progress.timed("compute"):
+            report = mix_to_files(cfg.data, out_train=out_train, out_dev=out_dev, out_test=out_test,
+                                  out_seen=out_seen, out_rejected=out_rejected, meter=meter, cache_dir=cache_dir,
+                                  title="mix")
         for rep in report.sources:
             _log(f"[mix] {rep.path}: {rep.format}, {rep.rows} rows, {rep.kept} examples kept, "
                  f"{sum(rep.rejected.values())} not kept {rep.rejected or ''}")
@@ -243,7 +246,8 @@ def judge(
         import mlflow
 
         _log(f"[judge] {len(cands)} candidates, judges: {', '.join(cfg.judge.judges)}")
-        judged = judge_all(examples, cands, cfg.judge, cache_dir)
+        with progress.timed("compute"):
+            judged = judge_all(examples, cands, cfg.judge, cache_dir)
         for ledger in judged.llm:
             mlflow.log_metrics({f"llm.{k}": v for k, v in tracking.numeric(ledger).items()})
             _log(f"[judge] LLM judge: {json.dumps(tracking.numeric(ledger))}")
@@ -319,7 +323,8 @@ def select(
     with tracking.step_run(cfg.tracking, name, cfg.select.model_dump()):
         import mlflow
 
-        sel = run_select(examples, cands, judgments, cfg.select)
+        with progress.timed("compute"):
+            sel = run_select(examples, cands, judgments, cfg.select)
         write_jsonl(out_selected, sel.examples)
         rep = sel.report
         ranks = rep.pop("ranks", {})

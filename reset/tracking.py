@@ -186,6 +186,8 @@ def step_run(cfg: TrackingConfig, step: str, params: Mapping[str, Any] | None = 
     import mlflow
 
     t0 = time.monotonic()
+    startup = progress.process_age()
+    progress.take_phases()
     progress.emit("start", step=step)
     procs.watch_driver()  # a local run: stop (KILLED) when the driver dies
     uri = resolve_uri(cfg)
@@ -216,8 +218,12 @@ def step_run(cfg: TrackingConfig, step: str, params: Mapping[str, Any] | None = 
         progress.emit("fail", step=step, seconds=time.monotonic() - t0,
                       error="stopped (interrupted)" if killed else _describe(exc, uri))
         raise
+    body = time.monotonic() - t0
+    with contextlib.suppress(Exception):  # where the step's time went (bench/profile_run.py): best effort
+        mlflow.log_metrics({"step.startup_s": startup, "step.body_s": body,
+                            **{f"phase.{k}_s": v for k, v in progress.take_phases().items()}})
     mlflow.end_run("FINISHED")
-    progress.emit("end", step=step, seconds=time.monotonic() - t0)
+    progress.emit("end", step=step, seconds=body)
 
 
 def _describe(exc: BaseException, uri: str = "") -> str:

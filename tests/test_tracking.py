@@ -174,3 +174,21 @@ def test_a_dataset_another_run_inserted_meanwhile_is_linked_not_an_error(cfg, tm
     monkeypatch.setattr(mlflow, "log_input", broken)
     with mlflow.start_run(), pytest.raises(MlflowException, match="read-only"):
         tracking.log_input(tracking.dataset(str(data), "train", "abc"), context="train")
+
+
+def test_a_step_logs_where_its_time_went(cfg):
+    """step.startup_s (the process's start to the step's), step.body_s and each phase the step timed:
+    what bench/profile_run.py tables."""
+    from reset import progress
+
+    parent = tracking.start_parent(cfg, {})
+    progress.add_phase("compute", 99.0)  # left over from before the step: not the step's
+    with tracking.step_run(cfg, "mix", parent_run_id=parent) as run:
+        with progress.timed("compute"):
+            pass
+        progress.add_phase("model_load", 1.5)
+        progress.add_phase("model_load", 0.5)
+    m = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+    assert m["phase.model_load_s"] == 2.0 and 0.0 <= m["phase.compute_s"] < 99.0
+    assert m["step.startup_s"] > 0.0 and m["step.body_s"] >= 0.0
+    assert progress.process_age() > 0.0

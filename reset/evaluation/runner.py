@@ -13,10 +13,11 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from reset import progress
 from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
 from reset.data.records import Example
 from reset.evaluation.metrics import Row, point_metrics, score_candidates
-from reset.models.generation import run_many
+from reset.models.generation import record_phases, run_many
 
 
 def greedy_config(cfg: EvaluateConfig, seed: int = 0) -> GenerateConfig:
@@ -34,8 +35,10 @@ def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequ
     gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log, offset=offset)
     rows: dict[str, list[Row]] = {}
     metrics: dict[str, dict[str, float]] = {}
+    record_phases(next(iter(gens.values())).stats if gens else {})  # one engine for every model
     for name, g in gens.items():
-        rows[name] = score_candidates(examples, g.candidates, judge_cfg, model_name=name)
+        with progress.timed("score"):
+            rows[name] = score_candidates(examples, g.candidates, judge_cfg, model_name=name)
         metrics[name] = point_metrics(rows[name])
         log(f"[evaluate] {name}: scored {len(rows[name])} answers")
     return rows, metrics, {name: g.stats for name, g in gens.items()}

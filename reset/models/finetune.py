@@ -163,6 +163,7 @@ def finetune(
     random.seed(cfg.seed)
 
     # --- model: base (+ adapter), trainable parameters, gradient checkpointing, sharding
+    load_t0 = time.monotonic()
     ref = str(model)
     base_dir, adapter_dir = loading.checkpoint_parts(ref, model_cfg.cache_dir)
     base_ref = _base_reference(ref, adapter_dir)
@@ -176,6 +177,7 @@ def finetune(
         net.to(device)
     params = [p for p in net.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
+    progress.add_phase("model_load", time.monotonic() - load_t0)
 
     # --- data: token ids with response-only labels, the batch plan
     encoded = [chat.encode_sft(tok, ex, ex.response, model_cfg.max_length, model_cfg.system_prompt) for ex in examples]
@@ -267,6 +269,7 @@ def finetune(
             state.seconds = time.time() - t0
             _save_checkpoint(ckpt_root, net, opt, sched, plan, state, fingerprint, dist)
     seconds = time.time() - t0
+    progress.add_phase("compute", time.time() - session_t0)
 
     # --- save: the adapter and a reference to its base (lora), or the whole model (full)
     prov = dict(provenance or {})
@@ -289,7 +292,8 @@ def finetune(
         "resumed_from_step": resumed_from,
         "loss_history": list(state.losses),
     }
-    _save_output(net, tok, out, cfg, prov, metrics, bf16=bf16, base_ref=base_ref, dist=dist)
+    with progress.timed("save"):
+        _save_output(net, tok, out, cfg, prov, metrics, bf16=bf16, base_ref=base_ref, dist=dist)
     if dist.main:
         shutil.rmtree(ckpt_root, ignore_errors=True)
     _barrier(dist)

@@ -88,6 +88,7 @@ def sample_candidates(model_dir: str | os.PathLike[str], examples: Sequence[Exam
         cands = ordered(cands, [e.id for e in examples], lambda c: c.example_id, lambda c: c.id)
     secs = time.time() - t0
     gen = result.stats
+    record_phases(gen)
     stats = {"prompts": len(examples), "candidates": len(cands), "seconds": secs,
              "samples_per_second": len(cands) / secs if secs else 0.0,
              "empty_candidates": sum(1 for c in cands if not c.text.strip()),
@@ -96,6 +97,16 @@ def sample_candidates(model_dir: str | os.PathLike[str], examples: Sequence[Exam
              "prompts_cut": gen.get("prompts_cut", 0), "backend": gen.get("backend", ""),
              **({"fallback_reason": gen["fallback_reason"]} if "fallback_reason" in gen else {})}
     return cands, stats
+
+
+def record_phases(stats: Mapping[str, Any]) -> None:
+    """The engine's start and its sampling as phases of the running step (reset.progress)."""
+    from reset import progress
+
+    progress.add_phase("engine_start", float(stats.get("engine_start_s", 0.0)))
+    progress.add_phase("compute", float(stats.get("generate_s", 0.0)))
+    if stats.get("load_s"):
+        progress.add_phase("model_load", float(stats["load_s"]))
 
 
 def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
