@@ -5,7 +5,10 @@ ReSet-S: per prompt, the best candidate if it reaches `strict_threshold`; of tho
          `top_fraction` by score within each kind ("less is more": the paper's set was about 3x
          smaller, and better). Per kind, because an IF answer's combined score (instruction + task)
          and a grounded answer's (faithfulness + task) are not on one scale: one ranking over both
-         kept only grounded answers in the demo's experiment.
+         kept only grounded answers in the demo's experiment. With `stratify: family` the ranking
+         runs within each kind's strata (an IF prompt's first constraint family, a grounded
+         prompt's task): a family the model finds hard scores lower on the whole, so a top share
+         per kind keeps the easy families' prompts and drops the hard ones (stratum()).
 Ties break towards the earlier candidate id, so a selection is reproducible.
 
 Gates come first: a candidate whose required gate failed (details["gates"], written by the judge
@@ -91,7 +94,8 @@ def select(
     if cfg.mode == "reset-s" and best:
         by_kind: dict[str, list[Judgment]] = defaultdict(list)
         for j in best:
-            by_kind[by_ex[j.example_id].kind].append(j)
+            ex = by_ex[j.example_id]
+            by_kind[stratum(ex) if cfg.stratify == "family" else ex.kind].append(j)
         best = []
         for _, js in sorted(by_kind.items()):
             js.sort(key=lambda j: (-j.combined, j.candidate_id))
@@ -129,6 +133,14 @@ def select(
             "Lower the threshold or generate more samples."
         )
     return Selection(chosen, report)
+
+
+def stratum(ex: Example) -> str:
+    """ReSet-S's ranking group under `stratify: family`: kind, then an IF prompt's first constraint
+    family (the IFEval id before ":") or a grounded prompt's task."""
+    if ex.kind == "grounded" or not ex.constraints:
+        return f"{ex.kind}/{ex.task}"
+    return f"{ex.kind}/{ex.constraints[0]['id'].split(':')[0]}"
 
 
 def _ranks(groups: dict[str, list[Judgment]], best: list[Judgment]) -> dict[str, dict[str, Any]]:

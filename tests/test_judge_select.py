@@ -322,3 +322,22 @@ def test_an_if_candidate_that_breaks_an_instruction_is_never_kept() -> None:
     assert [s.response for s in sel.examples] == ["Tea is a warm drink."]
     assert sel.report["per_family"]["punctuation"] == {"prompts": 1, "kept": 1, "keep_rate": 1.0}
     assert sel.report["gated_out"]["if_pass"] == 1
+
+
+def test_reset_s_by_family_keeps_the_hard_families() -> None:
+    """A hard family (startend: its best answers score lower) loses every prompt to a top share per
+    kind; ranked within each family, the same share keeps the top of each."""
+    def ifx(i: int, fam: str) -> Example:
+        return Example(f"{fam[:2]}{i}", "s", "instruction", f"P{i}", "r",
+                       constraints=[{"id": f"{fam}:x", "kwargs": {}}])
+
+    examples = [ifx(i, "punctuation") for i in range(6)] + [ifx(i, "startend") for i in range(6)]
+    scores = {e.id: {f"{e.id}-a": (0.9 if e.id.startswith("pu") else 0.6) + 0.01 * int(e.id[2:])} for e in examples}
+    cands, judgments = _pool(scores)
+    by_kind = select(examples, cands, judgments, SelectConfig(mode="reset-s", strict_threshold=0.5, top_fraction=0.34))
+    assert [e.id for e in by_kind.examples] == [f"pu{i}@reset" for i in range(1, 6)]  # ceil(0.34 * 12) = 5
+    by_family = select(examples, cands, judgments,
+                       SelectConfig(mode="reset-s", strict_threshold=0.5, top_fraction=0.34, stratify="family"))
+    assert [e.id for e in by_family.examples] == ["pu3@reset", "pu4@reset", "pu5@reset",
+                                                  "st3@reset", "st4@reset", "st5@reset"]
+    assert by_family.report["per_family"]["startend"]["kept"] == 3

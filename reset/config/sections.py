@@ -514,6 +514,10 @@ class SelectConfig(Section):
     """Lowest combined score a kept candidate may have (reset-s)."""
     top_fraction: Annotated[float, Field(gt=0.0, le=1.0), NoBool] = 0.34
     """reset-s keeps this share of the prompts above strict_threshold (paper: about a third of ReSet's set)."""
+    stratify: Literal["kind", "family"] = "kind"
+    """reset-s ranks within each kind (kind), or within each kind's strata (family: an IF prompt's
+    first constraint family, a grounded prompt's task), so the top share keeps every family's
+    prompts instead of the easiest families' (docs/design.md, "ReSet-S")."""
     min_selected: PositiveInt = 1
     """Fewer selected examples than this fails the step."""
     gate_if_pass: bool = True
