@@ -64,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         help="show every task's output inline (it always goes to the run's logs/ folder)",
     )
     e = sub.add_parser("experiment", help="run the paper's arms and a control locally (experiment.arms / .seeds)")
-    common(e)
+    common(e, config_required=False)  # required unless --resume
+    e.add_argument(
+        "--resume",
+        default="",
+        metavar="RUN",
+        help="resume a stopped or failed experiment (its run folder): reuse every task that finished, "
+        "run the rest; with --set, tasks whose inputs change run again",
+    )
     e.add_argument(
         "--output-dir", default="runs", help="KFP artifacts, MLflow store and the run summary (default: runs)"
     )
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return data_cli.main(args)
         if args.command == "runs":
             return local_runs.main(args)
-        if args.command == "run" and args.resume:
+        if args.command in ("run", "experiment") and args.resume:
             cfg = local_runs.resume_config(Path(args.output_dir).resolve(), args.resume, args.config, args.overrides)
         elif args.config is None:
             raise ConfigError("--config is required (or --resume RUN)")
@@ -113,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return local_runs.run_local(cfg, Path(args.output_dir), verbose=args.verbose, resume=args.resume)
         if args.command == "experiment":
-            return local_runs.run_local(cfg, Path(args.output_dir), verbose=args.verbose, experiment=True)
+            return local_runs.run_local(cfg, Path(args.output_dir), verbose=args.verbose, resume=args.resume,
+                                        experiment=True)
         if args.command == "compile":
             which = definitions.for_config(cfg, args.pipeline)
             definitions.compile_to(cfg, which, args.output)

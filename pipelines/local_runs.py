@@ -181,14 +181,14 @@ def exit_code(exc: BaseException) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
-def stopped_line(run: LocalRun, step: str, output_dir: Path, not_closed: str = "") -> str:
+def stopped_line(run: LocalRun, step: str, output_dir: Path, not_closed: str = "", command: str = "run") -> str:
     where = f" in step {step}" if step else ""
     ref = run.name if run.run_dir.parent == output_dir else str(run.run_dir)
     extra = "" if output_dir == Path("runs").resolve() else f" --output-dir {output_dir}"
     closed = (f"its MLflow runs could not be marked KILLED ({not_closed}; `python -m pipelines runs cleanup` "
               "will)" if not_closed else "its MLflow runs are marked KILLED")
     return (f"[reset-kfp] stopped{where}: {closed}; resume with: "
-            f"python -m pipelines run --resume {ref}{extra}")
+            f"python -m pipelines {command} --resume {ref}{extra}")
 
 
 # ---------------------------------------------------------------------------- reused task outputs
@@ -336,8 +336,6 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     own output goes to <output_dir>/<run>/logs/. Preflight first (one line per problem, exit 2,
     nothing started); Ctrl-C stops cleanly (exit 130); `resume` names a run folder to resume
     (pipelines/local_runs.py)."""
-
-
     from pipelines import definitions
     from pipelines.console import Console
     from reset import preflight, progress, tracking
@@ -382,7 +380,8 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
                 not_closed = close_runs(cfg, run)
             finally:
                 signal.signal(signal.SIGINT, old)
-            print(stopped_line(run, console.current_step, output_dir, not_closed), file=sys.stderr)
+            print(stopped_line(run, console.current_step, output_dir, not_closed,
+                               "experiment" if experiment else "run"), file=sys.stderr)
             return exit_code(exc)
     finally:
         if engine is not None:
