@@ -58,13 +58,10 @@ from reset.data.storage import is_local_store
 # The pass / fail facts of reset.judging.gates that selection requires, as boolean scorers (MLflow
 # shows them as pass rates). no_copy is left out: it only says whether answer_correct was voided.
 GATES = ("instructions_followed", "answer_correct")
-# The rows' fields that become assessments besides the judges: (name, row field, description).
-ROW_FACTS = (
-    ("instructions_followed", "if_pass", "every IFEval instruction followed (strict)"),
-    ("answer_correct", "answer_correct", "the extractive answer is the passage's (not memory, not a copy)"),
-    ("faithfulness", "faithfulness", "the faithfulness judges' score, 0 for an extractive answer that is wrong"),
-)
-RUN_TYPE = {"mlflow.runType": "genai_evaluate"}  # what MLflow's Evaluation runs page lists
+# The rows' fields that become assessments besides the judges: (assessment name, row field).
+ROW_FACTS = (("instructions_followed", "if_pass"), ("answer_correct", "answer_correct"),
+             ("faithfulness", "faithfulness"))
+RUN_TYPE = {"mlflow.runType": "genai_evaluate"}  # what mlflow.genai.evaluate tags its runs with
 REPORT_TAG = "reset.report"
 DATASET_TAG = "reset.sha256"
 FLUSH_EVERY = 200  # traces per flush of MLflow's export queue (it drops traces when it overflows: 1000 tasks)
@@ -368,13 +365,30 @@ def _assessments(row: Mapping[str, Any], judges: Sequence[str], cfg: JudgeConfig
         out.append(_feedback(name, float(value), str(row.get(f"why.{name}") or ""), _source(name, cfg),
                              {"axis": JUDGE_AXES.get(name, ""), "judge": name}))
     evaluation = AssessmentSource(source_type="CODE", source_id="reset.evaluation")
-    for name, field, what in ROW_FACTS:
+    for name, field in ROW_FACTS:
         value = row.get(field)
         if value is None:
             continue
         value = bool(value) if isinstance(value, bool) else float(value)
-        out.append(_feedback(name, value, what, evaluation))
+        out.append(_feedback(name, value, _fact_rationale(name, row), evaluation))
     return out
+
+
+def _fact_rationale(name: str, row: Mapping[str, Any]) -> str:
+    """Why an evaluation row's pass / fail fact (or gated faithfulness) is what it is, in words."""
+    if name == "instructions_followed":
+        failed = [i for i, ok in zip(row.get("if_ids") or [], row.get("if_followed") or [], strict=False) if not ok]
+        n = len(row.get("if_ids") or [])
+        return f"all {n} IFEval instructions followed (strict)" if not failed else f"not followed: {', '.join(failed)}"
+    copy = row.get("passage_copy")
+    copied = f", passage copy {copy:.2f}" if isinstance(copy, int | float) else ""
+    if name == "answer_correct":
+        outcome = row.get("cf_outcome")
+        return (f"{'the passage' if row.get('answer_correct') else 'not the passage'}'s answer"
+                f"{f' (counterfactual passage: {outcome})' if outcome else ''}{copied}")
+    judges = row.get("faith_judges")
+    why = f"the faithfulness judges' score {judges:.2f}" if isinstance(judges, int | float) else "no judge score"
+    return why + (": 0, the extractive answer is not the passage's" if row.get("answer_correct") is False else "")
 
 
 def _metrics_of(feedbacks: Sequence[Sequence[Any]]) -> dict[str, float]:
