@@ -44,7 +44,8 @@ def evaluate_models(
     with_register: bool = True, reference: str = "mtl", seed: int = -1,
 ) -> dict:
     """The arms given on the held-out split from one engine (or the shards' answers, gathered), and
-    the decision; the figures also as KFP metrics (the run compare view)."""
+    the decision; the figures also as KFP metrics (the run compare view), the two axes with their
+    95% intervals and each arm's paired difference and p."""
     from reset import steps
 
     cfg = steps.config(evaluate=evaluate, model=model, judge=judge, register=register, tracking=tracking)
@@ -61,4 +62,6 @@ def evaluate_models(
     for name, values in payload["metrics"].items():
         for key, value in values.items():
             metrics.log_metric(f"{name}.{key}", value)
+    for key, value in payload.get("intervals", {}).items():  # <arm>.<axis>.low / .high, <arm>.vs_mtl.<axis>.p
+        metrics.log_metric(key, value)
     return {"verdicts": payload["verdicts"], "gates": payload["gates"], "decision": payload.get("decision", "")}

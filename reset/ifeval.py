@@ -46,6 +46,7 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import types
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -202,6 +203,12 @@ _util, _ifeval_instructions, _registry = _load_ifeval()
 import langdetect  # noqa: E402  (after _load_ifeval, which imports it too)
 
 langdetect.DetectorFactory.seed = 0
+# The checkers are not safe to call from several threads at once: langdetect loads its language
+# profiles lazily into a module global, and a thread that finds them half loaded gets a wrong
+# language (50 cold concurrent english_lowercase checks of one lowercase English text: 49 False).
+# MLflow runs scorers in threads (reset.genai), so every check holds this lock; the checks are
+# pure Python under the GIL, so it costs nothing.
+_CHECK_LOCK = threading.Lock()
 
 
 # --------------------------------------------------------------------------- text utilities
@@ -414,7 +421,8 @@ def check(constraint: Mapping[str, Any], response: str, *, loose: bool = False, 
     if not isinstance(response, str):
         raise TypeError(f"response must be a string, got {type(response).__name__}")
     candidates = loose_variants(response) if loose else [response]
-    return any(bool(text.strip()) and bool(instance.check_following(text)) for text in candidates)
+    with _CHECK_LOCK:
+        return any(bool(text.strip()) and bool(instance.check_following(text)) for text in candidates)
 
 
 def describe(constraint: Mapping[str, Any]) -> str:

@@ -83,18 +83,19 @@ def log_and_register(model_dir: str | os.PathLike[str], metrics: Mapping[str, fl
                      max_new_tokens: int = 64, system_prompt: str = "", *,
                      gates: Mapping[str, GateDecision] | None = None, description: str = "",
                      evaluated_champion: str | None | object = UNKNOWN,
-                     version_tags: Mapping[str, str] | None = None, no_gate_reason: str = "") -> dict[str, Any]:
+                     version_tags: Mapping[str, str] | None = None, no_gate_reason: str = "",
+                     card: str = "") -> dict[str, Any]:
     """Inside an active MLflow run: export the model once (`export_model`: a LoRA checkpoint merged
     into plain weights, one upload to `cfg.export_uri`), register a version whose source is that
     location, alias it challenger, and move champion to it when the gates say so, under the
     promotion lock and only if the champion is still `evaluated_champion` (the version the gates
     compared against; UNKNOWN: the one read when deciding). No gates: never promoted
-    (`no_gate_reason` says why)."""
+    (`no_gate_reason` says why). `card`: the model card (reset.cards) written beside the weights."""
     import mlflow
 
     run_id = mlflow.active_run().info.run_id
     exported = export_model(model_dir, cfg, run_id=run_id, max_new_tokens=max_new_tokens,
-                            system_prompt=system_prompt)
+                            system_prompt=system_prompt, card=card)
     client = mlflow.MlflowClient()
     version = register_version(client, cfg.model_name, exported, run_id)
     for k, v in metrics.items():
@@ -202,17 +203,19 @@ class Exported:
 
 
 def export_model(model_dir: str | os.PathLike[str], cfg: RegisterConfig, *, run_id: str, max_new_tokens: int = 64,
-                 system_prompt: str = "") -> Exported:
+                 system_prompt: str = "", card: str = "") -> Exported:
     """Write the final model once: a LoRA checkpoint merged into plain weights (loading.merge_to),
     wrapped as an MLflow pyfunc (models-from-code, nothing pickled), uploaded once to
     `<cfg.export_uri>/<model_name>/<run_id>/` (or, without export_uri, logged to the active run's
-    artifacts under `model/`)."""
+    artifacts under `model/`). The model card (`card`, else one from the checkpoint's provenance
+    alone: reset.cards) is the README.md of the weights directory and of the MLflow model."""
     import tempfile
 
     import mlflow
     import yaml
 
     import reset
+    from reset.cards import model_card
     from reset.data import storage
     from reset.models import loading
 
@@ -235,6 +238,10 @@ def export_model(model_dir: str | os.PathLike[str], cfg: RegisterConfig, *, run_
         )
         mlmodel = yaml.safe_load((package / "MLmodel").read_text())
         rel = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+        card = card or model_card(model_name=cfg.model_name, provenance=loading.read_provenance(model_dir),
+                                  run_id=run_id)
+        for where in (package / rel, package):  # beside the weights (what KServe serves) and the MLflow model
+            (where / "README.md").write_text(card, encoding="utf-8")
         if cfg.export_uri:
             source = f"{cfg.export_uri}/{cfg.model_name}/{run_id}"
             storage.upload(package, source)  # the one upload

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from reset import config as configs
-from reset import preflight, progress, tracking
+from reset import genai, preflight, progress, tracking
 from reset.config import PipelineConfig
 from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl
 from reset.data.storage import sha256_file
@@ -306,6 +306,7 @@ def select(
     out_report: str = "",
     own_plan: bool = False,
     name: str = "select",
+    out_card: str = "",
 ) -> dict[str, Any]:
     """Reject sampling over the judged candidates; with `own_plan`, only over those that generate's
     config would have sampled (an arm that shares a larger generation, the experiment's ReSet)."""
@@ -320,7 +321,7 @@ def select(
         _log(f"[select] {len(mine)} of the {len(cands)} shared candidates are this arm's sampling plan")
         ids = {c.id for c in mine}
         cands, judgments = mine, [j for j in judgments if j.candidate_id in ids]
-    with tracking.step_run(cfg.tracking, name, cfg.select.model_dump()):
+    with tracking.step_run(cfg.tracking, name, cfg.select.model_dump()) as run:
         import mlflow
 
         with progress.timed("compute"):
@@ -335,6 +336,7 @@ def select(
         mlflow.log_dict(rep, "selection_report.json")
         _write_text(out_report, json.dumps(rep, indent=2, default=str))  # the keep rates, for evaluate's report
         mlflow.log_table(judged_table(examples, cands, judgments, ranks), artifact_file="judged_samples.json")
+        genai.dataset_card_for(run, out_selected, cands, judgments, rep, cfg, out_card)  # tag synthetic, keep rates
         kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in by_kind(rep).items())
         _note(f"kept {rep['selected']}/{rep['prompts']} prompts ({kinds}), mean score {rep['mean_selected_score']:.3f}")
     return rep
@@ -519,15 +521,8 @@ def evaluate(
         _write_text(out_metrics, json.dumps(payload, indent=2, default=str))
         write_jsonl(out_rows, [r for rows in rows_by_model.values() for r in rows])
         mlflow.log_metrics(tracking.numeric({f"{name}.{k}": v for name, m in results.items() for k, v in m.items()}))
-        exp = tracking.experiment_id(cfg.tracking)
-        for name, m in results.items():  # one run per model, same keys: MLflow's compare view lines them up
-            with mlflow.start_run(
-                experiment_id=exp,
-                run_name=f"eval-{name}",
-                nested=True,
-                tags={"reset.model": name, tracking.STEP_TAG: "evaluate/" + name},
-            ):
-                mlflow.log_metrics(tracking.numeric(m))
+        # one evaluation run per model (same keys: the compare views line them up), a trace per example
+        genai.log_evaluation(cfg, rows_by_model, results, examples, digest=digest, payload=payload, step_run=run)
     return payload
 
 
@@ -587,6 +582,7 @@ def _decide_and_report(
         "champion_version": champion,
         "summary": summary.to_dict(),
         "units": unit_values(summary, rows_by_model),
+        "intervals": flat_metrics(summary, keys=HEADLINE),  # the axes' intervals, paired differences and p
     }
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     mlflow.log_text(report, "comparison.md")
@@ -677,7 +673,7 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
     }
     # the champion the gates compared against: the alias moves only if it still points there
     evaluated = payload.get("champion_version") if gates is not None and rcfg.compare_champion else UNKNOWN
-    with tracking.step_run(cfg.tracking, "register", rcfg.model_dump()):
+    with tracking.step_run(cfg.tracking, "register", rcfg.model_dump()) as run:
         import mlflow
 
         decision = log_and_register(
@@ -691,6 +687,7 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
             evaluated_champion=evaluated,
             version_tags={k: v for k, v in tags.items() if v},
             no_gate_reason=why_not,
+            card=genai.model_card_for(run, model_dir, payload, cfg, candidate),
         )
         mlflow.log_metrics(tracking.numeric({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
         mlflow.log_metric("promoted", int(decision["promote"]))

@@ -37,6 +37,7 @@ Row fields (None where a field does not apply to the example):
                       right answer, so a copied wrong sentence or a memory answer scores 0
   score_instruction, score_faithfulness, score_task, combined   the judges' axes and weighted mean
   judge.<name>        each configured judge's own score
+  why.<name>          that judge's rationale (MLflow's assessments carry it: reset.genai)
 
 Metrics (`METRICS`, plus per constraint family and per judge from `metrics_for`): each is a rate
 (pass / fail per unit: Wilson interval, exact McNemar) or a mean (bootstrap interval, paired
@@ -185,6 +186,8 @@ def score_example(ex: Example, response: str, judgment: Judgment | None = None, 
     row["combined"] = judgment.combined if judgment is not None else None
     by_judge = judgment.details.get("by_judge", {}) if judgment is not None else {}
     row.update({f"judge.{name}": value for name, value in by_judge.items()})
+    why = judgment.details.get("why", {}) if judgment is not None else {}
+    row.update({f"why.{name}": text for name, text in why.items()})
     return row
 
 

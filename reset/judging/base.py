@@ -131,11 +131,11 @@ def judge(
     for i, (ex, cand) in enumerate(pairs):
         sums: dict[str, list[float]] = {axis: [0.0, 0.0] for axis in AXES}
         by_judge: dict[str, float | None] = {}
-        reasons = []
+        why: dict[str, str] = {}
         for j, results in zip(judges, per_judge, strict=True):
             r = results[i]
             by_judge[j.name] = r.score
-            reasons.append(f"{j.name}: {r.rationale}")
+            why[j.name] = r.rationale
             w = jw.get(j.name, 1.0)
             if r.score is not None and w > 0:
                 sums[j.axis][0] += w * r.score
@@ -147,8 +147,8 @@ def judge(
                 example_id=ex.id,
                 scores=scores,
                 combined=combine(scores, weights),
-                rationale="; ".join(reasons),
-                details={"by_judge": by_judge, "decoding": cand.decoding},
+                rationale="; ".join(f"{name}: {text}" for name, text in why.items()),
+                details={"by_judge": by_judge, "why": why, "decoding": cand.decoding},
             )
         )
     return out

@@ -65,6 +65,8 @@ from reset.judging.llm.cache import JudgeCache, cache_key
 from reset.judging.llm.ledger import Ledger
 from reset.judging.llm.parsing import ParseError, parse_judgment, to_unit
 from reset.judging.llm.prompts import JSON_SCHEMA, RUBRICS, build_prompt
+from reset.judging.llm.tracing import CallTrace, RequestFacts
+from reset.judging.llm.tracing import enabled as tracing_enabled
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,7 @@ class LLMJudge:
         self._structured = cfg.structured_output
         self._give_up_streak = 0
         self.log: Any = print  # progress lines on long runs (about every 5% of the requests)
+        self.trace: bool | None = None  # MLflow traces of each score() call (None: where MLflow is in use)
 
     def __repr__(self) -> str:
         return f"LLMJudge(axis={self.axis!r}, model={self.cfg.model!r}, rubric={self.rubric.id}@{self.rubric.version})"
@@ -160,6 +163,23 @@ class LLMJudge:
             return pool.submit(asyncio.run, self.ascore(pairs)).result()
 
     async def ascore(self, pairs: Sequence[Pair]) -> list[AxisScore]:
+        call = CallTrace(self, len(pairs)) if (tracing_enabled() if self.trace is None else self.trace) else None
+        stopped = "not finished"
+        try:
+            out = await self._ascore(pairs, call)
+            stopped = ""
+            return out
+        except BudgetExceeded as exc:
+            stopped = exc.reason
+            raise
+        except BaseException as exc:
+            stopped = f"{type(exc).__name__}: {str(exc)[:200]}"
+            raise
+        finally:
+            if call is not None:
+                call.emit(stopped)
+
+    async def _ascore(self, pairs: Sequence[Pair], call: CallTrace | None) -> list[AxisScore]:
         results: list[AxisScore | None] = [None] * len(pairs)
         jobs: dict[str, _Job] = {}
         for i, (ex, cand) in enumerate(pairs):
@@ -171,6 +191,8 @@ class LLMJudge:
             if key in jobs:
                 jobs[key].indices.append(i)
                 self.ledger.add("deduplicated")
+                if call is not None:
+                    call.deduplicated += 1
             else:
                 jobs[key] = _Job(key, system, user, [i])
         if self.cache is not None and jobs:
@@ -179,14 +201,16 @@ class LLMJudge:
                 for i in job.indices:
                     results[i] = LLMAxisScore(to_unit(raw), why, raw_score=raw, cached=True)
                 self.ledger.add("cache_hits", len(job.indices))
+                if call is not None:
+                    call.cache_hits += len(job.indices)
         if jobs:
-            await self._run(list(jobs.values()), results)
+            await self._run(list(jobs.values()), results, call)
         if self.ledger.stop_reason and any(r is None for r in results):
             raise BudgetExceeded(self.ledger.stop_reason, results, self.stats())
         return [r for r in results if r is not None]
 
     # ---------------------------------------------------------------------------------- internals
-    async def _run(self, jobs: list[_Job], results: list[AxisScore | None]) -> None:
+    async def _run(self, jobs: list[_Job], results: list[AxisScore | None], call: CallTrace | None = None) -> None:
         import openai
 
         api_key = os.environ.get(self.cfg.api_key_env) or "EMPTY"
@@ -201,7 +225,7 @@ class LLMJudge:
         async def one(job: _Job) -> None:
             nonlocal done
             async with sem:
-                res = await self._judge_one(client, job)
+                res = await self._judge_one(client, job, call)
             if res is not None:
                 for i in job.indices:
                     results[i] = res
@@ -233,12 +257,24 @@ class LLMJudge:
         d = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2 ** (failures - 1))
         return d / 2 + random.uniform(0, d / 2)
 
-    async def _judge_one(self, client: Any, job: _Job) -> LLMAxisScore | None:
-        """The judgment of one prompt; None when the budget stopped it first."""
+    async def _judge_one(self, client: Any, job: _Job, call: CallTrace | None = None) -> LLMAxisScore | None:
+        """The judgment of one prompt; None when the budget stopped it first. With `call`, what its
+        requests did is recorded for the call's trace."""
+        messages = [{"role": "system", "content": job.system}, {"role": "user", "content": job.user}]
+        facts = RequestFacts() if call is not None else None
+        result = None
+        try:
+            result = await self._attempts(client, job, messages, facts)
+            return result
+        finally:
+            if call is not None and facts is not None and facts.attempts:
+                call.request(job.key, messages, facts, result)
+
+    async def _attempts(self, client: Any, job: _Job, messages: list[dict[str, str]],
+                        facts: RequestFacts | None) -> LLMAxisScore | None:
         import openai
 
         cfg, ledger = self.cfg, self.ledger
-        messages = [{"role": "system", "content": job.system}, {"role": "user", "content": job.user}]
         chars = len(job.system) + len(job.user)
         structured = self._structured
         failures = 0
@@ -283,6 +319,8 @@ class LLMJudge:
                 last_error = f"connection error: {type(exc.__cause__ or exc).__name__}"
             else:
                 content = resp.choices[0].message.content if resp.choices else None
+                if facts is not None:
+                    facts.reply = content
                 try:
                     raw, why = parse_judgment(content)
                 except ParseError as exc:
@@ -300,7 +338,12 @@ class LLMJudge:
                     return LLMAxisScore(to_unit(raw), why, raw_score=raw)
             finally:
                 ledger.settle(est, chars, usage)
+                if facts is not None:
+                    facts.sent(usage, cfg)
+                    facts.structured = structured
             failures += 1
+            if facts is not None:
+                facts.errors.append(last_error)
             if failures > cfg.max_retries:
                 why = f"gave up after {failures} attempts; last: {last_error}"
                 if not last_error.startswith("unparseable"):
