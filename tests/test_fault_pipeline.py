@@ -5,7 +5,7 @@ server), three runs at once on one output folder (one MLflow store, one KFP root
 - F is killed with SIGKILL during fine-tuning (after a checkpoint): its running task stops by
   itself and its step run is KILLED; `runs cleanup` marks F's parent KILLED and nothing of R or
   R2, which are still running;
-- F is resumed while its S3 endpoint stops (once the judge step, which reads nothing from S3,
+- F is resumed while its S3 endpoint goes away (once the judge step, which reads nothing from S3,
   starts): mix is reused, fine-tuning continues from its checkpoint, and the next step that reads
   S3 fails naming the URI;
 - with the endpoint back, F is resumed again: what finished is reused, the rest runs, and its
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from moto.server import ThreadedMotoServer
 
 from reset.data.records import write_jsonl
 from reset.data.storage import upload
 
-from .conftest import REPO, free_port, wait_for
+from .conftest import REPO, wait_for
+from .tcp_front import Front
 from .test_clean_stops import kill_session, session_processes, wait_gone
 
 pytestmark = pytest.mark.integration
@@ -116,18 +116,17 @@ def world(tmp_path_factory, s3, s3_endpoint, tiny_model_dir, demo):
     upload(root / "if.jsonl", "s3://faults/if.jsonl")
     upload(root / "cd.jsonl", "s3://faults/cd.jsonl")
     upload(tiny_model_dir, "s3://faults/models/tiny")
-    port = free_port()
-    f_s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # F's own endpoint (same buckets), to stop
-    f_s3.start()
+    host, port = s3_endpoint.rsplit("//", 1)[1].split(":")
+    f_s3 = Front((host, int(port)))  # F's own endpoint (the same S3), to cut off and bring back
     out, logs, cache = root / "runs", root / "logs", root / "cache"
     logs.mkdir()
-    state: dict = {"root": root, "out": out, "f_endpoint": f"http://127.0.0.1:{port}", "f_port": port, "sessions": []}
+    state: dict = {"root": root, "out": out, "f_endpoint": f_s3.url, "sessions": []}
     try:
         yield state, f_s3, logs, cache, s3_endpoint
     finally:
         for sid in state["sessions"]:
             kill_session(sid)
-        state.get("f_s3_current", f_s3).stop()
+        f_s3.close()
 
 
 @pytest.fixture(scope="module")
@@ -156,14 +155,12 @@ def scenario(world):
     state["sessions"].append(f1.proc.pid)
     judge_started = f"  {'judge':<15} ..."
     wait_for("F's judge step", lambda: judge_started in f1.text() or f1.proc.poll() is not None, RUN_S)
-    f_s3.stop()
+    f_s3.cut()
     state["f1_rc"] = f1.wait()
     state["f1_text"] = f1.text()
 
-    # 3. the endpoint is back: resume again
-    again = ThreadedMotoServer(ip_address="127.0.0.1", port=state["f_port"])
-    again.start()
-    state["f_s3_current"] = again
+    # 3. the endpoint is back, at the same address: resume again
+    f_s3.restore()
     f2 = Run("F-resume-2", out, logs, state["f_endpoint"], cache, ["--resume", f_dir.name])
     state["sessions"].append(f2.proc.pid)
     state["f2_rc"] = f2.wait()

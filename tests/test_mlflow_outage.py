@@ -11,12 +11,9 @@ carried. The server itself keeps running, so the store is read back from it afte
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
 import subprocess
 import sys
-import threading
 from collections import Counter
 
 import mlflow
@@ -25,6 +22,7 @@ import pytest
 from reset import procs, tracking
 
 from .conftest import REPO, mlflow_server_cmd, mlflow_server_env, server_process, uvicorn_url
+from .tcp_front import Front
 
 pytestmark = pytest.mark.integration
 
@@ -44,64 +42,6 @@ with tracking.step_run(cfg, "train", parent_run_id=parent):
         if i == 19:
             sys.stdin.readline()  # the test cuts the server off, then lets the step go on
 """
-
-
-class Front:
-    """A TCP front of `target` on 127.0.0.1 (its own port): forwards every connection until cut();
-    then closes them all and, for each new connection, reads the request line, records it and closes
-    the connection without an answer."""
-
-    def __init__(self, target: tuple[str, int]):
-        self.target = target
-        self.cut_off = threading.Event()
-        self.dropped: list[str] = []  # the request lines of the connections dropped after the cut
-        self._socks: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            if self.cut_off.is_set():
-                threading.Thread(target=self._drop, args=(conn,), daemon=True).start()
-                continue
-            upstream = socket.create_connection(self.target)
-            with self._lock:
-                self._socks += [conn, upstream]
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while chunk := src.recv(65536):
-                dst.sendall(chunk)
-        for s in (src, dst):
-            with contextlib.suppress(OSError):
-                s.shutdown(socket.SHUT_RDWR)
-
-    def _drop(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
-        with conn, contextlib.suppress(OSError):
-            line = conn.makefile("rb").readline(4096).decode(errors="replace").strip()
-            self.dropped.append(line)
-
-    def cut(self) -> None:
-        self.cut_off.set()
-        with self._lock:
-            for s in self._socks:
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self._listener.close()
-        self.cut()
 
 
 def test_the_mlflow_server_goes_away_mid_step(tmp_path):
