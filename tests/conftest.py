@@ -196,6 +196,16 @@ def mlflow_server_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (tests/pg_mlflow.py: Debian's binaries, 127.0.0.1), with
+    the role `mlflow` and its database `mlflow`; stopped by its PID at the end."""
+    from .pg_mlflow import postgres_server
+
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
 def vllm_server(cache_dir, tmp_path_factory):
     """vLLM's CPU build serving the demo model (SmolLM2-135M-Instruct) through its
     OpenAI-compatible server on 127.0.0.1. Its own venv (`make vllm`): RESET_VLLM_PYTHON or

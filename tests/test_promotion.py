@@ -26,7 +26,7 @@ from reset.data.storage import upload
 from reset.promotion import champion_location, promote
 
 from .conftest import REPO, wait_for
-from .pg_mlflow import manifest_mlflow, postgres_server
+from .pg_mlflow import manifest_mlflow
 
 FAST = {"max_new_tokens": 4, "batch_size": 8, "backend": "hf"}
 
@@ -254,11 +254,11 @@ def test_the_champion_moves_only_from_the_version_the_decision_saw(store, tiny_m
 
 # ------------------------------------------------------------------------------------ two at once
 @pytest.fixture(scope="module")
-def pg_mlflow(s3_endpoint, s3, tmp_path_factory):
-    """The manifest's MLflow server on a real PostgreSQL (tests/pg_mlflow.py)."""
+def pg_mlflow(postgres, s3_endpoint, s3, tmp_path_factory):
+    """The manifest's MLflow server on a real PostgreSQL (the session's; tests/pg_mlflow.py)."""
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket="mlflow")
-    with postgres_server() as pg, manifest_mlflow(pg, tmp_path_factory.mktemp("pg-mlflow"), s3_endpoint) as server:
+    with manifest_mlflow(postgres, tmp_path_factory.mktemp("pg-mlflow"), s3_endpoint) as server:
         yield server.url
 
 
