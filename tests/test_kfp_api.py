@@ -278,3 +278,26 @@ def test_promote_with_a_host_runs_the_promotion_pipeline(api, env, checkout, cap
     assert _mismatches(params, _config_as_written(CONFIG), sections, form=False) == []
     assert params["model"]["base"] == "builtin:tiny-llama" and params["register"]["model_name"] == "reset-tiny"
     _no_secret_in_any_body(api)
+
+
+def test_the_standin_refuses_a_pipeline_kfps_schemas_do_not_accept(api, env, tmp_path):
+    """The uploads above passed the stand-in's strict read (tests/kfp_schemas.py); one misspelt
+    Kubernetes key is refused, as the API server refuses a spec it cannot read."""
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+
+    from pipelines import definitions
+    from reset.config import load_config
+
+    path = tmp_path / "p.yaml"
+    definitions.compile_to(load_config(CONFIG[1], CONFIG[3::2]), definitions.TRAINING, str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mount = next(cfg for cfg in executors.values() if "pvcMount" in cfg)["pvcMount"][0]
+    mount["mountpath"] = mount.pop("mountPath")
+    path.write_text(yaml.safe_dump_all(docs))
+    client = kfp.Client(host=api.url, existing_token=TOKEN)
+    with pytest.raises(ApiException) as err:
+        client.upload_pipeline(str(path), pipeline_name="bad")
+    assert err.value.status == 400 and "mountpath" in str(err.value.body)
+    assert api.pipelines == {}
