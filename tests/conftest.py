@@ -136,6 +136,25 @@ def other_tiny_models(cache_dir) -> dict[int, Path]:
 
 
 @pytest.fixture(scope="session")
+def vllm_tiny_dir(tiny_model_dir, cache_dir) -> Path:
+    """tiny_model_dir's config (2 layers, its tokenizer) with attention heads of size 64, which vLLM's
+    CPU build has kernels for (the builtin's 16 has none), random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = cache_dir / "tiny-llama-head64"
+    if not (out / "config.json").exists():
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = 128, 2, 1, 256
+        cfg.head_dim = 64
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo():
     """(instruction examples, grounded examples): a small seeded demo set."""
     return build_demo(seed=0, n_instruction=40, n_grounded=40)

@@ -24,11 +24,11 @@ pytestmark = pytest.mark.integration
 DUPLICATE = {"sqlite": "UNIQUE constraint failed", "postgresql": "duplicate key value violates unique constraint"}
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path) -> Iterator[tuple[str, str]]:
-    """(database kind, tracking URI) of an empty MLflow store."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def store(request, tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(database kind, tracking URI) of an MLflow store, one per database for the module's tests."""
     if request.param == "sqlite":
-        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        uri = f"sqlite:///{tmp_path_factory.mktemp('races') / 'mlflow.db'}"
     else:
         import psycopg2
 
