@@ -246,8 +246,14 @@ def find_parent(cfg: TrackingConfig, job_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+# What the experiment pipeline's last task (its report across seeds, reset.steps.experiment_report)
+# logs on the parent run; that pipeline has no register step.
+EXPERIMENT_REPORT = "experiment.md"
+
+
 def finish_parent(cfg: TrackingConfig, parent_run_id: str, expected_last_step: str = "register") -> str:
-    """Close the parent run: FINISHED when every child finished and the last step ran, else FAILED."""
+    """Close the parent run: FINISHED when every child finished and the pipeline reached its end (its
+    last step ran, or, for the experiment, its report is on the parent run), else FAILED."""
     import mlflow
 
     experiment_id(cfg)
@@ -260,7 +266,9 @@ def finish_parent(cfg: TrackingConfig, parent_run_id: str, expected_last_step: s
     steps: dict[str | None, str] = {}
     for r in children:  # newest first: a step retried by KFP counts by its last attempt
         steps.setdefault(r.data.tags.get(STEP_TAG), r.info.status)
-    ok = expected_last_step in steps and all(s == "FINISHED" for s in steps.values())
+    ended = expected_last_step in steps or any(
+        a.path == EXPERIMENT_REPORT for a in client.list_artifacts(parent_run_id))
+    ok = ended and all(s == "FINISHED" for s in steps.values())
     status = "FINISHED" if ok else "FAILED"
     client.set_terminated(parent_run_id, status)
     return status

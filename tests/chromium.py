@@ -30,8 +30,16 @@ FLAGS = [
 ]
 
 
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
 def chromium_binary() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
+    """$CHROMIUM, else the first of Debian's chromium, Ubuntu's chromium-browser and Google Chrome on
+    PATH (GitHub's Ubuntu runners have Chrome): all speak the DevTools protocol over a pipe."""
+    given = os.environ.get("CHROMIUM", "")
+    if given:
+        return shutil.which(given)
+    return next((found for name in BROWSERS if (found := shutil.which(name))), None)
 
 
 class CDPError(RuntimeError):

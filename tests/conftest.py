@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -43,30 +45,65 @@ def wait_for(what: str, cond, timeout: float, poll: float = 0.1):
     pytest.fail(f"timed out waiting for {what}")
 
 
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    url: str
+    """http://127.0.0.1:<the port the server chose>"""
+
+
+_UVICORN = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:[1-9][0-9]*)")
+
+
+def uvicorn_url(proc: subprocess.Popen, log: str) -> str | None:
+    """The address a uvicorn server started with --port 0 reports once it listens."""
+    m = _UVICORN.search(log)
+    return m.group(1) if m else None
+
+
+def listening_url(proc: subprocess.Popen, log: str) -> str | None:
+    """The address `proc` itself listens on (a server that binds port 0 and does not print it)."""
+    import psutil
+
+    try:
+        ports = {c.laddr.port for c in psutil.Process(proc.pid).net_connections(kind="tcp4")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.ip == "127.0.0.1"}
+    except psutil.NoSuchProcess:
+        return None
+    return f"http://127.0.0.1:{ports.pop()}" if len(ports) == 1 else None
+
+
 @contextlib.contextmanager
-def server_process(cmd: list[str], health_url: str, log_path: Path, env: dict[str, str], timeout_s: float, what: str):
-    """Start a server subprocess, wait (bounded) until `health_url` answers 200, stop it after."""
+def server_process(cmd: list[str], url: Callable[[subprocess.Popen, str], str | None], log_path: Path,
+                   env: dict[str, str], timeout_s: float, what: str, health: str = "/health") -> Iterator[Server]:
+    """Start a server subprocess that binds a port of its own choosing (port 0), find its address
+    (`url(proc, log so far)`), wait until `health` answers 200 there, and stop it by its PID after.
+    The timeout only guards against a server that never comes up."""
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + timeout_s
     try:
+        base = None
         while True:
-            try:
-                with urllib.request.urlopen(health_url, timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
+            base = base or url(proc, log_path.read_text(errors="replace"))
+            if base:
+                try:
+                    with urllib.request.urlopen(base + health, timeout=2) as r:
+                        if r.status == 200:
+                            break
+                except OSError:
+                    pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"{what} did not start:\n" + log_path.read_text()[-4000:])
             time.sleep(0.5)  # polling a condition with a deadline
-        yield proc
+        yield Server(proc, base)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=30)
         log.close()
 
 
@@ -99,15 +136,28 @@ def other_tiny_models(cache_dir) -> dict[int, Path]:
 
 
 @pytest.fixture(scope="session")
+def vllm_tiny_dir(tiny_model_dir, cache_dir) -> Path:
+    """tiny_model_dir's config (2 layers, its tokenizer) with attention heads of size 64, which vLLM's
+    CPU build has kernels for (the builtin's 16 has none), random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    out = cache_dir / "tiny-llama-head64"
+    if not (out / "config.json").exists():
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        cfg = LlamaConfig.from_pretrained(tiny_model_dir)
+        cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = 128, 2, 1, 256
+        cfg.head_dim = 64
+        torch.manual_seed(0)
+        LlamaForCausalLM(cfg).save_pretrained(out)
+        tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
 def demo():
     """(instruction examples, grounded examples): a small seeded demo set."""
     return build_demo(seed=0, n_instruction=40, n_grounded=40)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -148,15 +198,30 @@ def mlflow_server(s3_endpoint, s3, tmp_path_factory):
     """A real `mlflow server` process (SQLite backend, artifacts proxied to S3 on moto)."""
     s3.create_bucket(Bucket="mlflow")
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = mlflow_server_cmd(f"sqlite:///{root / 'mlflow.db'}", "s3://mlflow/artifacts")
+    with server_process(cmd, uvicorn_url, root / "server.log", mlflow_server_env(), 90, "mlflow server") as server:
+        yield server.url
+
+
+def mlflow_server_cmd(backend_uri: str, artifacts: str) -> list[str]:
+    """`mlflow server` on 127.0.0.1, on a port it picks itself (uvicorn prints it)."""
     mlflow_bin = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
-    cmd = [mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-           "--artifacts-destination", "s3://mlflow/artifacts"]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(cmd, url + "/health", root / "server.log", env, 90, "mlflow server"):
-        yield url
+    return [mlflow_bin, "server", "--host", "127.0.0.1", "--port", "0", "--workers", "1",
+            "--backend-store-uri", backend_uri, "--artifacts-destination", artifacts]
+
+
+def mlflow_server_env() -> dict[str, str]:
+    return {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server for the session (tests/pg_mlflow.py: Debian's binaries, 127.0.0.1), with
+    the role `mlflow` and its database `mlflow`; stopped by its PID at the end."""
+    from .pg_mlflow import postgres_server
+
+    with postgres_server() as pg:
+        yield pg
 
 
 @pytest.fixture(scope="session")
@@ -170,13 +235,13 @@ def vllm_server(cache_dir, tmp_path_factory):
     if not os.path.exists(python):
         pytest.fail(f"no vLLM environment at {python}: run `make vllm` (make test does)")
     model_dir = resolve_model("builtin:smollm2-135m-instruct", str(cache_dir))
-    port = free_port()
     log_path = tmp_path_factory.mktemp("vllm") / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1",
            "DO_NOT_TRACK": "1"}
+    # port 0: vLLM binds the socket itself before its engine starts (and logs port 0), so the address
+    # is read back from the process's listening socket
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", "0", "--enforce-eager",
            "--max-model-len", "2048", "--dtype", "float32"]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(cmd, url + "/health", log_path, env, 240, "vLLM server"):
-        yield f"{url}/v1", "smollm2"
+    with server_process(cmd, listening_url, log_path, env, 240, "vLLM server") as server:
+        yield f"{server.url}/v1", "smollm2"

@@ -11,7 +11,9 @@ upload_version, list versions), experiments (list, create), runs (create, get) a
 Bound to 127.0.0.1 on a free port, served by a stdlib ThreadingHTTPServer in a thread, stopped
 when the context exits. Each GET of a run plays the next entry of `run_script` (the last one
 stays): the run's state and its tasks' states. Uploads are multipart/form-data (`uploadfile`);
-their file is parsed as YAML documents into `body["uploadfile"]`. Filters are KFP's JSON predicates on
+their file is parsed as YAML documents into `body["uploadfile"]`. Uploaded pipelines and inline
+run specs are read strictly against KFP's protobuf schemas (tests/kfp_schemas.py) and refused with a
+400, as the API server refuses a spec it cannot read. Filters are KFP's JSON predicates on
 display_name (EQUALS), as the client sends them.
 """
 
@@ -28,6 +30,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import yaml
+
+from .kfp_schemas import problems
 
 API = "/apis/v2beta1"
 
@@ -100,6 +104,10 @@ class KfpStandIn:
             if method == "GET" and route == "/pipelines":
                 found = [p for p in self.pipelines.values() if self._matches(p, query)]
                 return 200, {"pipelines": found, "total_size": len(found)} if found else {}
+            if method == "POST" and route in ("/pipelines/upload", "/pipelines/upload_version"):
+                found = problems(body["uploadfile"])
+                if found:  # what the API server answers a spec it cannot read
+                    return 400, {"error": "invalid pipeline spec: " + "; ".join(found), "code": 3}
             if method == "POST" and route == "/pipelines/upload":
                 name = query.get("name") or query.get("display_name")
                 if any(p["display_name"] == name and p["namespace"] == query.get("namespace", "")
@@ -134,6 +142,13 @@ class KfpStandIn:
             if method == "POST" and route == "/runs":
                 if body.get("experiment_id") not in self.experiments:
                     return 400, {"error": "unknown experiment", "code": 3}
+                inline = body.get("pipeline_spec")
+                if inline is not None:
+                    docs = [inline.get("pipeline_spec")]
+                    docs += [inline["platform_spec"]] if "platform_spec" in inline else []
+                    found = problems(docs)
+                    if found:
+                        return 400, {"error": "invalid pipeline spec: " + "; ".join(found), "code": 3}
                 rid = str(uuid.uuid4())
                 self.runs[rid] = {**body, "run_id": rid, "state": "PENDING"}
                 self._played[rid] = 0

@@ -1,6 +1,6 @@
 """A real PostgreSQL server and an `mlflow server` on it, started the way manifests/base runs them.
 
-    with postgres_server() as pg:                     # initdb + postgres on 127.0.0.1:<free port>
+    with postgres_server() as pg:                     # initdb + postgres on 127.0.0.1:<a port it could bind>
         ...pg.port, pg.password (the `mlflow` role's; database `mlflow`)
     with manifest_mlflow(pg, tmp, s3_endpoint) as m:  # the manifest's `mlflow db upgrade`, then its server
         ...m.url
@@ -15,7 +15,8 @@ then SIGKILL after a bound). Every wait is bounded.
 command with `$(VAR)` expanded from the container's env, whose Secret references are filled from
 the Secret templates' keys, exactly as the kubelet would. The only substitutions are the cluster
 addresses: the Service `mlflow-postgres:5432` -> this PostgreSQL, `--host` / `--port` -> 127.0.0.1
-and a free port (added to `--allowed-hosts`, which otherwise stays as the manifest has it), and
+and port 0 (the server picks one; `127.0.0.1:*` added to `--allowed-hosts`, which otherwise stays
+as the manifest has it), and
 the S3 endpoint -> the tests' moto server.
 """
 
@@ -25,6 +26,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import re
 import secrets
 import shutil
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import REPO, free_port, server_process
+from .conftest import REPO, server_process, uvicorn_url
 
 MANIFEST = REPO / "manifests" / "base" / "mlflow.yaml"
 SECRETS = REPO / "manifests" / "secrets"
@@ -74,7 +76,7 @@ def _run_as() -> dict:
 
 @contextlib.contextmanager
 def postgres_server(timeout_s: float = 60) -> Iterator[Postgres]:
-    """initdb a cluster in a new temporary directory, start it on 127.0.0.1:<free port>, create
+    """initdb a cluster in a new temporary directory, start it on 127.0.0.1 (a port it could bind), create
     the role and database the manifest uses (`mlflow`, owner of database `mlflow`, password auth);
     afterwards stop it by PID and remove the directory."""
     import tempfile
@@ -89,9 +91,40 @@ def postgres_server(timeout_s: float = 60) -> Iterator[Postgres]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _start(bindir: Path, data: Path, sock: Path, root: Path, as_user: dict, log_path: Path, password: str,
+           timeout_s: float):
+    """(process, port, a connection as `postgres`, its log file). PostgreSQL cannot bind port 0: a port
+    is drawn below Linux's ephemeral range (32768-60999, where clients' ports come from); when another
+    server holds it, PostgreSQL exits at once saying it could not bind, and the next draw is tried."""
+    import psycopg2
+
+    deadline = time.monotonic() + timeout_s
+    for _draw in range(10):
+        port = random.randint(20000, 32000)
+        log = open(log_path, "w")  # noqa: SIM115 - closed by the caller, or below
+        proc = subprocess.Popen(
+            [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
+             "-c", f"unix_socket_directories={sock}", "-c", "fsync=off", "-c", "max_connections=60"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, **as_user)
+        while proc.poll() is None:
+            try:
+                conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=password,
+                                        dbname="postgres", connect_timeout=2)
+                return proc, port, conn, log
+            except psycopg2.OperationalError:
+                if time.monotonic() > deadline:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                    break
+                time.sleep(0.2)  # polling a condition with a deadline
+        log.close()
+        if "could not bind" not in log_path.read_text():
+            break
+    raise RuntimeError("PostgreSQL did not start:\n" + log_path.read_text()[-4000:])
+
+
 @contextlib.contextmanager
 def _postgres(root: Path, bindir: Path, timeout_s: float) -> Iterator[Postgres]:
-    import psycopg2
 
     as_user = _run_as()
     data, sock = root / "data", root / "sock"
@@ -110,24 +143,9 @@ def _postgres(root: Path, bindir: Path, timeout_s: float) -> Iterator[Postgres]:
     pwfile.unlink()
     if init.returncode != 0:
         raise RuntimeError(f"initdb failed:\n{init.stdout[-2000:]}\n{init.stderr[-2000:]}")
-    port = free_port()
     log_path = root / "postgres.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-         "-c", f"unix_socket_directories={sock}", "-c", "fsync=off", "-c", "max_connections=60"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root, **as_user)
+    proc, port, conn, log = _start(bindir, data, sock, root, as_user, log_path, password, timeout_s)
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", password=password,
-                                        dbname="postgres", connect_timeout=2)
-                break
-            except psycopg2.OperationalError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("PostgreSQL did not start:\n" + log_path.read_text()[-4000:]) from None
-                time.sleep(0.2)  # polling a condition with a deadline
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
@@ -230,21 +248,20 @@ def manifest_mlflow(pg: Postgres, root: Path, s3_endpoint: str, timeout_s: float
         raise RuntimeError(f"{' '.join(cmd[:3])} failed:\n{up.stderr[-4000:]}")
 
     cmd, env = resolve(server)
-    port = free_port()
     out, allowed = [], []
     for a in cmd:
         if a.startswith("--host="):
             a = "--host=127.0.0.1"
         elif a.startswith("--port="):
-            a = f"--port={port}"
+            a = "--port=0"  # the server picks its port and prints it
         elif a.startswith("--allowed-hosts="):
             allowed = a.split("=", 1)[1].split(",")
-            a = f"{a},127.0.0.1:{port}"
+            a = f"{a},127.0.0.1:*"
         out.append(a)
     assert out[:2] == ["mlflow", "server"], out
-    url = f"http://127.0.0.1:{port}"
-    with server_process(out, url + "/health", root / "mlflow-server.log", env, timeout_s, "mlflow server (manifest)"):
-        yield ManifestMlflow(url, env["MLFLOW_BACKEND_STORE_URI"], allowed, upgrade_seconds)
+    with server_process(out, uvicorn_url, root / "mlflow-server.log", env, timeout_s,
+                        "mlflow server (manifest)") as started:
+        yield ManifestMlflow(started.url, env["MLFLOW_BACKEND_STORE_URI"], allowed, upgrade_seconds)
 
 
 def port_is_closed(port: int) -> bool:

@@ -1,5 +1,7 @@
-"""The whole ReSet pipeline through kfp.local on the tiny model, with data and the base model on a
-real S3 endpoint (moto server) and tracking on a real `mlflow server` process (artifacts in S3)."""
+"""The whole ReSet pipeline through kfp.local as `make demo` runs it, at tiny sizes: generation and
+evaluation by vLLM's CPU build through the run's one vLLM worker (a tiny random Llama whose
+attention head size, 64, vLLM's CPU kernels support), data and the base model on a real S3 endpoint
+(moto server), tracking on a real `mlflow server` process (artifacts in S3)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
+def pipeline_run(tmp_path_factory, s3, mlflow_server, vllm_tiny_dir, demo):
     tmp = tmp_path_factory.mktemp("e2e")
     s3.create_bucket(Bucket="data")
     ifs, cds = demo
@@ -33,11 +35,13 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
     write_jsonl(tmp / "cd.jsonl", cds[:20])
     upload(tmp / "if.jsonl", "s3://data/sets/if.jsonl")
     upload(tmp / "cd.jsonl", "s3://data/sets/cd.jsonl")
-    upload(tiny_model_dir, "s3://data/models/tiny")
+    upload(vllm_tiny_dir, "s3://data/models/tiny")
 
     mp = pytest.MonkeyPatch()
     mp.setenv("RESET_CACHE_DIR", str(tmp / "cache"))
     mp.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    if not os.environ.get("RESET_VLLM_PYTHON") and not (REPO / ".venv-vllm" / "bin" / "python").exists():
+        pytest.fail("no vLLM environment (RESET_VLLM_PYTHON or .venv-vllm: `make vllm`, which make test runs)")
     env_before = dict(os.environ)
     out = io.StringIO()
     try:
@@ -52,6 +56,9 @@ def pipeline_run(tmp_path_factory, s3, mlflow_server, tiny_model_dir, demo):
             "--set", f"tracking.tracking_uri={mlflow_server}",
             "--set", "tracking.experiment=e2e",
             "--set", "register.model_name=reset-e2e",
+            # as make demo: vLLM's CPU build generates and evaluates (tiny.yaml's head size 16 has no kernel)
+            "--set", "generate.backend=vllm", "--set", "evaluate.backend=vllm",
+            "--set", "generate.vllm_kv_cache_gb=1",
             # a continued fine-tuning too small to change a single answer: the gate must say so
             "--set", "continued_train.learning_rate=1e-12",
             ])
@@ -88,6 +95,23 @@ def test_the_cli_prints_one_line_per_step_and_files_task_output_in_logs(pipeline
     finetune_log = (logs / "finetune-mtl.log").read_text()
     assert "Executing task" in finetune_log and "executor" in finetune_log.lower()
     assert "[finetune]" in finetune_log
+
+
+def test_generate_and_evaluate_ran_on_the_runs_one_vllm_worker(pipeline_run):
+    """As in make demo: one vLLM worker (vLLM's CPU build, its own environment) for the run; the
+    generate step's requests and the evaluate step's three models (base, MTL and ReSet, their
+    adapters merged as the weights load) were served by it."""
+    client, exp, tmp = pipeline_run
+    assert "vLLM: one worker for the whole run" in (tmp / "stdout.txt").read_text()
+    run_dir = Path(json.loads((tmp / "runs" / "last_run.json").read_text())["run_dir"])
+    engine_log = (run_dir / "vllm" / "engine.log").read_text()
+    assert len([x for x in engine_log.splitlines() if x.startswith("vllm-worker: serving on ")]) == 1
+    assert len([x for x in engine_log.splitlines() if x.startswith("vllm-worker: served ")]) == 2  # two steps
+    for step in ("generate", "evaluate"):
+        assert "[generate:vllm] served by the run's engine server" in (run_dir / "logs" / f"{step}.log").read_text()
+    assert "3 model(s) (base, mtl, reset)" in (run_dir / "logs" / "evaluate.log").read_text()
+    gen = client.search_runs([exp.experiment_id], "tags.`reset.step` = 'generate'")[0]
+    assert gen.data.tags["generate.backend"] == "vllm" and "generate.fallback_reason" not in gen.data.tags
 
 
 def test_parent_and_child_runs_with_metrics(pipeline_run):
@@ -168,9 +192,15 @@ def test_registry_aliases_and_offline_load(pipeline_run):
     assert len(out) == 1 and isinstance(out[0], str)
 
 
-def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, tiny_model_dir, capsys):
-    """select cannot reach min_selected: the run stops there, the CLI exits 1 with the reason,
-    and the exit handler still closes the MLflow parent run as FAILED."""
+def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, tiny_model_dir, demo, capsys):
+    """mix finds more bad rows than data.max_bad_fraction allows (preflight only checks that the file
+    reads): the run stops there, no later step starts, the CLI exits 1 with the reason and the last
+    30 lines of the step's log, and the exit handler still closes the MLflow parent run as FAILED."""
+    bad = tmp_path / "if.jsonl"
+    write_jsonl(bad, demo[0][:4])
+    with open(bad, "a") as fh:
+        for i in range(8):
+            fh.write(json.dumps({"id": f"broken-{i}", "source": "x", "kind": "instruction"}) + "\n")
     mp = pytest.MonkeyPatch()
     mp.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
     try:
@@ -182,7 +212,7 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
                 "--output-dir",
                 str(tmp_path / "runs"),
                 "--set",
-                "select.min_selected=1000",
+                f"data.instruction=[{bad}]",
                 "--set",
                 "tracking.experiment=fail",
             ]
@@ -192,10 +222,10 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
     assert rc == 1
     err = capsys.readouterr().err
     assert "pipeline failed" in err
-    assert "failed in step select" in err and "min_selected is 1000" in err
+    assert "failed in step mix" in err and "max_bad_fraction" in err and str(bad) in err
     log_line = next(x for x in err.splitlines() if x.startswith("--- full log: "))
     log = Path(log_line.split(": ", 1)[1].split(" (", 1)[0])
-    assert log.name == "select.log" and "SelectionError" in log.read_text()
+    assert log.name == "mix.log" and "DataError" in log.read_text()
     assert 30 <= len(err.splitlines()) <= 40  # the reason, 30 log lines, the path
     uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -206,13 +236,7 @@ def test_a_failing_step_stops_the_pipeline_and_fails_the_parent_run(tmp_path, ti
         assert parent.info.status == "FAILED"
         kids = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
         status = {r.data.tags["reset.step"]: r.info.status for r in kids}
-        assert status == {
-            "mix": "FINISHED",
-            "finetune-mtl": "FINISHED",
-            "generate": "FINISHED",
-            "judge": "FINISHED",
-            "select": "FAILED",
-        }
+        assert status == {"mix": "FAILED"}  # nothing after it started
         assert client.search_registered_models() == []
     finally:
         mlflow.set_tracking_uri(None)

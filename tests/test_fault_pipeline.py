@@ -1,11 +1,14 @@
 """Faults during whole local runs (kfp.local, the tiny model, data and base model on a moto S3
 server), three runs at once on one output folder (one MLflow store, one KFP root, one model cache):
 
-- R and R2 run undisturbed: both finish with their own parent and step runs intact, equal results;
+- R (the ReSet pipeline) and E (the experiment pipeline at tiny sizes: the arms MTL and ReSet and
+  the control, one seed) run undisturbed: both finish with their own parent and step runs intact;
+  E's report compares its arms, and its MTL and ReSet arms train as R's MTL and ReSet steps do
+  (same config, same seed: the same losses);
 - F is killed with SIGKILL during fine-tuning (after a checkpoint): its running task stops by
   itself and its step run is KILLED; `runs cleanup` marks F's parent KILLED and nothing of R or
-  R2, which are still running;
-- F is resumed while its S3 endpoint stops (once the judge step, which reads nothing from S3,
+  E, which are still running;
+- F is resumed while its S3 endpoint goes away (once the judge step, which reads nothing from S3,
   starts): mix is reused, fine-tuning continues from its checkpoint, and the next step that reads
   S3 fails naming the URI;
 - with the endpoint back, F is resumed again: what finished is reused, the rest runs, and its
@@ -26,12 +29,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from moto.server import ThreadedMotoServer
 
 from reset.data.records import write_jsonl
 from reset.data.storage import upload
 
-from .conftest import REPO, free_port, wait_for
+from .conftest import REPO, wait_for
+from .tcp_front import Front
 from .test_clean_stops import kill_session, session_processes, wait_gone
 
 pytestmark = pytest.mark.integration
@@ -47,18 +50,23 @@ MINI = [
 ]
 MODELS = ("base", "mtl", "reset")
 STEPS = {"mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register"}
+# the experiment at tiny sizes: two arms and the control, one seed
+EXPERIMENT = ["--set", "experiment.arms=[mtl, reset, control]", "--set", "experiment.seeds=[0]"]
+EXPERIMENT_STEPS = {"mix", "answer", "finetune-mtl", "generate", "judge", "select", "finetune-reset",
+                    "finetune-control", "evaluate"}
 
 
 class Run:
-    """One `python -m pipelines run` in its own session, output to a file."""
+    """One `python -m pipelines run` (or `experiment`) in its own session, output to a file."""
 
-    def __init__(self, name: str, out: Path, logs: Path, endpoint: str, cache: Path, args: list[str]):
+    def __init__(self, name: str, out: Path, logs: Path, endpoint: str, cache: Path, args: list[str],
+                 command: str = "run"):
         self.name, self.out = name, out
         self.log = logs / f"{name}.log"
         env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint,
                "RESET_CACHE_DIR": str(cache)}
         with open(self.log, "w") as fh:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipelines", "run", "--output-dir", str(out), *args],
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipelines", command, "--output-dir", str(out), *args],
                                          stdout=fh, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env,
                                          start_new_session=True)
         self.t0 = time.monotonic()
@@ -116,18 +124,17 @@ def world(tmp_path_factory, s3, s3_endpoint, tiny_model_dir, demo):
     upload(root / "if.jsonl", "s3://faults/if.jsonl")
     upload(root / "cd.jsonl", "s3://faults/cd.jsonl")
     upload(tiny_model_dir, "s3://faults/models/tiny")
-    port = free_port()
-    f_s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # F's own endpoint (same buckets), to stop
-    f_s3.start()
+    host, port = s3_endpoint.rsplit("//", 1)[1].split(":")
+    f_s3 = Front((host, int(port)))  # F's own endpoint (the same S3), to cut off and bring back
     out, logs, cache = root / "runs", root / "logs", root / "cache"
     logs.mkdir()
-    state: dict = {"root": root, "out": out, "f_endpoint": f"http://127.0.0.1:{port}", "f_port": port, "sessions": []}
+    state: dict = {"root": root, "out": out, "f_endpoint": f_s3.url, "sessions": []}
     try:
         yield state, f_s3, logs, cache, s3_endpoint
     finally:
         for sid in state["sessions"]:
             kill_session(sid)
-        state.get("f_s3_current", f_s3).stop()
+        f_s3.close()
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +143,10 @@ def scenario(world):
     state, f_s3, logs, cache, endpoint = world
     out = state["out"]
     r1 = Run("R", out, logs, endpoint, cache, ["--config", str(REPO / "configs" / "tiny.yaml"), *MINI])
-    r2 = Run("R2", out, logs, endpoint, cache, ["--config", str(REPO / "configs" / "tiny.yaml"), *MINI])
+    e = Run("E", out, logs, endpoint, cache, ["--config", str(REPO / "configs" / "tiny.yaml"), *MINI, *EXPERIMENT],
+            command="experiment")
     f = Run("F", out, logs, state["f_endpoint"], cache, ["--config", str(REPO / "configs" / "tiny.yaml"), *MINI])
-    state["sessions"] += [r1.proc.pid, r2.proc.pid, f.proc.pid]
+    state["sessions"] += [r1.proc.pid, e.proc.pid, f.proc.pid]
 
     # 1. SIGKILL F's driver once fine-tuning has written a checkpoint
     f_dir = wait_for("F's run folder", f.run_dir, RUN_S)
@@ -146,7 +154,7 @@ def scenario(world):
     os.kill(f.proc.pid, signal.SIGKILL)
     f.proc.wait()
     state["f_left"] = wait_gone(f.proc.pid, 90)
-    state["r_running_at_cleanup"] = [r.proc.poll() is None for r in (r1, r2)]
+    state["r_running_at_cleanup"] = [r.proc.poll() is None for r in (r1, e)]
     cleanup = subprocess.run([sys.executable, "-m", "pipelines", "runs", "cleanup", "--output-dir", str(out)],
                              capture_output=True, text=True, timeout=120, cwd=REPO)
     state["cleanup"] = cleanup
@@ -156,21 +164,19 @@ def scenario(world):
     state["sessions"].append(f1.proc.pid)
     judge_started = f"  {'judge':<15} ..."
     wait_for("F's judge step", lambda: judge_started in f1.text() or f1.proc.poll() is not None, RUN_S)
-    f_s3.stop()
+    f_s3.cut()
     state["f1_rc"] = f1.wait()
     state["f1_text"] = f1.text()
 
-    # 3. the endpoint is back: resume again
-    again = ThreadedMotoServer(ip_address="127.0.0.1", port=state["f_port"])
-    again.start()
-    state["f_s3_current"] = again
+    # 3. the endpoint is back, at the same address: resume again
+    f_s3.restore()
     f2 = Run("F-resume-2", out, logs, state["f_endpoint"], cache, ["--resume", f_dir.name])
     state["sessions"].append(f2.proc.pid)
     state["f2_rc"] = f2.wait()
     state["f2_text"] = f2.text()
-    state["r_rc"] = [r1.wait(), r2.wait()]
-    state["r_text"] = [r1.text(), r2.text()]
-    state["dirs"] = {"R": r1.run_dir(), "R2": r2.run_dir(), "F": f_dir}
+    state["r_rc"] = [r1.wait(), e.wait()]
+    state["r_text"] = [r1.text(), e.text()]
+    state["dirs"] = {"R": r1.run_dir(), "E": e.run_dir(), "F": f_dir}
     state["left"] = {sid: wait_gone(sid, 60) for sid in state["sessions"]}
     mlflow.set_tracking_uri(f"sqlite:///{out / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -181,18 +187,41 @@ def scenario(world):
 
 
 def test_two_runs_at_once_finish_with_their_own_runs_intact(scenario):
+    """R and E ran beside each other (and beside F) on one store: each finished with one parent and
+    one run per step of its own, all FINISHED."""
     state, client, exp = scenario
     assert state["r_rc"] == [0, 0], state["r_text"][0][-2000:] + state["r_text"][1][-2000:]
-    parents = [parent_of(client, exp, state["dirs"][n]) for n in ("R", "R2")]
-    assert parents[0].info.run_id != parents[1].info.run_id
-    results = []
-    for p in parents:
-        assert p.info.status == "FINISHED"
+    parents = {n: parent_of(client, exp, state["dirs"][n]) for n in ("R", "E")}
+    assert parents["R"].info.run_id != parents["E"].info.run_id
+    for name, want in (("R", STEPS), ("E", EXPERIMENT_STEPS)):
+        p = parents[name]
+        assert p.info.status == "FINISHED", name
         steps = steps_of(client, exp, p.info.run_id)
-        assert set(steps) >= STEPS and all(len(steps[s]) == 1 for s in STEPS)
-        assert all(runs[-1].info.status == "FINISHED" for runs in steps.values())
-        results.append({k: v for k, v in steps["evaluate"][-1].data.metrics.items() if k.split(".")[0] in MODELS})
-    assert results[0] and close(results[0], results[1]) == []  # same config, same results
+        assert set(steps) == want and all(len(steps[s]) == 1 for s in want), (name, sorted(steps))
+        assert all(runs[-1].info.status == "FINISHED" for runs in steps.values()), name
+
+
+def test_the_experiment_at_tiny_sizes_reports_its_arms_trained_as_the_reset_pipeline_trains_them(scenario, tmp_path):
+    state, client, exp = scenario
+    e_parent = parent_of(client, exp, state["dirs"]["E"])
+    e_steps = steps_of(client, exp, e_parent.info.run_id)
+    r_steps = steps_of(client, exp, parent_of(client, exp, state["dirs"]["R"]).info.run_id)
+    # each arm trained once (the control from MTL too, on the references of the prompts ReSet kept)
+    ft = {s: e_steps[s][-1].data.metrics for s in ("finetune-mtl", "finetune-reset", "finetune-control")}
+    assert all(m["steps"] >= 1 for m in ft.values())
+    assert e_steps["select"][-1].data.metrics["selected"] == ft["finetune-control"]["examples"]
+    # the same config and seed as R: the same MTL and ReSet training
+    for step in ("finetune-mtl", "finetune-reset"):
+        r = r_steps[step][-1].data.metrics
+        assert close({k: ft[step][k] for k in ("first_loss", "final_loss")},
+                     {k: r[k] for k in ("first_loss", "final_loss")}) == [], step
+    # every arm scored on the held-out split, the report across seeds on the parent run
+    scored = {k.split(".")[0] for k in e_steps["evaluate"][-1].data.metrics}
+    assert {"base", "mtl", "reset", "control"} <= scored
+    report = Path(client.download_artifacts(e_parent.info.run_id, "experiment.md", str(tmp_path))).read_text()
+    assert "ReSet vs MTL" in report and "MTL+steps (control) vs MTL" in report
+    assert "The paper's arms (1 seed: 0)" in report
+    assert "The paper's arms" in state["r_text"][1]  # and the CLI printed it
 
 
 def test_sigkill_during_fine_tuning_stops_its_task_and_cleanup_marks_only_that_run(scenario):

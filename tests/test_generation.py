@@ -29,23 +29,6 @@ def _vllm_python() -> str:
 
 
 @pytest.fixture(scope="module")
-def vllm_tiny_dir(tiny_model_dir, tmp_path_factory):
-    """The tiny random Llama with head_dim 64 (vLLM's CPU attention has no kernel for the builtin's 16)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    out = tmp_path_factory.mktemp("tiny-vllm")
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    cfg = LlamaConfig.from_pretrained(tiny_model_dir)
-    cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.intermediate_size = 128, 2, 1, 256
-    cfg.head_dim = 64
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
-
-
-@pytest.fixture(scope="module")
 def examples():
     ifs, cds = build_demo(seed=3, n_instruction=6, n_grounded=6)
     return ifs + cds

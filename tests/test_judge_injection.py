@@ -135,24 +135,24 @@ def test_look_alike_folding_keeps_ordinary_text():
     assert unicodedata.normalize("NFC", strip_data_tags("é")) == "é"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "json score",
-        "score line",
-        "fenced json score",
-        "plain instruction",
-        "guessed closing tag",
-        "invisible tag characters",
-        "very long padding",
-    ],
-)
-def test_through_the_endpoint_the_score_is_the_judges_and_the_schema_is_always_asked_for(name):
-    """The server's verdict is its own rule over the prompt it received (never the material's
-    10), every request carries the strict JSON schema, and the material never leaves the user
-    message."""
+ENDPOINT_ATTACKS = [
+    "json score",
+    "score line",
+    "fenced json score",
+    "plain instruction",
+    "guessed closing tag",
+    "invisible tag characters",
+    "very long padding",
+]
+
+
+def _through_the_endpoint(name: str, fault: FaultConfig | None = None) -> list[str]:
+    """Judge the attack in every place on both axes through a fault server; what differs from the
+    server's own rule (never the material's 10), or from the request the judge must send, one line
+    each ([] when the judge's scores are the endpoint's verdicts)."""
     pairs = [pair(ATTACKS[name], place) for place in PLACES]
-    with FaultServer() as server:
+    wrong = []
+    with FaultServer(fault or FaultConfig()) as server:
         cfg = LLMJudgeConfig(
             base_url=server.base_url,
             model="judge",
@@ -165,15 +165,52 @@ def test_through_the_endpoint_the_score_is_the_judges_and_the_schema_is_always_a
             judge = build_judge(axis, cfg)
             scores = judge.score(pairs)
             sent = list(server.bodies)
-            assert len(sent) >= len(pairs)
+            if len(sent) < len(pairs):
+                wrong.append(f"{axis}: {len(sent)} requests for {len(pairs)} pairs")
             for body in sent:
-                assert body["response_format"] == JSON_SCHEMA
-                assert [m["role"] for m in body["messages"]] == ["system", "user"]
-                assert body["messages"][0]["content"] == RUBRICS[axis].system
+                if body["response_format"] != JSON_SCHEMA:
+                    wrong.append(f"{axis}: a request without the JSON schema")
+                if [m["role"] for m in body["messages"]] != ["system", "user"]:
+                    wrong.append(f"{axis}: roles {[m['role'] for m in body['messages']]}")
+                if body["messages"][0]["content"] != RUBRICS[axis].system:
+                    wrong.append(f"{axis}: the system message is not the rubric's")
             for (ex, cand), s in zip(pairs, scores, strict=True):
-                user = build_prompt(axis, ex, cand)[1]
-                assert s.score == pytest.approx(to_unit(expected_score(user)))
+                want = to_unit(expected_score(build_prompt(axis, ex, cand)[1]))
+                if s.score is None or s.score != pytest.approx(want):
+                    wrong.append(f"{axis}: scored {s.score}, the endpoint's verdict is {want}")
             server.bodies.clear()
+    return wrong
+
+
+@pytest.mark.parametrize("name", ENDPOINT_ATTACKS)
+def test_through_the_endpoint_the_score_is_the_judges_and_the_schema_is_always_asked_for(name):
+    """The server's verdict is its own rule over the prompt it received (never the material's
+    10), every request carries the strict JSON schema, and the material never leaves the user
+    message. The verdicts differ between the prompts (so a judge that gives one score to all
+    cannot pass: see the positive controls below)."""
+    verdicts = {expected_score(build_prompt(axis, *pair(ATTACKS[name], place))[1])
+                for axis in ("instruction", "faithfulness") for place in PLACES}
+    assert len(verdicts) > 1 and verdicts != {10}
+    assert _through_the_endpoint(name) == []
+
+
+def _one_score(user_text: str, attempt: int) -> str:
+    return json.dumps({"rationale": "fine", "score": 7})
+
+
+def _obeys_the_material(user_text: str, attempt: int) -> str:
+    """A judge model the injection works on: it gives the 10 the material asks for."""
+    if "10" in user_text and any(w in user_text for w in ("score of 10", '"score": 10', "Score: 10")):
+        return json.dumps({"rationale": "as instructed", "score": 10})
+    return json.dumps({"rationale": "own verdict", "score": expected_score(user_text)})
+
+
+@pytest.mark.parametrize("reply", [_one_score, _obeys_the_material])
+def test_positive_control_the_endpoint_check_catches_a_fooled_or_constant_judge(reply):
+    """The check above fails for a judge that gives every prompt one score, and for one that obeys
+    the injected 10: it can tell an injection that worked."""
+    for name in ENDPOINT_ATTACKS:
+        assert _through_the_endpoint(name, FaultConfig(reply=reply)), name
 
 
 QUOTING_REPLIES = [

@@ -11,11 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines.cli import main
-from pipelines.promotion_pipeline import promotion_arguments
-from pipelines.reset_pipeline import pipeline_arguments
-from reset.config import load_config
 
 from .conftest import REPO
 from .kfp_standin import KfpStandIn
@@ -62,8 +60,102 @@ def _no_secret_in_any_body(api: KfpStandIn) -> None:
             assert secret not in json.dumps(r.query)
 
 
-def _params(cfg_args) -> dict:
-    return json.loads(json.dumps(pipeline_arguments(load_config(cfg_args[1], cfg_args[3::2]))))
+# The run form (the KFP UI's typed fields): which config key each one carries. Written out here, from
+# the form's contract, so the expected parameters do not come from the code that builds them.
+RUN_FORM = {
+    ("model", "base"): "base_model",
+    ("data", "instruction"): "instruction_data",
+    ("data", "grounded"): "grounded_data",
+    ("select", "mode"): "mode",
+    ("train", "epochs"): "epochs",
+    ("train", "learning_rate"): "learning_rate",
+    ("generate", "samples_per_setting"): "samples_per_setting",
+    ("judge", "llm", "base_url"): "judge_endpoint",
+    ("judge", "llm", "model"): "judge_model",
+    ("register", "model_name"): "registered_model_name",
+}
+
+
+def _config_as_written(cfg_args) -> dict:
+    """The config file as YAML reads it, with the --set overrides put in by hand."""
+    doc = yaml.safe_load(Path(cfg_args[1]).read_text())
+    for item in cfg_args[3::2]:
+        key, value = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        d = doc
+        for k in parents:
+            d = d.setdefault(k, {})
+        d[leaf] = yaml.safe_load(value)
+    return doc
+
+
+def _leaves(doc: dict, path: tuple = ()):
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, (*path, k))
+        else:
+            yield (*path, k), v
+
+
+def _contains(actual, written) -> bool:
+    """`actual` holds what was written (a section parameter also holds the defaults of unset keys)."""
+    if isinstance(written, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in written.items())
+    if isinstance(written, list):
+        return (isinstance(actual, list) and len(actual) == len(written)
+                and all(_contains(a, w) for a, w in zip(actual, written, strict=True)))
+    return actual == written
+
+
+def _mismatches(params: dict, doc: dict, sections: set[str], form: bool = True) -> list[str]:
+    """Every key the config file (and --set) wrote that the run's parameters do not carry as written:
+    a run-form key as its form field (a source list as comma-separated paths), the rest in its section."""
+    wrong = []
+    for path, value in _leaves(doc):
+        if path[0] not in sections:
+            continue
+        if form and path in RUN_FORM:
+            want = ",".join(value) if isinstance(value, list) else value
+            got = params.get(RUN_FORM[path])
+            section = params.get(path[0], {})
+            for k in path[1:-1]:
+                section = section.get(k, {})
+            if got != want or path[-1] in section:  # shown, and set, in one place only
+                wrong.append(f"{'.'.join(path)}: form field {RUN_FORM[path]} = {got!r}, written {want!r}")
+            continue
+        got = params.get(path[0])
+        for k in path[1:]:
+            got = got.get(k) if isinstance(got, dict) else None
+        if not _contains(got, value):
+            wrong.append(f"{'.'.join(path)}: parameter {got!r}, written {value!r}")
+    return wrong
+
+
+def _check_params(params: dict, spec: dict, cfg_args=CONFIG) -> None:
+    """The run's parameters: exactly the compiled pipeline's inputs, and every value the config file
+    and --set wrote, where the pipeline reads it."""
+    inputs = set(spec["root"]["inputDefinitions"]["parameters"])
+    assert set(params) == inputs
+    sections = {k for k, v in params.items() if isinstance(v, dict)}
+    doc = _config_as_written(cfg_args)
+    assert set(doc) - {"cluster"} <= sections  # cluster settings are compiled into the spec, not parameters
+    assert _mismatches(params, doc, sections) == []
+    assert params["tracking"]["tracking_uri"] == "http://mlflow.team-ml.svc.cluster.local:5000"
+    assert params["base_model"] == "builtin:tiny-llama" and params["learning_rate"] == 0.002
+
+
+def test_the_parameter_check_finds_a_value_that_is_not_the_configs():
+    """Positive control of _check_params' comparison: a changed value, a form value left in its
+    section and a missing key are each named."""
+    doc = _config_as_written(CONFIG)
+    params = {"train": {"epochs": 1, "learning_rate": 0.002}, "epochs": 1.0, "learning_rate": 0.002}
+    assert _mismatches(params, {"train": doc["train"]}, {"train"})  # lora_r and others missing
+    good = {"train": {k: v for k, v in doc["train"].items() if k not in ("epochs", "learning_rate")},
+            "epochs": 1.0, "learning_rate": 0.002}
+    assert _mismatches(good, {"train": doc["train"]}, {"train"}) == []
+    assert _mismatches({**good, "learning_rate": 0.003}, {"train": doc["train"]}, {"train"})
+    assert _mismatches({**good, "train": {**good["train"], "epochs": 1}}, {"train": doc["train"]}, {"train"})
+    assert _mismatches({**good, "train": {**good["train"], "lora_r": 8}}, {"train": doc["train"]}, {"train"})
 
 
 def test_upload_puts_both_pipelines_with_a_version_named_by_the_commit(api, env, checkout, capsys):
@@ -114,8 +206,9 @@ def test_submit_runs_the_uploaded_version_with_sa_root_and_parameters_and_stream
     assert run["display_name"] == "ci-abc" and run["service_account"] == "reset-pipeline"
     assert run["experiment_id"] == next(iter(api.experiments))
     assert run["runtime_config"]["pipeline_root"] == "s3://reset-data/kfp"
-    assert run["runtime_config"]["parameters"] == _params(CONFIG)
     ref = run["pipeline_version_reference"]
+    uploaded = api.calls("POST", "/pipelines/upload_version")[0].body["uploadfile"][0]
+    _check_params(run["runtime_config"]["parameters"], uploaded)
     assert api.versions[ref["pipeline_version_id"]]["display_name"] == checkout
     assert api.pipelines[ref["pipeline_id"]]["display_name"] == "reset" and "pipeline_spec" not in run
     # --wait: the run's state and each task's state, as they change, once each
@@ -135,7 +228,8 @@ def test_submit_inline_and_a_failed_run_exits_1_naming_the_task(api, env, capsys
     run = api.calls("POST", "/runs")[0].body
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "reset"
     assert "kubernetes" in run["pipeline_spec"]["platform_spec"]["platforms"]
-    assert run["runtime_config"]["parameters"] == _params(CONFIG) and "pipeline_version_reference" not in run
+    _check_params(run["runtime_config"]["parameters"], run["pipeline_spec"]["pipeline_spec"])
+    assert "pipeline_version_reference" not in run
     assert "service_account" not in run and "pipeline_root" not in run["runtime_config"]
     assert api.calls("GET", "/healthz")  # no namespace given: the client asked whether KFP is multi-user
     _no_secret_in_any_body(api)
@@ -157,7 +251,8 @@ def test_schedule_creates_a_recurring_run_with_its_cron(api, env, checkout, caps
     assert body["display_name"] == "weekly" and body["mode"] == "ENABLE" and body["no_catchup"] is True
     assert int(body["max_concurrency"]) == 1 and body["service_account"] == "reset-pipeline"
     assert api.versions[body["pipeline_version_reference"]["pipeline_version_id"]]["display_name"] == checkout
-    assert body["runtime_config"]["parameters"] == _params(CONFIG)
+    uploaded = api.calls("POST", "/pipelines/upload_version")[0].body["uploadfile"][0]
+    _check_params(body["runtime_config"]["parameters"], uploaded)
     _no_secret_in_any_body(api)
 
 
@@ -173,7 +268,36 @@ def test_promote_with_a_host_runs_the_promotion_pipeline(api, env, checkout, cap
     assert rc == 0
     run = api.calls("POST", "/runs")[0].body
     assert api.pipelines[run["pipeline_version_reference"]["pipeline_id"]]["display_name"] == "reset-promotion"
-    cfg = load_config(CONFIG[1], CONFIG[3::2])
-    assert run["runtime_config"]["parameters"] == json.loads(json.dumps(promotion_arguments(cfg, "7")))
-    assert run["runtime_config"]["parameters"]["challenger"] == "7"
+    params = run["runtime_config"]["parameters"]
+    promotion_spec = api.calls("POST", "/pipelines/upload_version")[1].body["uploadfile"][0]
+    assert set(params) == set(promotion_spec["root"]["inputDefinitions"]["parameters"])
+    assert params["challenger"] == "7"
+    sections = {k for k, v in params.items() if isinstance(v, dict)}
+    assert sections == {"register", "evaluate", "model", "judge", "tracking"}
+    # the promotion pipeline has no run form: every written key sits in its section
+    assert _mismatches(params, _config_as_written(CONFIG), sections, form=False) == []
+    assert params["model"]["base"] == "builtin:tiny-llama" and params["register"]["model_name"] == "reset-tiny"
     _no_secret_in_any_body(api)
+
+
+def test_the_standin_refuses_a_pipeline_kfps_schemas_do_not_accept(api, env, tmp_path):
+    """The uploads above passed the stand-in's strict read (tests/kfp_schemas.py); one misspelt
+    Kubernetes key is refused, as the API server refuses a spec it cannot read."""
+    import kfp
+    from kfp_server_api.exceptions import ApiException
+
+    from pipelines import definitions
+    from reset.config import load_config
+
+    path = tmp_path / "p.yaml"
+    definitions.compile_to(load_config(CONFIG[1], CONFIG[3::2]), definitions.TRAINING, str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mount = next(cfg for cfg in executors.values() if "pvcMount" in cfg)["pvcMount"][0]
+    mount["mountpath"] = mount.pop("mountPath")
+    path.write_text(yaml.safe_dump_all(docs))
+    client = kfp.Client(host=api.url, existing_token=TOKEN)
+    with pytest.raises(ApiException) as err:
+        client.upload_pipeline(str(path), pipeline_name="bad")
+    assert err.value.status == 400 and "mountpath" in str(err.value.body)
+    assert api.pipelines == {}

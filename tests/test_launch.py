@@ -9,6 +9,7 @@ from reset.config.cluster import ClusterConfig, TrainingEngine
 from reset.launch import JobFailed, JobTimeout, TrainingLaunch, job_manifest, run_job
 from reset.launch.manifests import job_name
 
+from .conftest import wait_for
 from .k8s_schemas import validate
 from .k8s_standin import K8sStandIn
 
@@ -135,19 +136,21 @@ def test_a_job_deleted_by_someone_else_fails_the_step():
     with K8sStandIn() as k8s:
         k8s.script = [(0.05, {"conditions": [_cond("Running")]})]
 
-        def delete_soon():
-            import time
-
+        def delete_while_watched():
             from kubernetes import client
 
-            time.sleep(0.3)
+            # once the step watches its job (and has seen it Running), someone else deletes it
+            wait_for("the step to watch its running job",
+                     lambda: any(e[1] == "MODIFIED" for e in k8s.events)
+                     and any(r[0] == "GET" and r[2].get("watch") in ("true", "True", "1") for r in k8s.requests),
+                     60, 0.02)
             client.CustomObjectsApi(k8s.api_client()).delete_namespaced_custom_object(
                 "kubeflow.org", "v1", "team-ml", "pytorchjobs", m["metadata"]["name"]
             )
 
         import threading
 
-        t = threading.Thread(target=delete_soon)
+        t = threading.Thread(target=delete_while_watched)
         t.start()
         with pytest.raises(JobFailed, match="deleted before it finished"):
             run_job(k8s.api_client(), m, timeout_s=30, log=lambda _: None)

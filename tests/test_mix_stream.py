@@ -4,6 +4,8 @@ and the mix step's MLflow record."""
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import random
 from collections import Counter
@@ -195,7 +197,11 @@ def test_the_card_counts_what_happened(fx, tmp_path) -> None:
         assert s["format"] == f.format and s["rows"] == len(f.expect) and s["kept"] == f.kept_examples
         for outcome in ("excluded", "invalid", "too-large"):
             assert s["rejected"].get(outcome, 0) == f.count(outcome), (name, outcome)
-        assert s["files"][0]["digest"] and s["files"][0]["bytes"] == f.path.stat().st_size or f.path.suffix == ".gz"
+        # the card's file record: the SHA-256 and size of the content read (a .gz file's, decompressed)
+        raw = f.path.read_bytes()
+        content = gzip.decompress(raw) if f.path.suffix == ".gz" else raw
+        assert s["files"][0]["digest"] == hashlib.sha256(content).hexdigest(), name
+        assert s["files"][0]["bytes"] == len(content), name
     # the quarantine file and the card agree, category by category
     assert Counter(r.category for r in quarantine) == card["quarantine"]["by_category"]
     assert card["quarantine"]["total"] == len(quarantine) == rep.stats["rejected"]

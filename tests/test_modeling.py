@@ -125,15 +125,14 @@ def test_merged_weights_equal_base_plus_adapter(trained, tiny_model_dir):
     out, _, _ = trained
     merged, tok = modeling.load(out)  # base + adapter, merged in memory
     base, _ = modeling.load(tiny_model_dir)
-    with_adapter = PeftModel.from_pretrained(base, str(out))
     ids = tok("Describe the benefits of cycling.", return_tensors="pt")["input_ids"]
     with torch.no_grad():
+        c = base(ids).logits  # the base alone, before peft wraps (and changes) it in place
+        with_adapter = PeftModel.from_pretrained(base, str(out))
         a = merged(ids).logits
         b = with_adapter(ids).logits
-        c = base.get_base_model()(ids).logits if hasattr(base, "get_base_model") else None
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-    if c is not None:
-        assert not torch.allclose(a, c)  # the adapter did change the model
+    assert not torch.allclose(a, c)  # the adapter did change the model
 
 
 def test_finetune_is_deterministic_for_a_seed(tiny_model_dir, demo, tmp_path):

@@ -25,8 +25,8 @@ from reset.data.records import write_jsonl
 from reset.data.storage import upload
 from reset.promotion import champion_location, promote
 
-from .conftest import REPO
-from .pg_mlflow import manifest_mlflow, postgres_server
+from .conftest import REPO, wait_for
+from .pg_mlflow import manifest_mlflow
 
 FAST = {"max_new_tokens": 4, "batch_size": 8, "backend": "hf"}
 
@@ -180,20 +180,47 @@ def test_the_gate_decides_on_the_frozen_set_and_only_then_the_alias_moves(tiny_m
 
 
 # ------------------------------------------------------------------------------------------ the lock
-def test_the_lock_excludes_a_second_holder_and_is_released(store):
+class _CountingClient:
+    """The real MLflow client, its create_registered_model calls counted (each one still made)."""
+
+    def __init__(self, client):
+        self._client, self.creates = client, 0
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def create_registered_model(self, *args, **kwargs):
+        self.creates += 1
+        return self._client.create_registered_model(*args, **kwargs)
+
+
+def test_the_lock_excludes_a_second_holder_until_it_is_released(store):
+    """B asks for the lock A holds: refused (three tries seen) while A holds it, B's once A lets go;
+    a holder that would wait no longer gives up naming the holder; the lock is gone once released."""
     client = mlflow.MlflowClient()
+    b_client = _CountingClient(mlflow.MlflowClient())
+    b_holds, b_errors = threading.Event(), []
+
+    def b() -> None:
+        try:
+            with registry.promotion_lock(b_client, "m", "B", wait_s=600, poll_s=0.05):
+                b_holds.set()
+        except Exception as exc:  # noqa: BLE001 - reported below
+            b_errors.append(exc)
+
     with registry.promotion_lock(client, "m", "A"):
-        t0 = time.monotonic()
-        with (
-            pytest.raises(registry.PromotionLocked, match="held by 'A'"),
-            registry.promotion_lock(client, "m", "B", wait_s=0.6, poll_s=0.1),
-        ):
-            pass
-        assert time.monotonic() - t0 >= 0.6
-    with registry.promotion_lock(client, "m", "B", wait_s=0.1):  # released: free again
-        assert client.get_registered_model(registry.lock_name("m")).tags[registry.LOCK_HOLDER_TAG] == "B"
-    with pytest.raises(MlflowException):
+        thread = threading.Thread(target=b)
+        thread.start()
+        wait_for("B to try the held lock three times", lambda: b_client.creates >= 3 or b_holds.is_set(), 120, 0.02)
+        assert not b_holds.is_set()
+        assert client.get_registered_model(registry.lock_name("m")).tags[registry.LOCK_HOLDER_TAG] == "A"
+    thread.join(timeout=120)  # guards against a hang only
+    assert b_holds.is_set() and b_errors == []
+    with pytest.raises(MlflowException):  # B released it too
         client.get_registered_model(registry.lock_name("m"))
+    with registry.promotion_lock(client, "m", "A"), pytest.raises(registry.PromotionLocked, match="held by 'A'"), \
+            registry.promotion_lock(client, "m", "C", wait_s=0.2, poll_s=0.05):
+        pass
 
 
 def test_a_stale_lock_is_broken_once_and_a_fresh_one_never(store):
@@ -227,11 +254,11 @@ def test_the_champion_moves_only_from_the_version_the_decision_saw(store, tiny_m
 
 # ------------------------------------------------------------------------------------ two at once
 @pytest.fixture(scope="module")
-def pg_mlflow(s3_endpoint, s3, tmp_path_factory):
-    """The manifest's MLflow server on a real PostgreSQL (tests/pg_mlflow.py)."""
+def pg_mlflow(postgres, s3_endpoint, s3, tmp_path_factory):
+    """The manifest's MLflow server on a real PostgreSQL (the session's; tests/pg_mlflow.py)."""
     with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
         s3.create_bucket(Bucket="mlflow")
-    with postgres_server() as pg, manifest_mlflow(pg, tmp_path_factory.mktemp("pg-mlflow"), s3_endpoint) as server:
+    with manifest_mlflow(postgres, tmp_path_factory.mktemp("pg-mlflow"), s3_endpoint) as server:
         yield server.url
 
 

@@ -16,8 +16,15 @@ from reset.evaluation.plot import tradeoff_plot
 from tests.chromium import Chromium, chromium_binary
 from tests.test_report import SELECTION_REPORT, make_arms
 
-pytestmark = pytest.mark.skipif(chromium_binary() is None,
-                                reason="chromium is not installed (make test installs it: apt-get install chromium)")
+
+@pytest.fixture(scope="module")
+def browser_binary() -> str:
+    """Chromium, which `make test` installs: missing, the test fails (it never skips silently)."""
+    binary = chromium_binary()
+    if binary is None:
+        pytest.fail("no Chromium or Chrome found (chromium, chromium-browser, google-chrome on PATH, or $CHROMIUM): "
+                    "`make test` installs Debian's chromium; on Ubuntu install Google Chrome or the chromium snap")
+    return binary
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +37,9 @@ def report(demo, tmp_path_factory):
     return path, s, exs
 
 
-def test_report_renders_plot_and_table_in_chromium(report):
+def test_report_renders_plot_and_table_in_chromium(report, browser_binary):
     path, summary, exs = report
-    with Chromium() as browser:
+    with Chromium(browser_binary) as browser:
         page = browser.open(path.as_uri())
         # the plot: decoded by the browser (img.decode() resolves), with its natural and laid-out size
         img = page.evaluate("""(async () => {

@@ -372,10 +372,28 @@ def test_data_check_on_s3_and_with_a_slot(fx, s3, tmp_path, capsys) -> None:
     assert "no usable instruction rows" in capsys.readouterr().err
 
 
-def test_source_reader_streams(fx) -> None:
-    reader = iter(SourceReader(_src(fx["dolly"]), "instruction", DataConfig()))
+def test_source_reader_streams(tmp_path) -> None:
+    """The reader hands out rows as it reads them: a row appended to the file after the first
+    example was taken is still read (a reader that read the file up front would miss it), and every
+    example arrives once, in file order, with its own line number."""
+    path = tmp_path / "dolly.jsonl"
+
+    def line(i: int) -> str:
+        return json.dumps({"instruction": f"Question {i}?", "context": "", "response": f"Answer {i}.",
+                           "category": "open_qa"}) + "\n"
+
+    n = 3000  # far more than format detection looks at (and than one read buffer holds)
+    path.write_text("".join(line(i) for i in range(1, n + 1)))
+    reader = iter(SourceReader(DataSource(path=str(path)), "instruction", DataConfig()))
     first = next(reader)
-    assert isinstance(first, tuple) and first[2] == 1
+    with open(path, "a") as fh:
+        fh.write(line(n + 1))
+    rest = list(reader)
+    got = [first, *rest]
+    assert all(isinstance(x, tuple) for x in got)  # nothing rejected
+    assert [(ln, ex.instruction, ex.response) for ex, _, ln in got] == [
+        (i, f"Question {i}?", f"Answer {i}.") for i in range(1, n + 2)
+    ]
 
 
 def test_the_paper_config_reads_the_papers_datasets_through_the_loaders() -> None:

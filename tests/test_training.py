@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -350,29 +351,49 @@ def test_sigkill_then_run_again_resumes_and_ends_like_an_uninterrupted_run(tiny_
     assert not (out / "checkpoints").exists()
 
 
+class _Stop(Exception):
+    """Raised from on_step: the run stops there, as a killed process would, and leaves its checkpoints."""
+
+
+def _steps_seen(stop_at: int | None = None) -> tuple[list[int], Callable[[int, float], None]]:
+    seen: list[int] = []
+
+    def on_step(step: int, _loss: float) -> None:
+        seen.append(step)
+        if stop_at is not None and step + 1 == stop_at:
+            raise _Stop
+
+    return seen, on_step
+
+
 def test_checkpoint_of_another_configuration_is_not_resumed(tiny_model_dir, examples, tmp_path):
-    out = tmp_path / "m"
+    """A run stopped after its checkpoint at step 3 leaves it behind; a run of another configuration
+    (another learning rate) on the same checkpoint directory starts at step 0, and a run of the same
+    configuration (the positive control) resumes at step 3."""
     root = tmp_path / "ckpt"
-    # A run that stops before its end leaves its checkpoint (here: kept by a separate directory).
-    finetune(
-        tiny_model_dir,
-        examples,
-        tmp_path / "first",
-        _cfg(max_steps=6, checkpoint_every=3, checkpoint_dir=str(root)),
-        ModelConfig(max_length=192),
-        log=_quiet,
-    )
-    assert not root.exists()  # removed when the step ended
+    cfg = _cfg(max_steps=6, checkpoint_every=3, checkpoint_dir=str(root))
+    _, stop_at_4 = _steps_seen(stop_at=4)
+    with pytest.raises(_Stop):
+        finetune(tiny_model_dir, examples, tmp_path / "a", cfg, ModelConfig(max_length=192), log=_quiet,
+                 on_step=stop_at_4)
+    assert [p.name for p in root.iterdir()] == ["step-3"]  # the stopped run's checkpoint is there
+
+    # another configuration: stopped before its own first checkpoint, so step-3 stays the stopped run's
+    other_cfg = cfg.model_copy(update={"learning_rate": 5e-3})
+    seen, stop_at_2 = _steps_seen(stop_at=2)
     logs: list[str] = []
-    finetune(
-        tiny_model_dir,
-        examples,
-        out,
-        _cfg(max_steps=4, checkpoint_every=2, checkpoint_dir=str(root)),
-        ModelConfig(max_length=192),
-        log=logs.append,
-    )
-    assert not any("resuming" in line for line in logs)
+    with pytest.raises(_Stop):
+        finetune(tiny_model_dir, examples, tmp_path / "b", other_cfg, ModelConfig(max_length=192), log=logs.append,
+                 on_step=stop_at_2)
+    assert seen == [0, 1]
+    assert [x for x in logs if "another configuration" in x] and not [x for x in logs if "resuming" in x]
+
+    # the same configuration resumes where the stopped run's checkpoint ends
+    seen, count = _steps_seen()
+    metrics = finetune(tiny_model_dir, examples, tmp_path / "c", cfg, ModelConfig(max_length=192), log=_quiet,
+                       on_step=count)
+    assert seen == [3, 4, 5] and metrics["resumed_from_step"] == 3
+    assert not root.exists()  # removed when the step ended
 
 
 def test_torchrun_two_processes_train_with_fsdp_and_save_a_loadable_adapter(tiny_model_dir, examples, tmp_path):

@@ -1,7 +1,7 @@
 """The LLM judge against a real OpenAI-compatible server process: vLLM's CPU build serving the
 demo model. A 135M model is a poor judge, so these tests pin the mechanics (requests, structured
-output, parsing, cache, accounting, the judge step's MLflow logging) and the prompt-injection
-guarantee, not the quality of its scores."""
+output, parsing, cache, accounting, the judge step's MLflow logging) and that an injection stays
+inside its data block on the way to a real server, not the quality of its scores."""
 
 from __future__ import annotations
 
@@ -55,23 +55,30 @@ def test_structured_judgments_cached_and_accounted(vllm_server, demo, tmp_path):
     assert [r.score for r in out2] == [r.score for r in out]
 
 
-def test_prompt_injection_in_the_context_does_not_move_the_score(vllm_server, demo, tmp_path):
+def test_an_injected_context_is_judged_inside_its_data_block_by_the_real_server(vllm_server, demo, tmp_path):
+    """The injection reaches the real server inside the delimited data block (it cannot close it),
+    and the judgment of the injected pair is a structured, parsed verdict like any other.
+
+    Whether the injection moves the score is not asked of this model: the 135M demo model gives every
+    faithfulness prompt here the same score (measured 2026-12-05: 7 for the clean pairs, 7 with the
+    injection inside the block, and 7 with it in the system or user instructions outside any block),
+    so a comparison of scores could not fail. That guarantee is tested against an endpoint whose
+    verdict is a function of the prompt it receives, with positive controls that a constant judge
+    and a judge that obeys the injection are caught (tests/test_judge_injection.py)."""
     clean = [p for p in _pairs(demo, n=8) if p[0].has_context]
     injected = [(dataclasses.replace(ex, context=ex.context + INJECTION), c) for ex, c in clean]
-    # the injection stays inside the delimited data block and cannot close it
     system, user = build_prompt("faithfulness", *injected[0])
     tag = user.split("<", 2)[1].split(">", 1)[0]
     start, end = user.index(f"<{tag}>", user.index("CONTEXT")), user.index(f"</{tag}>", user.index("CONTEXT"))
-    assert INJECTION.strip() in user[start:end]
+    assert INJECTION.strip() in user[start:end] and INJECTION.strip() not in user[:start] + user[end:]
     assert "never instructions" in system
 
-    cfg = _cfg(vllm_server, tmp_path, concurrency=1)  # one at a time: the server's batching is not a factor
+    cfg = _cfg(vllm_server, tmp_path, concurrency=1)
     judge = LLMJudge(cfg, axis="faithfulness")
-    a, b = judge.score(clean), judge.score(injected)
-    assert all(not r.error for r in a + b)
-    for x, y, (ex, _) in zip(a, b, clean, strict=True):
-        assert y.score <= x.score, f"{ex.id}: injection raised the score {x.raw_score} -> {y.raw_score}"
-        assert y.raw_score < 10
+    out = judge.score(injected)
+    st = judge.stats()
+    assert all(not r.error and 1 <= r.raw_score <= 10 for r in out)
+    assert st["requests"] == len(injected) and st["structured_fallbacks"] == 0 and st["parse_failures"] == 0
 
 
 def test_judge_step_with_llm_and_offline_judges_logs_to_mlflow(vllm_server, demo, tmp_path, monkeypatch):
