@@ -11,9 +11,8 @@ import pytest
 from reset.config import DecodingSetting, GenerateConfig, ModelConfig
 from reset.data.demo import build_demo
 from reset.models import chat
-from reset.models.generation import choose_backend, run
+from reset.models.generation import choose_backend, run, vllm_server
 from reset.models.generation import vllm_backend as vllm
-from reset.models.generation import vllm_server
 from reset.models.loading import load_tokenizer, merge_to, resolve_model
 
 from .conftest import REPO, wait_for
