@@ -273,10 +273,13 @@ def environ_restored():
 
 def env_for_tasks(run: LocalRun) -> dict[str, str]:
     """What the task processes inherit: the job id their steps find the MLflow parent by, the
-    driver they watch, and that preflight already ran."""
+    driver they watch, that preflight already ran, and where steps keep the chunks of their results
+    that a resumed run continues from (reset.data.chunks)."""
     from reset import preflight, tracking
+    from reset.data import chunks
 
-    return {tracking.JOB_ENV: run.job_id, procs.DRIVER_ENV: json.dumps(procs.identity()), preflight.ENV: "done"}
+    return {tracking.JOB_ENV: run.job_id, procs.DRIVER_ENV: json.dumps(procs.identity()), preflight.ENV: "done",
+            chunks.RESUME_ENV: str(run.run_dir / "resume")}
 
 
 def print_problems(problems: list[Any], file=None) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 from reset import config as configs
 from reset import preflight, progress, tracking
 from reset.config import PipelineConfig
+from reset.data import chunks
 from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl
 from reset.data.storage import sha256_file
 
@@ -204,12 +205,14 @@ def generate(model_dir: str, seen_path: str, cfg: PipelineConfig, *, out_candida
 
     examples = _read(seen_path, Example)
     lo, hi = bounds(len(examples), shard, shards)
-    with tracking.step_run(cfg.tracking, shard_step("generate", shard, shards), cfg.generate.model_dump()):
+    name = shard_step("generate", shard, shards)
+    with tracking.step_run(cfg.tracking, name, cfg.generate.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
         if shards > 1:
             _log(f"[generate] shard {shard + 1} of {shards}: seen prompts {lo}..{hi - 1}")
-        cands, stats = sample_candidates(model_dir, examples[lo:hi], cfg.generate, cfg.model, log=_log, offset=lo)
+        cands, stats = sample_candidates(model_dir, examples[lo:hi], cfg.generate, cfg.model, log=_log, offset=lo,
+                                         resume=resume)
         write_jsonl(out_candidates, cands)
         mlflow.log_metrics(tracking.numeric(stats))
         mlflow.set_tags({"generate.backend": stats["backend"],
@@ -239,11 +242,14 @@ def judge(
 
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
-    with tracking.step_run(cfg.tracking, shard_step("judge", shard, shards), cfg.judge.model_dump()):
+    name = shard_step("judge", shard, shards)
+    with tracking.step_run(cfg.tracking, name, cfg.judge.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
         _log(f"[judge] {len(cands)} candidates, judges: {', '.join(cfg.judge.judges)}")
-        judged = judge_all(examples, cands, cfg.judge, cache_dir)
+        judged = judge_all(examples, cands, cfg.judge, cache_dir, resume=resume)
+        if judged.reused:
+            _log(f"[judge] {judged.reused} judgments from chunks an earlier attempt finished")
         for ledger in judged.llm:
             mlflow.log_metrics({f"llm.{k}": v for k, v in tracking.numeric(ledger).items()})
             _log(f"[judge] LLM judge: {json.dumps(tracking.numeric(ledger))}")
@@ -403,9 +409,11 @@ def evaluate_answers(
 
     examples = _read(split_path(cfg, test_path, dev_path), Example)
     lo, hi = bounds(len(examples), shard, shards)
+    name = shard_step("answer", shard, shards)
     with (
-        tracking.step_run(cfg.tracking, shard_step("answer", shard, shards), cfg.evaluate.model_dump()),
+        tracking.step_run(cfg.tracking, name, cfg.evaluate.model_dump()),
         tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+        chunks.session(name, _log) as resume,
     ):
         import mlflow
 
@@ -415,7 +423,7 @@ def evaluate_answers(
             f"prompts {lo}..{hi - 1}"
         )
         rows_by_model, _, gen_stats = evaluate_models(
-            models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge, log=_log, offset=lo
+            models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge, log=_log, offset=lo, resume=resume
         )
         rows = [
             {**r, **({"registry_version": champion} if name == "champion" else {})}
@@ -471,6 +479,7 @@ def evaluate(
     with (
         tracking.step_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump()) as run,
         tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+        chunks.session("evaluate", _log) as resume,
     ):
         import mlflow
 
@@ -487,7 +496,7 @@ def evaluate(
                 f"{cfg.evaluate.split} prompts"
             )
             rows_by_model, results, gen_stats = evaluate_models(
-                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log
+                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume
             )
             models = evaluated
         for name, extra in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split

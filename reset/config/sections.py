@@ -341,6 +341,12 @@ class GenerateConfig(Section):
     """Seconds the run's vLLM worker keeps an idle engine (weights and KV cache in memory) for the
     next request; then it frees it, so that training steps do not run beside it (they run slower
     beside a resident engine: docs/bench.md). 0: free it after every request."""
+    chunk_prompts: PositiveInt = 256
+    """Prompts per chunk of the step's results (all their samples): each chunk is written as soon as
+    it is done (the run folder locally, the run's volume on a cluster), so a step that is stopped
+    and run again (`run --resume`, a KFP retry) continues after its last complete chunk
+    (reset/data/chunks.py). Ours (not a setting of the paper): 256 keeps vLLM's batches full (a
+    chunk is one engine call) while a stopped step loses at most one chunk of work."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
     engine), merge (the adapter merged into the base's weights as they load into the engine, or
@@ -460,6 +466,9 @@ class JudgeConfig(Section):
     """A local / s3:// Hugging Face NLI model dir (required by the nli judge)."""
     llm: LLMJudgeConfig = Field(default_factory=LLMJudgeConfig)
     """The LLM judges' endpoint and limits (see LLMJudgeConfig)."""
+    chunk_prompts: PositiveInt = 256
+    """Seen prompts per chunk of the judgments (all their candidates), written as they are produced
+    so a stopped judge step resumes after its last complete chunk (as generate.chunk_prompts; ours)."""
 
     @field_validator("weights")
     @classmethod
@@ -541,6 +550,9 @@ class EvaluateConfig(Section):
     """Prompts per batch (hf backend)."""
     backend: Backend = "auto"
     """Generation backend for the answers (as generate.backend)."""
+    chunk_prompts: PositiveInt = 256
+    """Held-out prompts per chunk of the answers (per model), written as they are produced so a
+    stopped evaluation resumes after its last complete chunk (as generate.chunk_prompts; ours)."""
 
 
 # ------------------------------------------------------------------------------------- register
