@@ -340,7 +340,8 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
     {"request": "<request.json>", "out": "<out.jsonl>"}, receives `vllm-worker: d/t` progress
     lines and ends on `vllm-worker-done: {stats}` or `vllm-worker-error: <reason>`. One request
     at a time. An engine idle for `keep_s` seconds is freed (its weights and KV cache); the
-    process exits when its parent is gone or after `idle_s` without a request."""
+    process exits after `idle_s` without a request, and within a fraction of a second when its
+    parent is gone (exit_with_parent, even mid-request)."""
     import socket
     import traceback
 
@@ -407,9 +408,32 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
             os.unlink(sock_path)
 
 
+def exit_with_parent(interval_s: float = 0.2) -> None:
+    """End this worker (and the engine processes it started) as soon as the process that started it
+    is gone: a step killed outright, a local run's driver killed with `kill -9`. A daemon thread
+    polls the parent pid, whatever the main thread is doing (importing vLLM, a long generate call);
+    a worker that leads its own process group (as its starters make it) takes the group with it."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)  # polling the parent's pid (Linux has no portable parent-death event)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"vllm-worker: parent {parent} is gone: exiting", file=sys.stderr, flush=True)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vllm-worker-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # our modules are not vllm
+    exit_with_parent()
     if len(argv) == 2 and argv[0] == "--serve":
         return serve(argv[1], float(os.environ.get("RESET_VLLM_SERVER_IDLE_S", "1800")),
                      float(os.environ.get("RESET_VLLM_ENGINE_KEEP_S", "20")))
