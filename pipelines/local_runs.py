@@ -365,8 +365,8 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     from reset.evaluation import comparison_table
 
     output_dir = output_dir.resolve()
-    preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
     procs.interruptible()  # started as a background job: Ctrl-C and the stops must still reach the tasks
+    work = preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.tracking.tracking_uri:
         cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
@@ -383,6 +383,7 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
                     f"seeds {cfg.experiment.seeds}, {what}")
     else:
         console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
+        console.say(f"  {work.line(cfg.model.max_run_sequences)}")
     if killed := stop_leftovers(run):
         console.say(f"  (stopped {len(killed)} process(es) the last attempt's driver left running: pids "
                     f"{', '.join(map(str, killed))})")

@@ -223,6 +223,13 @@ class ModelConfig(Section):
     """A system message put before every prompt (empty = none)."""
     cache_dir: str = ""
     """Where builtin and s3:// models are materialised; empty = ~/.cache/reset-kfp."""
+    max_run_sequences: PositiveInt = 1_000_000
+    """The ceiling on a run's work: the sequences it would process as the preflight estimates them
+    at start (samples generated in every round, candidates judged, evaluation answers, training
+    examples x epochs when data.train_size says how many). A run above it is refused before
+    anything starts, naming the figure. Ours: configs/paper-7b.yaml estimates about 116,000 (8,000
+    seen prompts x 7 samples, judged; 4,000 answers), about 9x below; a slip such as
+    generate.samples_per_setting: 1000000 on configs/tiny.yaml estimates 16 million, 16x above."""
 
 
 # ---------------------------------------------------------------------------------------- train
