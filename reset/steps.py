@@ -308,9 +308,12 @@ def select(
     out_report: str = "",
     own_plan: bool = False,
     name: str = "select",
+    out_pairs: str = "",
+    round_: int = 1,
 ) -> dict[str, Any]:
-    """Reject sampling over the judged candidates; with `own_plan`, only over those that generate's
-    config would have sampled (an arm that shares a larger generation, the experiment's ReSet)."""
+    """Reject sampling over the judged candidates (ReSet round `round_`: its threshold); with
+    `own_plan`, only over those that generate's config would have sampled (an arm that shares a
+    larger generation, the experiment's ReSet); `out_pairs`: the preference pairs as well."""
     from reset.selection import by_kind, judged_table, sampled_by
     from reset.selection import select as run_select
 
@@ -325,9 +328,11 @@ def select(
     with tracking.step_run(cfg.tracking, name, cfg.select.model_dump()):
         import mlflow
 
-        sel = run_select(examples, cands, judgments, cfg.select)
+        sel = run_select(examples, cands, judgments, cfg.select, round_)
         write_jsonl(out_selected, sel.examples)
         rep = sel.report
+        if out_pairs:
+            rep["preference_pairs"] = _preference_pairs(examples, cands, judgments, cfg, sel, out_pairs)
         ranks = rep.pop("ranks", {})
         for line in keep_rate_lines(rep):
             _log(f"[select] {line}")
@@ -339,6 +344,27 @@ def select(
         kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in by_kind(rep).items())
         _note(f"kept {rep['selected']}/{rep['prompts']} prompts ({kinds}), mean score {rep['mean_selected_score']:.3f}")
     return rep
+
+
+def _preference_pairs(examples, cands, judgments, cfg: PipelineConfig, sel, out_path: str) -> dict[str, Any]:
+    """The judged candidates as a preference data set in TRL's format (reset.selection): the file,
+    an MLflow dataset input and artifact, the counts as metrics."""
+    import mlflow
+
+    from reset.models.chat import messages
+    from reset.selection import preference_pairs
+
+    rows, counts = preference_pairs(examples, cands, judgments, cfg.select, sel,
+                                    lambda e: messages(e, cfg.model.system_prompt))
+    write_jsonl(out_path, rows)
+    tracking.log_input(tracking.dataset(out_path, "preference_pairs", sha256_file(out_path)), context="preference",
+                       tags={"rows": str(len(rows)), "format": "trl-preference (prompt, chosen, rejected)"})
+    mlflow.log_artifact(out_path, "preference_pairs")
+    mlflow.log_metrics({f"pairs.{k}": v for k, v in tracking.numeric(counts).items()})
+    _log(f"[select] {counts['pairs']} preference pairs (chosen: the selected answer; rejected: the lowest-scoring "
+         f"answer that failed a gate or the threshold), mean margin {counts['mean_margin']:.3f}; "
+         f"{counts['without_rejected']} selected prompts had no rejected answer")
+    return counts
 
 
 def keep_rate_lines(rep: Mapping[str, Any]) -> list[str]:

@@ -518,6 +518,9 @@ class JudgeConfig(Section):
 
 
 # --------------------------------------------------------------------------------------- select
+MAX_ROUNDS = 4  # the ReSet rounds a compiled pipeline unrolls at most
+
+
 class SelectConfig(Section):
     """Reject sampling. reset: the best candidate per prompt with combined score >= threshold.
     reset-s: stricter: threshold `strict_threshold`, then only the top `top_fraction`."""
@@ -540,6 +543,16 @@ class SelectConfig(Section):
     cannot be won by copying."""
     gate_no_copy: bool = True
     """Keep a grounded candidate only when it does not reproduce half (or more) of its passage."""
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS), NoBool] = 1
+    """ReSet rounds. Paper: one (sample from MTL, judge, select, continue fine-tuning). Each further
+    round samples the seen prompts from the previous round's model, judges, selects and continues
+    its fine-tuning (ReST-EM, RAFT); every round's model is then scored on the dev split and the
+    best by dev is the ReSet model (ties: the earlier round). Unrolled into the DAG when the
+    pipeline is compiled (at most 4: ReST-EM's gains stopped after two or three iterations)."""
+    threshold_step: Annotated[float, Field(ge=0.0, le=1.0), NoBool] = 0.0
+    """How much the threshold (strict_threshold with reset-s) rises in each round after the first
+    (ReST-EM raises its reward bar per iteration; its steps are not public for this setting). 0 =
+    the same threshold every round (ours)."""
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -731,6 +744,15 @@ class PipelineConfig(Section):
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _rounds_need_dev(self) -> PipelineConfig:
+        """More than one ReSet round picks the best round on the dev split: it must have one."""
+        d = self.data
+        if self.select.rounds > 1 and not (d.dev_per_kind or d.dev_instruction or d.dev_grounded):
+            raise FieldError("select.rounds", f"{self.select.rounds} rounds pick the best round on the dev split, "
+                             "but data.dev_per_kind is 0 (no dev split)")
+        return self
 
     @model_validator(mode="after")
     def _no_ignored_lora_shape(self) -> PipelineConfig:
