@@ -14,6 +14,7 @@ KFP run id in the environment (reset.tracking), never passed in.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -165,6 +166,8 @@ def finetune(start: str | None, train_path: str, cfg: PipelineConfig, *, stage: 
     from reset.models.finetune import loss_check
 
     tcfg = getattr(cfg, section)
+    if tcfg.checkpoint_dir and (later := re.fullmatch(r".+-r(\d+)", stage)):  # a later ReSet round: its own
+        tcfg = tcfg.model_copy(update={"checkpoint_dir": f"{tcfg.checkpoint_dir.rstrip('/')}-r{later.group(1)}"})
     examples = _read(train_path, Example)
     if kinds:
         examples = [e for e in examples if e.kind in kinds]
@@ -191,21 +194,27 @@ def finetune(start: str | None, train_path: str, cfg: PipelineConfig, *, stage: 
 
 
 # ------------------------------------------------------------------------------------ generate
+def round_step(step: str, round_: int) -> str:
+    """The name a step of ReSet round `round_` runs under: generate, then generate-r2, ..."""
+    return step if round_ <= 1 else f"{step}-r{round_}"
+
+
 def shard_step(step: str, shard: int, shards: int) -> str:
     """The name a shard of a step runs under (its MLflow run, its console line): generate-2of4."""
     return step if shards <= 1 else f"{step}-{shard + 1}of{shards}"
 
 
 def generate(model_dir: str, seen_path: str, cfg: PipelineConfig, *, out_candidates: str, shard: int = 0,
-             shards: int = 1) -> dict[str, Any]:
+             shards: int = 1, round_: int = 1) -> dict[str, Any]:
     """Sample candidates for the seen prompts (or for shard `shard` of `shards` contiguous pieces of
-    them: the same candidates, with the same seeds, as the unsharded step gives those prompts)."""
+    them: the same candidates, with the same seeds, as the unsharded step gives those prompts);
+    `round_` > 1: a later ReSet round (its step is named generate-r<round>)."""
     from reset.data.shards import bounds
     from reset.models.generation import sample_candidates
 
     examples = _read(seen_path, Example)
     lo, hi = bounds(len(examples), shard, shards)
-    name = shard_step("generate", shard, shards)
+    name = shard_step(round_step("generate", round_), shard, shards)
     with tracking.step_run(cfg.tracking, name, cfg.generate.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
@@ -235,14 +244,15 @@ def judge(
     cache_dir: str = "",
     shard: int = 0,
     shards: int = 1,
+    round_: int = 1,
 ) -> dict[str, Any]:
     """Judge the candidates in `candidates_path` (a shard's, when generation was sharded: `shard`
-    and `shards` only name the run)."""
+    and `shards` only name the run, as `round_` does a later ReSet round's)."""
     from reset.judging.run import judge_all, judged_table
 
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
-    name = shard_step("judge", shard, shards)
+    name = shard_step(round_step("judge", round_), shard, shards)
     with tracking.step_run(cfg.tracking, name, cfg.judge.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
@@ -668,6 +678,44 @@ def _same_weights(a: str | None, b: str | None) -> bool:
         return False
     da, db = weights_digest(a), weights_digest(b)
     return da is not None and da == db
+
+
+def pick_round(rounds: Mapping[int, str], dev_path: str, cfg: PipelineConfig, *, out_checkpoint: str,
+               out_report: str = "") -> dict[str, Any]:
+    """ReSet rounds (round -> checkpoint) scored on the dev split from one engine; the best by dev
+    (reset.evaluation.rounds) is copied to `out_checkpoint`: the ReSet model. Each round's dev
+    figures on this step's MLflow run (round_<k>.<metric>), the pick on the parent."""
+    import shutil
+
+    from reset.evaluation import evaluate_models
+    from reset.evaluation.rounds import best_round, rounds_table
+
+    if not dev_path or not Path(dev_path).exists() or not Path(dev_path).stat().st_size:
+        raise configs.ConfigError(f"select.rounds: {len(rounds)} rounds are picked on the dev split, but the mix "
+                                  "step wrote none (data.dev_per_kind: 0?)")
+    examples = _read(dev_path, Example)
+    with (
+        tracking.step_run(cfg.tracking, "pick-round", {"rounds": len(rounds)}) as run,
+        chunks.session("pick-round", _log) as resume,
+    ):
+        import mlflow
+
+        models = {f"round-{k}": path for k, path in sorted(rounds.items())}
+        _, results, _ = evaluate_models(models, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume)
+        by_round = {k: results[f"round-{k}"] for k in sorted(rounds)}
+        best, scores = best_round(by_round)
+        shutil.copytree(rounds[best], out_checkpoint, dirs_exist_ok=True)
+        table = rounds_table(by_round, best)
+        _write_text(out_report, table)
+        mlflow.log_metrics(tracking.numeric({f"round_{k}.{m}": v for k, ms in by_round.items() for m, v in ms.items()}))
+        mlflow.log_metrics({f"round_{k}.dev_score": v for k, v in scores.items()} | {"best_round": best})
+        mlflow.log_text(table, "rounds.md")
+        if parent := run.data.tags.get("mlflow.parentRunId", ""):
+            tracking.log_on_parent(parent, tags={"reset.best_round": str(best)}, texts={"rounds.md": table})
+        _log(f"[pick-round] {len(rounds)} rounds on {len(examples)} dev prompts:\n{table}")
+        _note(f"round {best} of {len(rounds)} is the ReSet model (dev score {scores[best]:.3f}; "
+              + ", ".join(f"round {k} {v:.3f}" for k, v in scores.items()) + ")")
+    return {"best_round": best, "dev_scores": {str(k): v for k, v in scores.items()}}
 
 
 # ------------------------------------------------------------------------------------ register

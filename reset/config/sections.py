@@ -673,8 +673,8 @@ class TrackingConfig(Section):
 
 # ------------------------------------------------------------------------------------- pipeline
 # ----------------------------------------------------------------------------------- experiment
-ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control")
-Arm = Literal["if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control"]
+ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-2r", "reset-s", "control")
+Arm = Literal["if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-2r", "reset-s", "control"]
 
 
 class ExperimentConfig(Section):
@@ -683,7 +683,8 @@ class ExperimentConfig(Section):
 
     arms: Annotated[list[Arm], Field(min_length=1)] = Field(default_factory=lambda: list(ARM_NAMES))
     """Arms to train and evaluate (their prerequisites run too): if-only, cd-only, cd-if, if-cd,
-    mtl, reset, reset-s and control (MTL plus the same steps on the reference answers)."""
+    mtl, reset, reset-2r (ReSet, 2 rounds: a second round from ReSet's model, the better of the two
+    on dev), reset-s and control (MTL plus the same steps on the reference answers)."""
     seeds: Annotated[list[Int], Field(min_length=1)] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training and sampling seeds; every arm runs once per seed on the same split and test set. The
     method, not one trained model, is the unit of inference: the report pools the seeds (crossed
