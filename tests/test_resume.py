@@ -214,3 +214,27 @@ def test_the_vllm_worker_writes_each_chunk_as_it_finishes_and_a_next_attempt_ask
     assert any("-> 36 samples" in x for x in lines)
     assert [(c.id, c.text, c.decoding) for c in again.candidates] == [(c.id, c.text, c.decoding)
                                                                     for c in whole.candidates]
+
+
+def test_on_a_cluster_the_chunks_go_to_the_runs_volume_and_locally_to_the_run_folder(tmp_path):
+    """A KFP retry of a task (or of one shard) finds the chunks of its last attempt where it mounts
+    the run's volume; a local run's tasks find them in the run folder."""
+    import yaml
+
+    from pipelines import definitions, local_runs
+    from reset.config import STEPS, load_config
+    from reset.config.steps import settings_of
+
+    cfg = load_config(REPO / "configs" / "paper-7b.yaml", ["cluster.shards=2"])
+    out = tmp_path / "p.yaml"
+    definitions.compile_to(cfg, definitions.TRAINING, str(out))
+    docs = list(yaml.safe_load_all(out.read_text()))
+    k8s = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    env = {name: {e["name"]: e["value"] for e in spec["container"].get("env", [])}
+           for name, spec in docs[0]["deploymentSpec"]["executors"].items()}
+    for name in ("exec-generate-candidates", "exec-judge-candidates", "exec-answer-heldout", "exec-evaluate-models"):
+        assert [m["mountPath"] for m in k8s[name]["pvcMount"]] == ["/mnt/reset"]
+        assert env[name][chunks.RESUME_ENV] == "/mnt/reset/resume"
+    assert all(STEPS[settings_of(s)].volume for s in ("generate", "judge", "answer", "evaluate", "pick-round"))
+    run = local_runs.LocalRun(tmp_path / "run-1", "job", resumed=False)
+    assert local_runs.env_for_tasks(run)[chunks.RESUME_ENV] == str(tmp_path / "run-1" / "resume")
