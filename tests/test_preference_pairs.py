@@ -19,8 +19,8 @@ from reset.selection import preference_pairs, round_threshold, select
 @pytest.fixture(scope="module")
 def judged():
     """Demo prompts, each with its reference answer (the best), an empty answer (below any
-    threshold) and, for IF prompts, the reference lower-cased when that breaks an instruction
-    (a failed gate whose score may still be high)."""
+    threshold), for IF prompts the reference lower-cased, and for grounded ones the passage copied
+    (a failed gate whose score is well above the empty answer's)."""
     from reset.config import JudgeConfig
 
     ifs, cds = build_demo(seed=5, n_instruction=8, n_grounded=8)
@@ -31,6 +31,8 @@ def judged():
         cands.append(Candidate(f"{e.id}/g1s0", e.id, "", {"strategy": "sample", "temperature": 1.0}))
         if e.constraints and e.response.lower() != e.response:
             cands.append(Candidate(f"{e.id}/g1s1", e.id, e.response.lower(), {"strategy": "sample"}))
+        if e.context:  # the passage copied: fails the no-copy gate with a score well above the empty answer's
+            cands.append(Candidate(f"{e.id}/g1s2", e.id, e.context, {"strategy": "sample"}))
     result = judge_all(examples, cands, JudgeConfig(judges=["rules", "k-precision", "reference"]))
     return examples, cands, result.judgments
 
@@ -55,10 +57,12 @@ def test_pairs_pair_the_selected_answer_with_a_rejected_one(judged):
         assert lost.combined < 0.3 or failed  # the rejected answer failed the threshold or a gate
         assert (r["chosen_score"], r["rejected_score"]) == (by_j[r["chosen_id"]].combined, lost.combined)
         assert r["margin"] == pytest.approx(r["chosen_score"] - r["rejected_score"])
-        # the lowest-scoring of the answers that failed (empty answers score lowest)
-        assert by_c[r["rejected_id"]].example_id == r["example_id"]
-    assert any("gate if_pass" in r["rejected_because"] for r in rows) or any(
-        "below the threshold" in r["rejected_because"] for r in rows)
+        # the lowest-scoring of the other answers to the prompt that failed the threshold or a gate
+        failing = [j.combined for j in judgments if j.example_id == r["example_id"] and j.candidate_id != r["chosen_id"]
+                   and (j.combined < 0.3 or any(ok is False for ok in j.details["gates"].values()))]
+        assert by_c[r["rejected_id"]].example_id == r["example_id"] and lost.combined == min(failing)
+    assert any("gate if_pass" in r["rejected_because"] for r in rows)
+    assert any("below the threshold" in r["rejected_because"] for r in rows)
     assert counts["rejected_because"]
 
 
