@@ -11,7 +11,7 @@ https://github.com/kubeflow/pipelines/blob/master/sdk/python/kfp/local/orchestra
 pipelines/reset_pipeline.py's `sharded` is the one caller that passes it.
 """
 
-from components.evaluate import answer_heldout, evaluate_models
+from components.evaluate import answer_heldout, evaluate_models, pick_round
 from components.experiment import control_data, experiment_report
 from components.finetune import finetune
 from components.generate import generate_candidates
@@ -24,6 +24,6 @@ from components.select import select_samples
 
 __all__ = [
     "answer_heldout", "control_data", "evaluate_models", "experiment_report", "finetune", "finish_run",
-    "gather_judged", "generate_candidates", "judge_candidates", "mix_data", "promote_challenger", "register_model",
-    "select_samples", "start_run",
+    "gather_judged", "generate_candidates", "judge_candidates", "mix_data", "pick_round", "promote_challenger",
+    "register_model", "select_samples", "start_run",
 ]

@@ -39,6 +39,7 @@ def evaluate_models(
     mtl: Optional[Input[Model]] = None, reset: Optional[Input[Model]] = None, if_only: Optional[Input[Model]] = None,
     cd_only: Optional[Input[Model]] = None, cd_if: Optional[Input[Model]] = None, if_cd: Optional[Input[Model]] = None,
     reset_s: Optional[Input[Model]] = None, control: Optional[Input[Model]] = None,
+    reset_2r: Optional[Input[Model]] = None,
     reset_selection: Optional[Input[Artifact]] = None, reset_s_selection: Optional[Input[Artifact]] = None,
     shard_answers: Optional[Input[List[Dataset]]] = None, base_answers: Optional[Input[Dataset]] = None,
     with_register: bool = True, reference: str = "mtl", seed: int = -1,
@@ -50,7 +51,7 @@ def evaluate_models(
 
     cfg = steps.config(evaluate=evaluate, model=model, judge=judge, register=register, tracking=tracking)
     given = {"mtl": mtl, "reset": reset, "if-only": if_only, "cd-only": cd_only, "cd-if": cd_if, "if-cd": if_cd,
-             "reset-s": reset_s, "control": control}
+             "reset-s": reset_s, "control": control, "reset-2r": reset_2r}
     keep = {a: art.path for a, art in (("reset", reset_selection), ("reset-s", reset_s_selection)) if art is not None}
     payload = steps.evaluate({n: art.path for n, art in given.items() if art is not None}, test_set.path, cfg,
                              out_metrics=scores.path, out_report=report.path, out_rows=samples.path,
@@ -65,3 +66,23 @@ def evaluate_models(
     for key, value in payload.get("intervals", {}).items():  # <arm>.<axis>.low / .high, <arm>.vs_mtl.<axis>.p
         metrics.log_metric(key, value)
     return {"verdicts": payload["verdicts"], "gates": payload["gates"], "decision": payload.get("decision", "")}
+
+
+@dsl.component(base_image=BASE_IMAGE, install_kfp_package=False)
+def pick_round(
+    dev_set: Input[Dataset], evaluate: dict, model: dict, judge: dict, tracking: dict, checkpoint: Output[Model],
+    rounds_report: Output[Markdown], metrics: Output[Metrics], round_1: Optional[Input[Model]] = None,
+    round_2: Optional[Input[Model]] = None, round_3: Optional[Input[Model]] = None,
+    round_4: Optional[Input[Model]] = None,
+) -> dict:
+    """ReSet rounds (select.rounds; the DAG unrolls at most 4) scored on the dev split; the best by
+    dev, copied, is the ReSet model the test evaluation and the registry get."""
+    from reset import steps
+
+    cfg = steps.config(evaluate=evaluate, model=model, judge=judge, tracking=tracking)
+    given = {k: art.path for k, art in enumerate((round_1, round_2, round_3, round_4), start=1) if art is not None}
+    out = steps.pick_round(given, dev_set.path, cfg, out_checkpoint=checkpoint.path, out_report=rounds_report.path)
+    checkpoint.metadata["round"] = out["best_round"]
+    for k, v in out["dev_scores"].items():
+        metrics.log_metric(f"round_{k}.dev_score", v)
+    return out

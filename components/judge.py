@@ -13,12 +13,13 @@ from components.image import BASE_IMAGE
 def judge_candidates(
     seen_prompts: Input[Dataset], candidates: Input[Dataset], tracking: dict, judgments: Output[Dataset],
     judge: dict = {}, sections: Optional[Input[Artifact]] = None, shard: int = 0, shards: int = 1,  # noqa: B006
+    round_number: int = 1,
 ) -> dict:
     from reset import steps
 
     cfg = steps.config(sections.path if sections is not None else "", tracking=tracking, judge=judge)
     stats = steps.judge(seen_prompts.path, candidates.path, cfg, out_judgments=judgments.path, shard=shard,
-                        shards=shards)
+                        shards=shards, round_=round_number)
     judgments.metadata["rows"] = stats["judgments"]
     return stats
 

@@ -14,6 +14,7 @@ from kfp import dsl, kubernetes
 from reset import handoff, tracking
 from reset.config import STEPS, ClusterConfig, PipelineConfig
 from reset.config.steps import settings_of
+from reset.data import chunks
 
 # The pod label KFP puts on every task pod: the run id, which the steps find their MLflow parent by.
 RUN_ID_FIELD = "metadata.labels['pipeline/runid']"
@@ -86,6 +87,8 @@ def apply(cluster: ClusterConfig, tasks: dict[str, dsl.PipelineTask], volume=Non
             kubernetes.mount_pvc(task, pvc_name=volume, mount_path=cluster.storage.mount_path)
             task.set_env_variable("RESET_CACHE_DIR", f"{cluster.storage.mount_path}/cache")
             task.set_env_variable("HF_HOME", f"{cluster.storage.mount_path}/cache/hf")
+            # the chunks of a step's results, for a retried attempt to continue from (reset.data.chunks)
+            task.set_env_variable(chunks.RESUME_ENV, f"{cluster.storage.mount_path}/resume")
         res = cluster.step_resources(name)
         handed_off = step.call == "finetune" and hands_off(cluster)
         if handed_off:  # the pod only launches and watches the training job; the job gets `res`

@@ -2,9 +2,11 @@
 
     mix ─┬─ finetune if-only ── finetune if-cd
          ├─ finetune cd-only ── finetune cd-if
-         └─ finetune mtl ─┬─ generate + judge (shared) ─┬─ select (reset)   ── finetune reset
-                          │                             └─ select (reset-s) ── finetune reset-s
-                          └─ control data (ReSet's prompts, references) ── finetune control
+         └─ finetune mtl ─┬─ generate + judge (shared) ─┬─ select (reset)   ── finetune reset ─┐
+                          │                             └─ select (reset-s) ── finetune reset-s │
+                          └─ control data (ReSet's prompts, references) ── finetune control     │
+         reset-2r (ReSet, 2 rounds): generate + judge from ReSet's model ── select (round 2) ─┘
+                   ── finetune reset-2r ── pick-round: the better of ReSet and round 2 on dev
        the base model's answers, scored once ── evaluate every arm on the test split, per seed
        ── report across seeds (pooled: reset.experiments.report)
 
@@ -33,6 +35,7 @@ from components import (
     generate_candidates,
     judge_candidates,
     mix_data,
+    pick_round,
     select_samples,
     start_run,
 )
@@ -40,7 +43,7 @@ from pipelines import cluster as k8s
 from pipelines.scaffold import pipeline_run
 from reset.config import SECTIONS, ClusterConfig, PipelineConfig, to_dict
 from reset.config.run_parameters import split_run_parameters
-from reset.experiments.arms import ARMS, arm_config, needed, shared_generation
+from reset.experiments.arms import ARMS, ROUNDS, arm_config, needed, shared_generation
 
 PIPELINE_NAME = "reset-experiment"
 
@@ -88,6 +91,7 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                             "train",
                         )
                     elif data == "selected":  # ReSet / ReSet-S: sample from MTL, judge, reject-sample
+                        later = {"round_number": ROUNDS[arm]} if arm in ROUNDS else {}  # ReSet, 2 rounds
                         lead, union = sharing[arm]
                         shared = [a for a, (g, _) in sharing.items() if g == lead]
                         if lead not in judged_by:  # one generation and one judging for the arms that share it
@@ -101,6 +105,7 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                                 generate=union,
                                 model=s["model"],
                                 seed=seed,
+                                **later,
                             )
                             judged = step(
                                 f"judge-{name}",
@@ -109,6 +114,7 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                                 candidates=gen.outputs["candidates"],
                                 tracking=tracking,
                                 judge=s["judge"],
+                                **later,
                             )
                             judged_by[lead] = (gen.outputs["candidates"], judged.outputs["judgments"])
                         cands, judgments = judged_by[lead]
@@ -119,8 +125,10 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                             candidates=cands,
                             judgments=judgments,
                             select=s["select"],
+                            model=s["model"],
                             tracking=tracking,
                             generate=s["generate"] if len(shared) > 1 else {},
+                            **later,
                         )
                         ckpt[f"{arm}:selected"] = chosen.outputs["selected_set"]
                         ckpt[f"{arm}:report"] = chosen.outputs["selection_report"]
@@ -144,6 +152,12 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                         **handoff,
                     )
                     ckpt[arm] = ft.outputs["checkpoint"]
+                    if arm in ROUNDS:  # the better of the arm it continues and its own round, on dev
+                        pick = step(f"pick-round-{arm}", pick_round, dev_set=splits["dev_set"], tracking=tracking,
+                                    evaluate=s["evaluate"], model=s["model"], judge=s["judge"],
+                                    **{f"round_{ROUNDS[arm] - 1}": ckpt[start_from],
+                                       f"round_{ROUNDS[arm]}": ft.outputs["checkpoint"]})
+                        ckpt[arm] = pick.outputs["checkpoint"]
                 reports = {
                     f"{a.replace('-', '_')}_selection": ckpt[f"{a}:report"]
                     for a in ("reset", "reset-s")

@@ -47,8 +47,9 @@ GRACE_S = 10.0  # how long a stopped task may take to close its MLflow run befor
 class LocalRun:
     """One local run's folder and identity."""
 
-    def __init__(self, run_dir: Path, job_id: str, resumed: bool):
+    def __init__(self, run_dir: Path, job_id: str, resumed: bool, previous_driver: dict[str, str] | None = None):
         self.run_dir, self.job_id, self.resumed = run_dir, job_id, resumed
+        self.previous_driver = previous_driver  # a resumed run: the driver of its last attempt
 
     @property
     def name(self) -> str:
@@ -80,7 +81,7 @@ def open_run(output_dir: Path, cfg: PipelineConfig, resume: str = "") -> LocalRu
         if procs.alive(driver) is True:
             raise ConfigError(f"--resume {resume}: that run is still running (pid {driver.get('pid')}); stop it "
                               "first (Ctrl-C, or kill its pid)")
-        run = LocalRun(run_dir, str(job["job_id"]), resumed=True)
+        run = LocalRun(run_dir, str(job["job_id"]), resumed=True, previous_driver=driver)
     else:
         stamp = time.strftime("run-%Y%m%d-%H%M%S")
         for n in range(1, 1000):
@@ -164,6 +165,23 @@ def close_runs(cfg: PipelineConfig, run: LocalRun) -> str:
     except Exception as exc:  # noqa: BLE001 - a stop must end with its line, whatever MLflow says
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     return ""
+
+
+def stop_leftovers(run: LocalRun, wait_s: float = GRACE_S) -> list[int]:
+    """A resumed run whose last driver was killed outright: the processes that driver started
+    (its tasks, its vLLM worker: they name it in their environment) stop by themselves within about
+    a second; any still running after `wait_s` is killed, so that no process of the last attempt
+    outlives it (and its MLflow runs are found dead). Returns the pids that had to be killed."""
+    if not run.previous_driver:
+        return []
+    left = procs.with_identity_in_env(procs.DRIVER_ENV, run.previous_driver)
+    deadline = time.monotonic() + wait_s
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)  # polling the processes' exit with a deadline
+        left = procs.running(left)
+    if left:
+        procs.stop(left, grace_s=2.0, sig=signal.SIGKILL)
+    return left
 
 
 def mark_dead(cfg: PipelineConfig) -> list[dict[str, str]]:
@@ -273,10 +291,13 @@ def environ_restored():
 
 def env_for_tasks(run: LocalRun) -> dict[str, str]:
     """What the task processes inherit: the job id their steps find the MLflow parent by, the
-    driver they watch, and that preflight already ran."""
+    driver they watch, that preflight already ran, and where steps keep the chunks of their results
+    that a resumed run continues from (reset.data.chunks)."""
     from reset import preflight, tracking
+    from reset.data import chunks
 
-    return {tracking.JOB_ENV: run.job_id, procs.DRIVER_ENV: json.dumps(procs.identity()), preflight.ENV: "done"}
+    return {tracking.JOB_ENV: run.job_id, procs.DRIVER_ENV: json.dumps(procs.identity()), preflight.ENV: "done",
+            chunks.RESUME_ENV: str(run.run_dir / "resume")}
 
 
 def print_problems(problems: list[Any], file=None) -> None:
@@ -342,7 +363,8 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
     from reset.evaluation import comparison_table
 
     output_dir = output_dir.resolve()
-    preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
+    procs.interruptible()  # started as a background job: Ctrl-C and the stops must still reach the tasks
+    work = preflight.run(cfg, output_dir=output_dir)  # PreflightError: one line per problem, nothing started
     output_dir.mkdir(parents=True, exist_ok=True)
     if not cfg.tracking.tracking_uri:
         cfg.tracking.tracking_uri = tracking.local_tracking_uri(output_dir)
@@ -359,6 +381,10 @@ def run_local(cfg: PipelineConfig, output_dir: Path, verbose: bool = False, resu
                     f"seeds {cfg.experiment.seeds}, {what}")
     else:
         console.say(f"ReSet pipeline, locally (kfp.local): {len(SECTIONS)} config sections, {what}")
+        console.say(f"  {work.line(cfg.model.max_run_sequences)}")
+    if killed := stop_leftovers(run):
+        console.say(f"  (stopped {len(killed)} process(es) the last attempt's driver left running: pids "
+                    f"{', '.join(map(str, killed))})")
     if marked := mark_dead(cfg):
         console.say(cleanup_line(marked))
     engine = local_engine_server(cfg, run_dir / "vllm")

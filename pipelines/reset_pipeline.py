@@ -4,6 +4,10 @@
              -> continued fine-tuning from the MTL checkpoint -> evaluate (base, MTL, ReSet)
              -> register (challenger; champion when the gate passes)
 
+With select.rounds > 1 the rounds are unrolled: round k (tasks generate-r<k>, judge-r<k>,
+select-r<k>, finetune-reset-r<k>) samples from round k-1's model and continues its fine-tuning;
+`pick-round` scores every round's model on the dev split and the best is the ReSet model.
+
 Each task is a step of reset/config/steps.py (its display name is the step's name; the table says
 what it does and which library function its component calls). Parameters: the run form's typed
 scalars (reset/config/run_parameters.py) and one dict per config section; `start-run` validates
@@ -27,6 +31,7 @@ from components import (
     generate_candidates,
     judge_candidates,
     mix_data,
+    pick_round,
     register_model,
     select_samples,
     start_run,
@@ -54,10 +59,11 @@ def _docstring() -> str:
     return "\n".join(lines)
 
 
-def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = False, shards: int | None = None):
+def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = False, shards: int | None = None,
+                   rounds: int = 1):
     """Return the ReSet @dsl.pipeline; with `cluster`, its Kubernetes settings are applied
     (`llm_judges`: the compiled config uses an LLM judge, so its Secret is required). `shards`
-    (default: cluster.shards, else 1)."""
+    (default: cluster.shards, else 1). `rounds` (select.rounds): ReSet rounds unrolled into the DAG."""
     shards = shards or (cluster.shards if cluster is not None else 1)
 
     def reset_pipeline(
@@ -90,36 +96,50 @@ def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = F
             mtl = step("finetune-mtl", finetune, train_set=mixed.outputs["train_set"], train=c["train"],
                        model=c["model"], tracking=tracking, stage="mtl", **handoff)
 
-            # 3. self-instruct: N samples per seen prompt over the decoding grid
-            # 4. judge: instruction following, faithfulness, task -> weighted score
-            gen_in = {"mtl_model": mtl.outputs["checkpoint"], "seen_prompts": seen, "tracking": tracking}
-            if shards > 1:
-                with sharded(shards, "generate-shards") as k:
-                    gen = step("generate", generate_candidates, **gen_in, sections=start.outputs["sections"],
-                               shard=k, shards=shards)
-                    judged = step("judge", judge_candidates, seen_prompts=seen, candidates=gen.outputs["candidates"],
-                                  tracking=tracking, sections=start.outputs["sections"], shard=k, shards=shards)
-                gathered = step("gather", gather_judged, seen_prompts=seen,
-                                shard_candidates=dsl.Collected(gen.outputs["candidates"]),
-                                shard_judgments=dsl.Collected(judged.outputs["judgments"]))
-                candidates, judgments = gathered.outputs["candidates"], gathered.outputs["judgments"]
-            else:
-                gen = step("generate", generate_candidates, **gen_in, generate=c["generate"], model=c["model"])
-                judged = step("judge", judge_candidates, seen_prompts=seen, candidates=gen.outputs["candidates"],
-                              tracking=tracking, judge=c["judge"])
-                candidates, judgments = gen.outputs["candidates"], judged.outputs["judgments"]
+            def sample_and_judge(model_ckpt, k: int):
+                """3. self-instruct: N samples per seen prompt over the decoding grid (round k: from
+                the model of round k-1); 4. judge: instruction following, faithfulness, task."""
+                r = {} if k == 1 else {"round_number": k}
+                gen_in = {"mtl_model": model_ckpt, "seen_prompts": seen, "tracking": tracking, **r}
+                if shards > 1:
+                    with sharded(shards, _round("generate-shards", k)) as n:
+                        gen = step(_round("generate", k), generate_candidates, **gen_in,
+                                   sections=start.outputs["sections"], shard=n, shards=shards)
+                        judged = step(_round("judge", k), judge_candidates, seen_prompts=seen,
+                                      candidates=gen.outputs["candidates"], tracking=tracking,
+                                      sections=start.outputs["sections"], shard=n, shards=shards, **r)
+                    gathered = step(_round("gather", k), gather_judged, seen_prompts=seen,
+                                    shard_candidates=dsl.Collected(gen.outputs["candidates"]),
+                                    shard_judgments=dsl.Collected(judged.outputs["judgments"]))
+                    return gathered.outputs["candidates"], gathered.outputs["judgments"]
+                gen = step(_round("generate", k), generate_candidates, **gen_in, generate=c["generate"],
+                           model=c["model"])
+                judged = step(_round("judge", k), judge_candidates, seen_prompts=seen,
+                              candidates=gen.outputs["candidates"], tracking=tracking, judge=c["judge"], **r)
+                return gen.outputs["candidates"], judged.outputs["judgments"]
 
-            # 5. reject sampling: best per prompt (ReSet) or the stricter top set (ReSet-S)
-            chosen = step("select", select_samples, seen_prompts=seen, candidates=candidates, judgments=judgments,
-                          select=c["select"], tracking=tracking)
-
-            # 6. continued fine-tuning from the MTL checkpoint on the selected set
-            rs = step("finetune-reset", finetune, train_set=chosen.outputs["selected_set"], train=c["continued_train"],
-                      model=c["model"], tracking=tracking, stage="reset", section="continued_train",
-                      start_model=mtl.outputs["checkpoint"], **handoff)
+            # 3.-6. each ReSet round (select.rounds; the paper's is one): sample, judge, reject sampling
+            # (best per prompt, or ReSet-S's stricter set), continued fine-tuning from the last model
+            start_from, round_models, chosen = mtl, {}, None
+            for k in range(1, rounds + 1):
+                candidates, judgments = sample_and_judge(start_from.outputs["checkpoint"], k)
+                picked = step(_round("select", k), select_samples, seen_prompts=seen, candidates=candidates,
+                              judgments=judgments, select=c["select"], model=c["model"], tracking=tracking,
+                              **({} if k == 1 else {"round_number": k}))
+                chosen = chosen or picked  # the keep rates in the report: the first round's
+                start_from = step(_round("finetune-reset", k), finetune, train_set=picked.outputs["selected_set"],
+                                  train=c["continued_train"], model=c["model"], tracking=tracking,
+                                  stage=_round("reset", k), section="continued_train",
+                                  start_model=start_from.outputs["checkpoint"], **handoff)
+                round_models[f"round_{k}"] = start_from.outputs["checkpoint"]
+            reset_model = start_from.outputs["checkpoint"]
+            if rounds > 1:  # every round's model on the dev split: the best is the ReSet model
+                pick = step("pick-round", pick_round, dev_set=splits["dev_set"], evaluate=c["evaluate"],
+                            model=c["model"], judge=c["judge"], tracking=tracking, **round_models)
+                reset_model = pick.outputs["checkpoint"]
 
             # 7. evaluate base, MTL and ReSet on the test split (both axes); the gate
-            models = {"mtl": mtl.outputs["checkpoint"], "reset": rs.outputs["checkpoint"]}
+            models = {"mtl": mtl.outputs["checkpoint"], "reset": reset_model}
             sections = {"evaluate": c["evaluate"], "model": c["model"], "judge": c["judge"],
                         "register": c["register"], "tracking": tracking}
             shard_answers = {}
@@ -133,12 +153,17 @@ def build_pipeline(cluster: ClusterConfig | None = None, *, llm_judges: bool = F
                       reset_selection=chosen.outputs["selection_report"])
 
             # 8. register the ReSet model as challenger (champion when the gate passed)
-            run.last = step("register", register_model, reset_model=rs.outputs["checkpoint"],
+            run.last = step("register", register_model, reset_model=reset_model,
                             scores=ev.outputs["scores"], register=c["register"], evaluate=c["evaluate"],
                             model=c["model"], tracking=tracking)
 
     reset_pipeline.__doc__ = _docstring()
     return dsl.pipeline(name=PIPELINE_NAME, description=_docstring().split("\n")[0])(reset_pipeline)
+
+
+def _round(name: str, k: int) -> str:
+    """A task's name in ReSet round k: its own in the first round, `<name>-r<k>` after."""
+    return name if k == 1 else f"{name}-r{k}"
 
 
 def sharded(shards: int, name: str) -> dsl.ParallelFor:
@@ -158,4 +183,4 @@ def pipeline_arguments(cfg: PipelineConfig) -> dict[str, Any]:
 def build_for(cfg: PipelineConfig, local: bool = False):
     """The pipeline a config compiles to: its cluster settings (none for a local run) and shards."""
     return build_pipeline(None if local else cfg.cluster, llm_judges=k8s.uses_llm_judges(cfg),
-                          shards=cfg.cluster.shards)
+                          shards=cfg.cluster.shards, rounds=cfg.select.rounds)

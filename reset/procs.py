@@ -102,6 +102,28 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def with_identity_in_env(name: str, ident: dict[str, str]) -> list[int]:
+    """The running processes (of this user, readable) whose environment names process `ident` in
+    variable `name` (as DRIVER_ENV names the driver to its tasks): what a dead driver left behind."""
+    out = []
+    prefix = f"{name}=".encode()
+    for p in PROC.glob("[0-9]*"):
+        try:
+            env = (p / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in env.split(b"\0"):
+            if item.startswith(prefix):
+                try:
+                    found = json.loads(item[len(prefix):])
+                except ValueError:
+                    break
+                if isinstance(found, dict) and {str(k): str(v) for k, v in found.items()} == ident:
+                    out.append(int(p.name))
+                break
+    return running(out)
+
+
 def descendants(pid: int, tree: dict[int, list[int]] | None = None) -> list[int]:
     """Every process below `pid` (children first); `tree` from children_map()."""
     tree = children_map() if tree is None else tree
@@ -153,16 +175,31 @@ def _reap(pids: Iterable[int]) -> None:
 _watchdog: threading.Thread | None = None
 
 
-def watch_driver(ident: dict[str, str] | None = None, interval_s: float = 1.0, grace_s: float = 30.0,
+def interruptible() -> bool:
+    """Make SIGINT raise KeyboardInterrupt in this process when it was ignored (a process started
+    as a background job of a shell inherits SIGINT ignored, and so would every process it starts:
+    a Ctrl-C, a stop of the local driver or its watchdog would then not reach the step). Only the
+    main thread can change it; True when SIGINT is handled afterwards."""
+    try:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, None):
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread
+        return signal.getsignal(signal.SIGINT) not in (signal.SIG_IGN, None)
+    return True
+
+
+def watch_driver(ident: dict[str, str] | None = None, interval_s: float = 0.25, grace_s: float = 10.0,
                  on_death: Callable[[], None] | None = None) -> bool:
     """In a task process of a local run: when the driver (`ident`, default DRIVER_ENV) dies, stop
-    this process as Ctrl-C would (SIGINT: the step's MLflow run is marked KILLED), and end it
-    after `grace_s` if it does not stop. Started once per process; False when there is no driver
-    to watch."""
+    this process as Ctrl-C would (SIGINT, which is made to raise first if it was ignored: the
+    step's MLflow run is marked KILLED), and end it after `grace_s` if it does not stop (its step
+    run is then marked KILLED by the next run on the store). Started once per process; False when
+    there is no driver to watch."""
     global _watchdog
     ident = ident or driver()
     if not ident or alive(ident) is not True or _watchdog is not None:
         return False
+    interruptible()
 
     def interrupt() -> None:
         os.kill(os.getpid(), signal.SIGINT)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,12 +61,30 @@ class Selection:
     report: dict[str, Any] = field(default_factory=dict)
 
 
+def round_threshold(cfg: SelectConfig, round_: int = 1) -> float:
+    """The threshold of ReSet round `round_` (1-based): the mode's threshold, raised by
+    `select.threshold_step` each round after the first (ReST-EM's rising bar), at most 1."""
+    base = cfg.strict_threshold if cfg.mode == "reset-s" else cfg.threshold
+    return min(1.0, base + (round_ - 1) * cfg.threshold_step)
+
+
+def required_gates(cfg: SelectConfig) -> list[str]:
+    return [g for g, on in (("if_pass", cfg.gate_if_pass), ("answer_correct", cfg.gate_answer_correct),
+                            ("no_copy", cfg.gate_no_copy)) if on]
+
+
+def failed_gates(j: Judgment, required: Sequence[str]) -> list[str]:
+    return [g for g in required if j.details.get("gates", {}).get(g) is False]
+
+
 def select(
     examples: Sequence[Example],
     candidates: Sequence[Candidate],
     judgments: Sequence[Judgment],
     cfg: SelectConfig,
+    round_: int = 1,
 ) -> Selection:
+    """The selection of ReSet round `round_` (its threshold: round_threshold)."""
     check_references(examples, candidates, judgments)
     by_ex = {e.id: e for e in examples}
     by_cand = {c.id: c for c in candidates}
@@ -74,15 +92,14 @@ def select(
     for j in judgments:
         groups[j.example_id].append(j)
 
-    threshold = cfg.strict_threshold if cfg.mode == "reset-s" else cfg.threshold
-    required = [g for g, on in (("if_pass", cfg.gate_if_pass), ("answer_correct", cfg.gate_answer_correct),
-                                ("no_copy", cfg.gate_no_copy)) if on]
+    threshold = round_threshold(cfg, round_)
+    required = required_gates(cfg)
     gated: Counter[str] = Counter()
     best: list[Judgment] = []
     for ex_id in sorted(groups):
         eligible = []
         for j in groups[ex_id]:
-            failed = [g for g in required if j.details.get("gates", {}).get(g) is False]
+            failed = failed_gates(j, required)
             gated.update(failed)
             if not failed:
                 eligible.append(j)
@@ -124,6 +141,7 @@ def select(
             )
         )
     report = _report(by_ex, groups, best, cfg, threshold)
+    report["round"] = round_
     report["gated_out"] = {g: gated[g] for g in required}
     report["ranks"] = _ranks(groups, best)
     if len(chosen) < cfg.min_selected:
@@ -141,6 +159,69 @@ def stratum(ex: Example) -> str:
     if ex.kind == "grounded" or not ex.constraints:
         return f"{ex.kind}/{ex.task}"
     return f"{ex.kind}/{ex.constraints[0]['id'].split(':')[0]}"
+
+
+def preference_pairs(
+    examples: Sequence[Example],
+    candidates: Sequence[Candidate],
+    judgments: Sequence[Judgment],
+    cfg: SelectConfig,
+    selection: Selection,
+    prompt: Callable[[Example], list[dict[str, str]]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The judged candidates as preference pairs in TRL's conversational preference format (rows
+    of `prompt`, `chosen`, `rejected` message lists; trl.data_utils reads them): per selected
+    prompt, chosen = the selected answer, rejected = the lowest-scoring other answer to the same
+    prompt that failed a gate or the round's threshold (a prompt without one gives no pair); each
+    row also carries both combined scores, the margin, why the rejected answer was rejected and the
+    ids. `prompt(example)` makes the prompt's chat messages (reset.models.chat.messages). Returns
+    (rows, counts)."""
+    by_ex = {e.id: e for e in examples}
+    by_cand = {c.id: c for c in candidates}
+    scored = {j.candidate_id: j for j in judgments}
+    threshold = float(selection.report.get("threshold", round_threshold(cfg)))
+    required = required_gates(cfg)
+    groups: dict[str, list[Judgment]] = defaultdict(list)
+    for j in judgments:
+        groups[j.example_id].append(j)
+    rows: list[dict[str, Any]] = []
+    reasons: Counter[str] = Counter()
+    for chosen in selection.examples:
+        cand = by_cand[str(chosen.meta["candidate_id"])]
+        won = scored[cand.id]
+        losers = []
+        for j in groups[cand.example_id]:
+            other = by_cand[j.candidate_id]
+            if j.candidate_id == cand.id or other.is_reference or other.text.strip() == cand.text.strip():
+                continue
+            why = [f"gate {g}" for g in failed_gates(j, required)]
+            if j.combined < threshold:
+                why.append(f"score below the threshold {threshold:g}")
+            if why:
+                losers.append((j, why))
+        if not losers:
+            continue
+        lost, why = min(losers, key=lambda jw: (jw[0].combined, jw[0].candidate_id))
+        reasons.update(w.split(" below")[0] if w.startswith("score") else w for w in why)
+        ex = by_ex[cand.example_id]
+        rows.append({
+            "prompt": prompt(ex),
+            "chosen": [{"role": "assistant", "content": cand.text}],
+            "rejected": [{"role": "assistant", "content": by_cand[lost.candidate_id].text}],
+            "chosen_score": won.combined,
+            "rejected_score": lost.combined,
+            "margin": won.combined - lost.combined,
+            "rejected_because": "; ".join(why),
+            "example_id": ex.id, "chosen_id": cand.id, "rejected_id": lost.candidate_id,
+            "kind": ex.kind, "task": ex.task, "source": ex.source,
+        })
+    margins = [r["margin"] for r in rows]
+    counts = {"pairs": len(rows), "selected_prompts": len(selection.examples),
+              "without_rejected": len(selection.examples) - len(rows),
+              "mean_margin": sum(margins) / len(margins) if margins else 0.0,
+              "rejected_because": dict(sorted(reasons.items())),
+              "by_kind": dict(sorted(Counter(r["kind"] for r in rows).items()))}
+    return rows, counts
 
 
 def _ranks(groups: dict[str, list[Judgment]], best: list[Judgment]) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ KFP run id in the environment (reset.tracking), never passed in.
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 from reset import config as configs
 from reset import genai, preflight, progress, tracking
 from reset.config import PipelineConfig
+from reset.data import chunks
 from reset.data.records import Candidate, Example, Judgment, read_jsonl, write_jsonl
 from reset.data.storage import sha256_file
 
@@ -167,6 +169,8 @@ def finetune(start: str | None, train_path: str, cfg: PipelineConfig, *, stage: 
     from reset.models.finetune import loss_check
 
     tcfg = getattr(cfg, section)
+    if tcfg.checkpoint_dir and (later := re.fullmatch(r".+-r(\d+)", stage)):  # a later ReSet round: its own
+        tcfg = tcfg.model_copy(update={"checkpoint_dir": f"{tcfg.checkpoint_dir.rstrip('/')}-r{later.group(1)}"})
     examples = _read(train_path, Example)
     if kinds:
         examples = [e for e in examples if e.kind in kinds]
@@ -193,26 +197,34 @@ def finetune(start: str | None, train_path: str, cfg: PipelineConfig, *, stage: 
 
 
 # ------------------------------------------------------------------------------------ generate
+def round_step(step: str, round_: int) -> str:
+    """The name a step of ReSet round `round_` runs under: generate, then generate-r2, ..."""
+    return step if round_ <= 1 else f"{step}-r{round_}"
+
+
 def shard_step(step: str, shard: int, shards: int) -> str:
     """The name a shard of a step runs under (its MLflow run, its console line): generate-2of4."""
     return step if shards <= 1 else f"{step}-{shard + 1}of{shards}"
 
 
 def generate(model_dir: str, seen_path: str, cfg: PipelineConfig, *, out_candidates: str, shard: int = 0,
-             shards: int = 1) -> dict[str, Any]:
+             shards: int = 1, round_: int = 1) -> dict[str, Any]:
     """Sample candidates for the seen prompts (or for shard `shard` of `shards` contiguous pieces of
-    them: the same candidates, with the same seeds, as the unsharded step gives those prompts)."""
+    them: the same candidates, with the same seeds, as the unsharded step gives those prompts);
+    `round_` > 1: a later ReSet round (its step is named generate-r<round>)."""
     from reset.data.shards import bounds
     from reset.models.generation import sample_candidates
 
     examples = _read(seen_path, Example)
     lo, hi = bounds(len(examples), shard, shards)
-    with tracking.step_run(cfg.tracking, shard_step("generate", shard, shards), cfg.generate.model_dump()):
+    name = shard_step(round_step("generate", round_), shard, shards)
+    with tracking.step_run(cfg.tracking, name, cfg.generate.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
         if shards > 1:
             _log(f"[generate] shard {shard + 1} of {shards}: seen prompts {lo}..{hi - 1}")
-        cands, stats = sample_candidates(model_dir, examples[lo:hi], cfg.generate, cfg.model, log=_log, offset=lo)
+        cands, stats = sample_candidates(model_dir, examples[lo:hi], cfg.generate, cfg.model, log=_log, offset=lo,
+                                         resume=resume)
         write_jsonl(out_candidates, cands)
         mlflow.log_metrics(tracking.numeric(stats))
         mlflow.set_tags({"generate.backend": stats["backend"],
@@ -235,19 +247,23 @@ def judge(
     cache_dir: str = "",
     shard: int = 0,
     shards: int = 1,
+    round_: int = 1,
 ) -> dict[str, Any]:
     """Judge the candidates in `candidates_path` (a shard's, when generation was sharded: `shard`
-    and `shards` only name the run)."""
+    and `shards` only name the run, as `round_` does a later ReSet round's)."""
     from reset.judging.run import judge_all, judged_table
 
     examples = _read(seen_path, Example)
     cands = _read(candidates_path, Candidate)
-    with tracking.step_run(cfg.tracking, shard_step("judge", shard, shards), cfg.judge.model_dump()):
+    name = shard_step(round_step("judge", round_), shard, shards)
+    with tracking.step_run(cfg.tracking, name, cfg.judge.model_dump()), chunks.session(name, _log) as resume:
         import mlflow
 
         _log(f"[judge] {len(cands)} candidates, judges: {', '.join(cfg.judge.judges)}")
         with progress.timed("compute"):
-            judged = judge_all(examples, cands, cfg.judge, cache_dir)
+            judged = judge_all(examples, cands, cfg.judge, cache_dir, resume=resume)
+        if judged.reused:
+            _log(f"[judge] {judged.reused} judgments from chunks an earlier attempt finished")
         for ledger in judged.llm:
             mlflow.log_metrics({f"llm.{k}": v for k, v in tracking.numeric(ledger).items()})
             _log(f"[judge] LLM judge: {json.dumps(tracking.numeric(ledger))}")
@@ -307,9 +323,12 @@ def select(
     own_plan: bool = False,
     name: str = "select",
     out_card: str = "",
+    out_pairs: str = "",
+    round_: int = 1,
 ) -> dict[str, Any]:
-    """Reject sampling over the judged candidates; with `own_plan`, only over those that generate's
-    config would have sampled (an arm that shares a larger generation, the experiment's ReSet)."""
+    """Reject sampling over the judged candidates (ReSet round `round_`: its threshold); with
+    `own_plan`, only over those that generate's config would have sampled (an arm that shares a
+    larger generation, the experiment's ReSet); `out_pairs`: the preference pairs as well."""
     from reset.selection import by_kind, judged_table, sampled_by
     from reset.selection import select as run_select
 
@@ -325,9 +344,11 @@ def select(
         import mlflow
 
         with progress.timed("compute"):
-            sel = run_select(examples, cands, judgments, cfg.select)
+            sel = run_select(examples, cands, judgments, cfg.select, round_)
         write_jsonl(out_selected, sel.examples)
         rep = sel.report
+        if out_pairs:
+            rep["preference_pairs"] = _preference_pairs(examples, cands, judgments, cfg, sel, out_pairs)
         ranks = rep.pop("ranks", {})
         for line in keep_rate_lines(rep):
             _log(f"[select] {line}")
@@ -340,6 +361,27 @@ def select(
         kinds = ", ".join(f"{k} {g['kept']}/{g['prompts']}" for k, g in by_kind(rep).items())
         _note(f"kept {rep['selected']}/{rep['prompts']} prompts ({kinds}), mean score {rep['mean_selected_score']:.3f}")
     return rep
+
+
+def _preference_pairs(examples, cands, judgments, cfg: PipelineConfig, sel, out_path: str) -> dict[str, Any]:
+    """The judged candidates as a preference data set in TRL's format (reset.selection): the file,
+    an MLflow dataset input and artifact, the counts as metrics."""
+    import mlflow
+
+    from reset.models.chat import messages
+    from reset.selection import preference_pairs
+
+    rows, counts = preference_pairs(examples, cands, judgments, cfg.select, sel,
+                                    lambda e: messages(e, cfg.model.system_prompt))
+    write_jsonl(out_path, rows)
+    tracking.log_input(tracking.dataset(out_path, "preference_pairs", sha256_file(out_path)), context="preference",
+                       tags={"rows": str(len(rows)), "format": "trl-preference (prompt, chosen, rejected)"})
+    mlflow.log_artifact(out_path, "preference_pairs")
+    mlflow.log_metrics({f"pairs.{k}": v for k, v in tracking.numeric(counts).items()})
+    _log(f"[select] {counts['pairs']} preference pairs (chosen: the selected answer; rejected: the lowest-scoring "
+         f"answer that failed a gate or the threshold), mean margin {counts['mean_margin']:.3f}; "
+         f"{counts['without_rejected']} selected prompts had no rejected answer")
+    return counts
 
 
 def keep_rate_lines(rep: Mapping[str, Any]) -> list[str]:
@@ -410,9 +452,11 @@ def evaluate_answers(
 
     examples = _read(split_path(cfg, test_path, dev_path), Example)
     lo, hi = bounds(len(examples), shard, shards)
+    name = shard_step("answer", shard, shards)
     with (
-        tracking.step_run(cfg.tracking, shard_step("answer", shard, shards), cfg.evaluate.model_dump()),
+        tracking.step_run(cfg.tracking, name, cfg.evaluate.model_dump()),
         tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+        chunks.session(name, _log) as resume,
     ):
         import mlflow
 
@@ -422,7 +466,7 @@ def evaluate_answers(
             f"prompts {lo}..{hi - 1}"
         )
         rows_by_model, _, gen_stats = evaluate_models(
-            models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge, log=_log, offset=lo
+            models, examples[lo:hi], cfg.evaluate, cfg.model, cfg.judge, log=_log, offset=lo, resume=resume
         )
         rows = [
             {**r, **({"registry_version": champion} if name == "champion" else {})}
@@ -478,6 +522,7 @@ def evaluate(
     with (
         tracking.step_run(cfg.tracking, "evaluate", cfg.evaluate.model_dump()) as run,
         tempfile.TemporaryDirectory(prefix="reset-champion-") as tmp,
+        chunks.session("evaluate", _log) as resume,
     ):
         import mlflow
 
@@ -494,7 +539,7 @@ def evaluate(
                 f"{cfg.evaluate.split} prompts"
             )
             rows_by_model, results, gen_stats = evaluate_models(
-                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log
+                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume
             )
             models = evaluated
         for name, extra in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split
@@ -634,6 +679,44 @@ def _same_weights(a: str | None, b: str | None) -> bool:
         return False
     da, db = weights_digest(a), weights_digest(b)
     return da is not None and da == db
+
+
+def pick_round(rounds: Mapping[int, str], dev_path: str, cfg: PipelineConfig, *, out_checkpoint: str,
+               out_report: str = "") -> dict[str, Any]:
+    """ReSet rounds (round -> checkpoint) scored on the dev split from one engine; the best by dev
+    (reset.evaluation.rounds) is copied to `out_checkpoint`: the ReSet model. Each round's dev
+    figures on this step's MLflow run (round_<k>.<metric>), the pick on the parent."""
+    import shutil
+
+    from reset.evaluation import evaluate_models
+    from reset.evaluation.rounds import best_round, rounds_table
+
+    if not dev_path or not Path(dev_path).exists() or not Path(dev_path).stat().st_size:
+        raise configs.ConfigError(f"select.rounds: {len(rounds)} rounds are picked on the dev split, but the mix "
+                                  "step wrote none (data.dev_per_kind: 0?)")
+    examples = _read(dev_path, Example)
+    with (
+        tracking.step_run(cfg.tracking, "pick-round", {"rounds": len(rounds)}) as run,
+        chunks.session("pick-round", _log) as resume,
+    ):
+        import mlflow
+
+        models = {f"round-{k}": path for k, path in sorted(rounds.items())}
+        _, results, _ = evaluate_models(models, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume)
+        by_round = {k: results[f"round-{k}"] for k in sorted(rounds)}
+        best, scores = best_round(by_round)
+        shutil.copytree(rounds[best], out_checkpoint, dirs_exist_ok=True)
+        table = rounds_table(by_round, best)
+        _write_text(out_report, table)
+        mlflow.log_metrics(tracking.numeric({f"round_{k}.{m}": v for k, ms in by_round.items() for m, v in ms.items()}))
+        mlflow.log_metrics({f"round_{k}.dev_score": v for k, v in scores.items()} | {"best_round": best})
+        mlflow.log_text(table, "rounds.md")
+        if parent := run.data.tags.get("mlflow.parentRunId", ""):
+            tracking.log_on_parent(parent, tags={"reset.best_round": str(best)}, texts={"rounds.md": table})
+        _log(f"[pick-round] {len(rounds)} rounds on {len(examples)} dev prompts:\n{table}")
+        _note(f"round {best} of {len(rounds)} is the ReSet model (dev score {scores[best]:.3f}; "
+              + ", ".join(f"round {k} {v:.3f}" for k, v in scores.items()) + ")")
+    return {"best_round": best, "dev_scores": {str(k): v for k, v in scores.items()}}
 
 
 # ------------------------------------------------------------------------------------ register

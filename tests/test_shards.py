@@ -4,6 +4,7 @@ step's output; the sharded DAG compiles with ParallelFor + Collected and runs un
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -167,20 +168,37 @@ def test_the_sharded_dag_fans_out_and_gathers_in_the_compiled_pipeline(tmp_path)
 
 
 @pytest.mark.integration
-def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tiny_model_dir, monkeypatch):
-    """cluster.shards=2 on the tiny config, judged by LLM judges + the reference task score over an
-    OpenAI-compatible endpoint that fails a share of requests: the ParallelFor + Collected DAG runs
-    through kfp.local to the end; every shard is its own MLflow run; the gathered evaluation covers
-    the held-out set; the judge shards account their requests and retries; the API key, which
-    comes from the environment, appears in no parameter. (One run for both: each costs a minute.)"""
+def test_the_sharded_pipeline_with_llm_judges_and_two_rounds_runs_under_kfp_local_and_resumes_a_killed_shard(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """cluster.shards=2 and select.rounds=2 on the tiny config, judged by LLM judges + the reference
+    task score over an OpenAI-compatible endpoint that fails a share of requests: the ParallelFor +
+    Collected DAG, both rounds unrolled, runs through kfp.local to the end; every shard is its own
+    MLflow run, both rounds and the pick on dev are visible; the gathered evaluation covers the
+    held-out set; the judge shards account their requests and retries; the API key, which comes
+    from the environment, appears in no parameter.
+
+    The driver (started as a shell's background job, SIGINT ignored) is killed with SIGKILL while
+    the first generate shard is halfway (its tasks held there with SIGSTOP while the driver is
+    killed, then let go): each task stops by itself (the time is printed) and its
+    step run is KILLED; `run --resume` continues that shard after its finished chunks (its log
+    counts them) and the shard writes exactly what an uninterrupted generation writes. (One run for
+    all of it: each costs minutes.)"""
+    import signal
+    import subprocess
+    import sys
+    import time
+
     import mlflow
 
     from pipelines.cli import main
+    from reset import procs
+    from reset.config import load_config
 
-    from .conftest import REPO
+    from .conftest import REPO, wait_for
     from .fault_server import FaultConfig, FaultServer
 
     key = "sk-test-not-a-real-key-42"
+    out = tmp_path / "runs"
     monkeypatch.setenv("RESET_CACHE_DIR", str(tiny_model_dir.parent.parent))
     monkeypatch.setenv("OPENAI_API_KEY", key)
     with FaultServer(FaultConfig(fail_rate=0.2, fail_kinds=("429", "500"), seed=3)) as server:
@@ -193,30 +211,49 @@ def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tin
                 "cache_path": str(tmp_path / "judge.sqlite"),
             }
         )
-        rc = main(
-            [
-                "run",
-                "--config",
-                str(REPO / "configs" / "tiny.yaml"),
-                "--output-dir",
-                str(tmp_path / "runs"),
-                "--set",
-                "cluster.shards=2",
-                "--set",
-                "tracking.experiment=sharded",
-                "--set",
-                "judge.judges=[llm-instruction, llm-faithfulness, reference]",
-                "--set",
-                f"judge.llm={llm}",
-            ]
-        )
+        sets = ["cluster.shards=2", "select.rounds=2", "tracking.experiment=sharded",
+                "judge.judges=[llm-instruction, llm-faithfulness, reference]", f"judge.llm={llm}",
+                "generate.chunk_prompts=1", "generate.max_new_tokens=24"]  # 4 chunks a shard
+        args = ["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--output-dir", str(out)]
+        for x in sets:
+            args += ["--set", x]
+        with open(tmp_path / "killed.log", "w") as log:
+            driver = subprocess.Popen([sys.executable, "-m", "pipelines", *args], cwd=REPO, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+        try:
+            shard_chunks = lambda: sorted(out.glob("run-*/resume/generate-1of2/*/*.jsonl"))  # noqa: E731
+            wait_for("a finished chunk of the first generate shard", lambda: shard_chunks()
+                     or driver.poll() is not None, 900, poll=0.02)
+            tasks = procs.descendants(driver.pid)
+            for pid in tasks:  # held where they are (halfway) while their driver is killed
+                os.kill(pid, signal.SIGSTOP)
+            os.kill(driver.pid, signal.SIGKILL)
+            driver.wait()
+            for pid in tasks:
+                os.kill(pid, signal.SIGCONT)
+            t0 = time.monotonic()
+            wait_for("the killed driver's tasks to stop", lambda: not procs.running(tasks), 60, poll=0.02)
+            print(f"\n[measured] the killed driver's tasks stopped {time.monotonic() - t0:.2f}s after the kill")
+        finally:
+            for pid in procs.running(procs.descendants(driver.pid)):
+                os.kill(pid, signal.SIGKILL)
+        left = len(shard_chunks())
+        assert 1 <= left < 4, (tmp_path / "killed.log").read_text()[-3000:]
+        run_dir = next(out.glob("run-*"))
+        rc = main(["run", "--resume", run_dir.name, "--output-dir", str(out)])
         served = server.stats["requests"]
     assert rc == 0 and served > 0
-    summary = json.loads((tmp_path / "runs" / "last_run.json").read_text())
+    resumed_log = (run_dir / "logs" / "pipeline.log").read_text()  # (both attempts': only the second resumes)
+    assert f"[generate-1of2] mtl: resuming: {left} chunk(s) finished by an earlier attempt are reused" in resumed_log
+    summary = json.loads((out / "last_run.json").read_text())
     assert set(summary["results"]) >= {"base", "mtl", "reset"}
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     exp = client.get_experiment_by_name("sharded")
-    runs = {r.data.tags.get("reset.step"): r for r in client.search_runs([exp.experiment_id])}
+    every = client.search_runs([exp.experiment_id])
+    assert [r.info.status for r in every if r.data.tags.get("reset.step") == "generate-1of2"].count("KILLED") == 1
+    assert not [r.info.run_name for r in every if r.info.status == "RUNNING"]
+    runs = {r.data.tags.get("reset.step"): r for r in every if r.info.status == "FINISHED"}
     assert {
         "generate-1of2",
         "generate-2of2",
@@ -227,8 +264,17 @@ def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tin
         "select",
         "evaluate",
         "register",
+        # the second round, and every round's model on dev
+        "generate-r2-1of2",
+        "judge-r2-2of2",
+        "select-r2",
+        "finetune-reset-r2",
+        "pick-round",
     } <= set(runs)
-    # tiny.yaml: 4 seen prompts per kind, 2 per shard; greedy + 2 samples at T 0.7 + the reference each
+    pick = runs["pick-round"].data.metrics
+    assert {"round_1.dev_score", "round_2.dev_score", "round_1.if_prompt_acc"} <= set(pick)
+    assert pick["best_round"] in (1, 2) and runs["select-r2"].data.metrics["round"] == 2
+    # tiny.yaml: 4 seen prompts per kind, 4 per shard; greedy + 2 samples at T 0.7 + the reference each
     assert [runs[f"generate-{k}of2"].data.metrics["prompts"] for k in (1, 2)] == [4, 4]
     assert sum(runs[f"generate-{k}of2"].data.metrics["candidates"] for k in (1, 2)) == 8 * 4
     held_out = sum(runs[f"answer-{k}of2"].data.metrics["prompts"] for k in (1, 2))
@@ -241,4 +287,15 @@ def test_the_sharded_pipeline_with_llm_judges_runs_under_kfp_local(tmp_path, tin
     assert sum(runs[f"judge-{k}of2"].data.metrics["llm.retries"] for k in (1, 2)) > 0
     parent = client.search_runs([exp.experiment_id], "tags.`reset.role` = 'pipeline'")[0]
     assert parent.info.status == "FINISHED"
-    assert all(key not in json.dumps(r.data.params) for r in [parent, *runs.values()])
+    assert all(key not in json.dumps(r.data.params) for r in [parent, *every])
+
+    # the resumed shard wrote exactly what an uninterrupted generation of that shard writes
+    first = sorted((out / "kfp").iterdir())[0]  # the killed attempt's: mix and MTL were reused from it
+    cfg = load_config(REPO / "configs" / "tiny.yaml", sets)
+    monkeypatch.delenv("RESET_RESUME_DIR", raising=False)
+    steps.generate(str(first / "finetune" / "checkpoint"), str(first / "mix-data" / "seen_prompts"),
+                   steps.config(generate=cfg.generate.model_dump(), model=cfg.model.model_dump(),
+                                tracking={"tracking_uri": f"sqlite:///{tmp_path / 'x.db'}"}),
+                   out_candidates=str(tmp_path / "shard.jsonl"), shard=0, shards=2)
+    want = (tmp_path / "shard.jsonl").read_bytes()
+    assert any(f.read_bytes() == want for f in (out / "kfp").rglob("candidates") if f.is_file())

@@ -223,6 +223,13 @@ class ModelConfig(Section):
     """A system message put before every prompt (empty = none)."""
     cache_dir: str = ""
     """Where builtin and s3:// models are materialised; empty = ~/.cache/reset-kfp."""
+    max_run_sequences: PositiveInt = 1_000_000
+    """The ceiling on a run's work: the sequences it would process as the preflight estimates them
+    at start (samples generated in every round, candidates judged, evaluation answers, training
+    examples x epochs when data.train_size says how many). A run above it is refused before
+    anything starts, naming the figure. Ours: configs/paper-7b.yaml estimates about 116,000 (8,000
+    seen prompts x 7 samples, judged; 4,000 answers), about 9x below; a slip such as
+    generate.samples_per_setting: 1000000 on configs/tiny.yaml estimates 16 million, 16x above."""
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -341,6 +348,12 @@ class GenerateConfig(Section):
     """Seconds the run's vLLM worker keeps an idle engine (weights and KV cache in memory) for the
     next request; then it frees it, so that training steps do not run beside it (they run slower
     beside a resident engine: docs/bench.md). 0: free it after every request."""
+    chunk_prompts: PositiveInt = 256
+    """Prompts per chunk of the step's results (all their samples): each chunk is written as soon as
+    it is done (the run folder locally, the run's volume on a cluster), so a step that is stopped
+    and run again (`run --resume`, a KFP retry) continues after its last complete chunk
+    (reset/data/chunks.py). Ours (not a setting of the paper): 256 keeps vLLM's batches full (a
+    chunk is one engine call) while a stopped step loses at most one chunk of work."""
     vllm_lora: Literal["auto", "serve", "merge"] = "auto"
     """How vLLM runs a LoRA checkpoint: serve (the adapter on its base, several adapters in one
     engine), merge (the adapter merged into the base's weights as they load into the engine, or
@@ -460,6 +473,9 @@ class JudgeConfig(Section):
     """A local / s3:// Hugging Face NLI model dir (required by the nli judge)."""
     llm: LLMJudgeConfig = Field(default_factory=LLMJudgeConfig)
     """The LLM judges' endpoint and limits (see LLMJudgeConfig)."""
+    chunk_prompts: PositiveInt = 256
+    """Seen prompts per chunk of the judgments (all their candidates), written as they are produced
+    so a stopped judge step resumes after its last complete chunk (as generate.chunk_prompts; ours)."""
 
     @field_validator("weights")
     @classmethod
@@ -502,6 +518,9 @@ class JudgeConfig(Section):
 
 
 # --------------------------------------------------------------------------------------- select
+MAX_ROUNDS = 4  # the ReSet rounds a compiled pipeline unrolls at most
+
+
 class SelectConfig(Section):
     """Reject sampling. reset: the best candidate per prompt with combined score >= threshold.
     reset-s: stricter: threshold `strict_threshold`, then only the top `top_fraction`."""
@@ -528,6 +547,16 @@ class SelectConfig(Section):
     cannot be won by copying."""
     gate_no_copy: bool = True
     """Keep a grounded candidate only when it does not reproduce half (or more) of its passage."""
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS), NoBool] = 1
+    """ReSet rounds. Paper: one (sample from MTL, judge, select, continue fine-tuning). Each further
+    round samples the seen prompts from the previous round's model, judges, selects and continues
+    its fine-tuning (ReST-EM, RAFT); every round's model is then scored on the dev split and the
+    best by dev is the ReSet model (ties: the earlier round). Unrolled into the DAG when the
+    pipeline is compiled (at most 4: ReST-EM's gains stopped after two or three iterations)."""
+    threshold_step: Annotated[float, Field(ge=0.0, le=1.0), NoBool] = 0.0
+    """How much the threshold (strict_threshold with reset-s) rises in each round after the first
+    (ReST-EM raises its reward bar per iteration; its steps are not public for this setting). 0 =
+    the same threshold every round (ours)."""
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -545,6 +574,9 @@ class EvaluateConfig(Section):
     """Prompts per batch (hf backend)."""
     backend: Backend = "auto"
     """Generation backend for the answers (as generate.backend)."""
+    chunk_prompts: PositiveInt = 256
+    """Held-out prompts per chunk of the answers (per model), written as they are produced so a
+    stopped evaluation resumes after its last complete chunk (as generate.chunk_prompts; ours)."""
 
 
 # ------------------------------------------------------------------------------------- register
@@ -649,8 +681,8 @@ class TrackingConfig(Section):
 
 # ------------------------------------------------------------------------------------- pipeline
 # ----------------------------------------------------------------------------------- experiment
-ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control")
-Arm = Literal["if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-s", "control"]
+ARM_NAMES = ("if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-2r", "reset-s", "control")
+Arm = Literal["if-only", "cd-only", "cd-if", "if-cd", "mtl", "reset", "reset-2r", "reset-s", "control"]
 
 
 class ExperimentConfig(Section):
@@ -659,7 +691,8 @@ class ExperimentConfig(Section):
 
     arms: Annotated[list[Arm], Field(min_length=1)] = Field(default_factory=lambda: list(ARM_NAMES))
     """Arms to train and evaluate (their prerequisites run too): if-only, cd-only, cd-if, if-cd,
-    mtl, reset, reset-s and control (MTL plus the same steps on the reference answers)."""
+    mtl, reset, reset-2r (ReSet, 2 rounds: a second round from ReSet's model, the better of the two
+    on dev), reset-s and control (MTL plus the same steps on the reference answers)."""
     seeds: Annotated[list[Int], Field(min_length=1)] = Field(default_factory=lambda: [0, 1, 2, 3, 4])
     """Training and sampling seeds; every arm runs once per seed on the same split and test set. The
     method, not one trained model, is the unit of inference: the report pools the seeds (crossed
@@ -720,6 +753,15 @@ class PipelineConfig(Section):
         if isinstance(value, dict):
             return {k: ({} if v is None else v) for k, v in value.items()}
         return value
+
+    @model_validator(mode="after")
+    def _rounds_need_dev(self) -> PipelineConfig:
+        """More than one ReSet round picks the best round on the dev split: it must have one."""
+        d = self.data
+        if self.select.rounds > 1 and not (d.dev_per_kind or d.dev_instruction or d.dev_grounded):
+            raise FieldError("select.rounds", f"{self.select.rounds} rounds pick the best round on the dev split, "
+                             "but data.dev_per_kind is 0 (no dev split)")
+        return self
 
     @model_validator(mode="after")
     def _no_ignored_lora_shape(self) -> PipelineConfig:

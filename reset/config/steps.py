@@ -10,6 +10,7 @@ config (reset/config/cluster.py) derive from them; docs/design.md opens with thi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -62,6 +63,7 @@ PARTS: dict[str, str] = {
     "answer": "evaluate",  # one shard of the evaluation's answers; the experiment's base answers
     "control-data": "select",  # the experiment's control set
     "report": "finish-run",  # the experiment's report across seeds
+    "pick-round": "evaluate",  # select.rounds > 1: every round on the dev split, the best is the ReSet model
 }
 
 STEPS: dict[str, Step] = {s.name: s for s in (*RUN, *PIPELINE, *PROMOTION)}
@@ -70,14 +72,18 @@ STEP_NAMES_ALL: tuple[str, ...] = tuple(STEPS)
 
 
 def settings_of(task: str) -> str:
-    """The step whose cluster settings a task takes: its own, a part's step (PARTS), or for the
-    experiment's arm tasks (finetune-if-only, select-reset-s, answer-base, ...) the step they run."""
+    """The step whose cluster settings a task takes: its own, a part's step (PARTS), for a later
+    ReSet round's task (generate-r2, finetune-reset-r2) its round-1 step's, or for the experiment's
+    arm tasks (finetune-if-only, select-reset-s, answer-base, pick-round-reset-2r, ...) the step
+    they run."""
+    task = re.sub(r"-r\d+$", "", task)
     if task in STEPS:
         return task
     if task.startswith("finetune-reset") or task == "finetune-control":  # continued from the MTL checkpoint
         return "finetune-reset"
     head = task.split("-", 1)[0]
-    for prefix in (task, head):
+    parts = task.split("-")
+    for prefix in ["-".join(parts[:n]) for n in range(len(parts), 0, -1)]:
         if prefix in PARTS:
             return PARTS[prefix]
     if head == "finetune":

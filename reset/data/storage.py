@@ -46,6 +46,22 @@ def default_cache_dir() -> Path:
     return Path(root)
 
 
+def not_regular(path: str | os.PathLike[str]) -> str:
+    """What `path` is when it is neither a regular file nor a directory ("" otherwise): a device,
+    a FIFO or a socket is never data (reading one may never end)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return ""
+    for test, what in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return ""
+
+
 def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return a local path for `uri`: a local path as is, an s3:// object or prefix downloaded
     (once; re-downloaded when the object's ETag changes) under the cache dir."""
@@ -53,6 +69,8 @@ def fetch(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
         p = Path(uri).expanduser()
         if not p.exists():
             raise DataError(f"{uri}: no such file or directory")
+        if what := not_regular(p):
+            raise DataError(f"{uri}: is {what}, not a data file or a directory of them")
         return p
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from reset import progress
 from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeConfig, ModelConfig
+from reset.data.chunks import Resume
 from reset.data.records import Example
 from reset.evaluation.metrics import Row, point_metrics, score_candidates
 from reset.models.generation import record_phases, run_many
@@ -23,16 +24,17 @@ from reset.models.generation import record_phases, run_many
 def greedy_config(cfg: EvaluateConfig, seed: int = 0) -> GenerateConfig:
     """The generation settings of evaluation: one greedy answer per prompt."""
     return GenerateConfig(grid=[DecodingSetting(temperature=0.0, top_p=1.0)], max_new_tokens=cfg.max_new_tokens,
-                          batch_size=cfg.batch_size, backend=cfg.backend, seed=seed)
+                          batch_size=cfg.batch_size, backend=cfg.backend, seed=seed, chunk_prompts=cfg.chunk_prompts)
 
 
 def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: EvaluateConfig,
                     model_cfg: ModelConfig, judge_cfg: JudgeConfig, *, log: Callable[[str], None] = print,
-                    offset: int = 0,
+                    offset: int = 0, resume: Resume | None = None,
                     ) -> tuple[dict[str, list[Row]], dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
-    """(rows per model, point metrics per model, generation stats per model); `offset` as in
-    reset.models.generation.run (one shard of the held-out set)."""
-    gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log, offset=offset)
+    """(rows per model, point metrics per model, generation stats per model); `offset` and `resume`
+    (the answers saved chunk by chunk, reused by a next attempt) as in reset.models.generation.run
+    (one shard of the held-out set)."""
+    gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log, offset=offset, resume=resume)
     rows: dict[str, list[Row]] = {}
     metrics: dict[str, dict[str, float]] = {}
     record_phases(next(iter(gens.values())).stats if gens else {})  # one engine for every model

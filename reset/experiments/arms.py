@@ -7,6 +7,9 @@
     if-cd      if-only           then the CD half                        IF -> CD
     mtl        the base model    the whole mixture                       MTL
     reset      mtl               its reject-sampled set (select.mode reset)             ReSet
+    reset-2r   reset             a second round: sampled from ReSet's model, selected   (ours: ReSet,
+                                 at the round-2 threshold; then the better of ReSet and   2 rounds)
+                                 this round on the dev split
     reset-s    mtl               a stricter set from more aggressive sampling           ReSet-S
     control    mtl               the reference answers of the prompts ReSet kept, with
                                  the same continued-training config (so the same steps)   (ours)
@@ -39,10 +42,15 @@ ARMS: dict[str, tuple[str, str]] = {
     "if-cd": ("if-only", "grounded"),
     "mtl": ("base", "all"),
     "reset": ("mtl", "selected"),
+    "reset-2r": ("reset", "selected"),
     "reset-s": ("mtl", "selected"),
     "control": ("mtl", "control"),
 }
 ALL_ARMS = tuple(ARMS)
+# Arms that are a later ReSet round of the arm they start from: their round number (the select
+# threshold rises by select.threshold_step a round) and, as select.rounds does in the ReSet
+# pipeline, the arm's model is the better of its start and its own round on the dev split.
+ROUNDS: dict[str, int] = {"reset-2r": 2}
 
 RESET_S_DEFAULT: dict[str, dict[str, Any]] = {
     "generate": {

@@ -23,11 +23,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reset.config import GenerateConfig, ModelConfig
+from reset.data.chunks import Resume
 from reset.data.records import Candidate, Example
 from reset.errors import ModelError
 from reset.models.generation import hf
 from reset.models.generation import vllm_backend as vllm
-from reset.models.generation.common import Generation
+from reset.models.generation.common import Generation, generation_inputs
 
 __all__ = ["Generation", "choose_backend", "generate", "run", "run_many", "sample_candidates"]
 
@@ -45,22 +46,33 @@ def choose_backend(cfg: GenerateConfig) -> tuple[str, str]:
 
 
 def run(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig, model_cfg: ModelConfig,
-        *, model_name: str = "", log: Callable[[str], None] = print, offset: int = 0) -> Generation:
+        *, model_name: str = "", log: Callable[[str], None] = print, offset: int = 0,
+        resume: Resume | None = None) -> Generation:
     """Generate with the backend `cfg.backend` picks; with `auto`, a vLLM failure falls back to hf
     and says why (the stats record it). `offset`: the position of examples[0] in the whole prompt
-    set when this is one shard of it (the seeds follow the whole set)."""
+    set when this is one shard of it (the seeds follow the whole set). `resume`: the step's chunk
+    stores (reset.data.chunks): the samples are saved chunk by chunk as they are made, and the
+    chunks an earlier attempt with the same inputs finished are reused."""
     backend, why = choose_backend(cfg)
+
+    def store(b: str):
+        inputs = generation_inputs(str(model_dir), examples, cfg, model_cfg, b, offset)
+        return resume.store({**inputs, "model_name": model_name}, what=model_name) if resume else None
+
     if backend == "hf":
         if cfg.backend == "auto":
             log(f"[generate] note: using transformers (hf), not vLLM: {why}")
-        return hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
+        return hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset,
+                           store=store("hf"))
     try:
-        return vllm.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
+        return vllm.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset,
+                             store=store("vllm"))
     except (ModelError, vllm.VLLMUnavailable) as exc:
         if cfg.backend != "auto":
             raise
         log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
-        result = hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset)
+        result = hf.generate(model_dir, examples, cfg, model_cfg, model_name=model_name, log=log, offset=offset,
+                             store=store("hf"))
         result.stats["fallback_reason"] = str(exc).splitlines()[0][:300]
         return result
 
@@ -72,7 +84,7 @@ def generate(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg
 
 def sample_candidates(model_dir: str | os.PathLike[str], examples: Sequence[Example], cfg: GenerateConfig,
                       model_cfg: ModelConfig, *, log: Callable[[str], None] = print, offset: int = 0,
-                      ) -> tuple[list[Candidate], dict[str, Any]]:
+                      resume: Resume | None = None) -> tuple[list[Candidate], dict[str, Any]]:
     """The generate step's work: `run` for the seen prompts, plus each prompt's reference as a
     candidate when generate.include_reference, and what it measured (the step's metrics)."""
     import time
@@ -80,7 +92,7 @@ def sample_candidates(model_dir: str | os.PathLike[str], examples: Sequence[Exam
     from reset.data.shards import ordered
 
     t0 = time.time()
-    result = run(model_dir, examples, cfg, model_cfg, model_name="mtl", log=log, offset=offset)
+    result = run(model_dir, examples, cfg, model_cfg, model_name="mtl", log=log, offset=offset, resume=resume)
     cands = result.candidates
     if cfg.include_reference:
         cands += [Candidate(id=f"{e.id}/ref", example_id=e.id, text=e.response, decoding={"strategy": "reference"},
@@ -111,18 +123,28 @@ def record_phases(stats: Mapping[str, Any]) -> None:
 
 def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
              model_cfg: ModelConfig, *, log: Callable[[str], None] = print, offset: int = 0,
-             ) -> dict[str, Generation]:
+             resume: Resume | None = None) -> dict[str, Generation]:
     """Generate for several models (name -> checkpoint) on the same examples, as `run` would for
-    each; vllm serves the models that share a base model from one engine."""
+    each; vllm serves the models that share a base model from one engine. `resume`: as in `run`
+    (one store for all the models, a chunk per model and piece of the prompts)."""
     backend, why = choose_backend(cfg)
+
+    def store(b: str):
+        if resume is None:
+            return None
+        inputs = {name: generation_inputs(str(path), examples, cfg, model_cfg, b, offset)
+                  for name, path in models.items()}
+        return resume.store({"models": inputs}, what=", ".join(models))
+
     if backend == "vllm":
         try:
-            return vllm.generate_many(models, examples, cfg, model_cfg, log=log, offset=offset)
+            return vllm.generate_many(models, examples, cfg, model_cfg, log=log, offset=offset, store=store("vllm"))
         except (ModelError, vllm.VLLMUnavailable) as exc:
             if cfg.backend != "auto":
                 raise
             log(f"[generate] note: vLLM failed, falling back to transformers (hf): {str(exc).splitlines()[0]}")
     elif cfg.backend == "auto":
         log(f"[generate] note: using transformers (hf), not vLLM: {why}")
-    return {name: hf.generate(path, examples, cfg, model_cfg, model_name=name, log=log, offset=offset)
+    hf_store = store("hf")
+    return {name: hf.generate(path, examples, cfg, model_cfg, model_name=name, log=log, offset=offset, store=hf_store)
             for name, path in models.items()}

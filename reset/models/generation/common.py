@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reset.config import DecodingSetting, GenerateConfig, ModelConfig
-from reset.data.records import Candidate, Example
+from reset.data.chunks import chunk_of, digest, path_digest
+from reset.data.records import Candidate, Example, to_row
 from reset.models import chat
 
 
@@ -29,6 +30,7 @@ class Request:
     n: int
     seed: int
     prompt_ids: list[int] = field(default_factory=list)
+    position: int = 0  # the example's position among the examples planned
 
 
 @dataclass
@@ -52,8 +54,50 @@ def plan(examples: Sequence[Example], cfg: GenerateConfig, offset: int = 0) -> l
     for si, setting in enumerate(cfg.grid):
         n = 1 if setting.temperature == 0 else cfg.samples_per_setting
         for i, ex in enumerate(examples):
-            reqs.append(Request(ex, si, setting, n, request_seed(cfg.seed, si, offset + i)))
+            reqs.append(Request(ex, si, setting, n, request_seed(cfg.seed, si, offset + i), position=i))
     return reqs
+
+
+def chunk_name(model_name: str, req: Request, cfg: GenerateConfig) -> str:
+    """The chunk of the step's results a request's samples belong to (reset.data.chunks): every
+    request of `generate.chunk_prompts` consecutive prompts, per model."""
+    return f"{model_name or 'model'}.{chunk_of(req.position, cfg.chunk_prompts):05d}"
+
+
+def chunk_order(reqs: Sequence[Request], names: Sequence[str]) -> dict[str, list[int]]:
+    """chunk name -> the positions of its requests in `reqs`, chunks in the order they are made."""
+    out: dict[str, list[int]] = {}
+    for i in sorted(range(len(reqs)), key=lambda i: (names[i], i)):
+        out.setdefault(names[i], []).append(i)
+    return out
+
+
+def resumed_texts(store, reqs: Sequence[Request], names: Sequence[str], key: str) -> dict[int, list[str]]:
+    """The samples of every request whose chunk an earlier attempt finished (rows `{"id":
+    "<key>\t<i>", "texts": [...], "seed": s}`); their recorded seed is put back on the request."""
+    out: dict[int, list[str]] = {}
+    if store is None:
+        return out
+    for name in sorted(set(names) & store.done):
+        for row in store.read(name):
+            head, _, i = row["id"].rpartition("\t")
+            if head != key:
+                continue
+            out[int(i)] = list(row["texts"])
+            if "seed" in row:
+                reqs[int(i)].seed = int(row["seed"])
+    return out
+
+
+def generation_inputs(model: str, examples: Sequence[Example], cfg: GenerateConfig, model_cfg: ModelConfig,
+                      backend: str, offset: int) -> dict[str, Any]:
+    """What a generation's results depend on (reset.data.chunks fingerprints it): the model's
+    files, the prompts, the decoding settings and seeds, how prompts are built, the backend."""
+    decoding = cfg.model_dump(mode="json", exclude={"vllm_engine_server", "vllm_engine_keep_s"})
+    return {"model": path_digest(model) if not str(model).startswith(("builtin:", "s3://")) else str(model),
+            "prompts": digest([to_row(e) for e in examples]), "offset": offset, "decoding": decoding,
+            "prompting": {"max_prompt_length": model_cfg.max_prompt_length, "system_prompt": model_cfg.system_prompt},
+            "backend": backend}
 
 
 def attach_prompts(reqs: Sequence[Request], tokenizer, model_cfg: ModelConfig) -> int:

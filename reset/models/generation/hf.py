@@ -14,9 +14,19 @@ from collections.abc import Callable, Sequence
 
 from reset import progress, runtime
 from reset.config import GenerateConfig, ModelConfig
+from reset.data.chunks import ChunkStore
 from reset.data.records import Example
 from reset.models import chat, loading
-from reset.models.generation.common import Generation, Request, attach_prompts, candidates, plan
+from reset.models.generation.common import (
+    Generation,
+    Request,
+    attach_prompts,
+    candidates,
+    chunk_name,
+    chunk_order,
+    plan,
+    resumed_texts,
+)
 
 
 def generate(
@@ -28,41 +38,53 @@ def generate(
     model_name: str = "",
     log: Callable[[str], None] = print,
     offset: int = 0,
+    store: ChunkStore | None = None,
 ) -> Generation:
     """Sample candidates for every example over `cfg.grid` with transformers (`offset`: see
-    common.plan; hf seeds a batch, so a shard's samples match the unsharded run's only greedily)."""
+    common.plan; hf seeds a batch, so a shard's samples match the unsharded run's only greedily).
+    Chunk by chunk (common.chunk_name) into `store` when given, skipping the chunks it holds."""
     import torch
 
     runtime.set_torch_threads()
     t0 = time.monotonic()
-    model, tok = loading.load(model_dir)
-    model.eval()
-    stops = chat.stop_token_ids(tok)
     reqs = plan(examples, cfg, offset)
-    cut = attach_prompts(reqs, tok, model_cfg)
-    load_s = time.monotonic() - t0
+    names = [chunk_name(model_name, r, cfg) for r in reqs]
+    texts: dict[int, list[str]] = resumed_texts(store, reqs, names, model_name)
+    todo = {n: [i for i in idx if i not in texts] for n, idx in chunk_order(reqs, names).items()}
+    todo = {n: idx for n, idx in todo.items() if idx}
     total = sum(r.n for r in reqs)
-    log(f"[generate:hf] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples, batch {cfg.batch_size}")
+    done = sum(reqs[i].n for i in texts)
+    tokens, cut, load_s = 0, 0, 0.0
+    if todo:
+        model, tok = loading.load(model_dir)
+        model.eval()
+        stops = chat.stop_token_ids(tok)
+        cut = attach_prompts(reqs, tok, model_cfg)
+        load_s = time.monotonic() - t0
+    log(f"[generate:hf] {len(examples)} prompts x {len(cfg.grid)} settings -> {total} samples, batch {cfg.batch_size}"
+        + (f"; {done} from chunks an earlier attempt finished" if done else ""))
     bar = progress.Progress(total, "samples", model_name)
-    texts: dict[int, list[str]] = {}
-    done = tokens = 0
+    bar.update(done)
     t1 = time.monotonic()
-    # Batches of requests with one decoding setting, by prompt length; a request's n samples are
-    # rows of the same batch, seeded per request.
-    for si in range(len(cfg.grid)):
-        group = sorted((i for i, r in enumerate(reqs) if r.setting_index == si),
-                       key=lambda i: (len(reqs[i].prompt_ids), reqs[i].example.id))
-        per_batch = max(1, cfg.batch_size // max(1, reqs[group[0]].n)) if group else 1
-        for b in range(0, len(group), per_batch):
-            idx = group[b : b + per_batch]
-            out, n_tok = _sample(model, tok, [reqs[i] for i in idx], cfg.max_new_tokens, stops, torch)
-            for i, samples in zip(idx, out, strict=True):
-                texts[i] = samples
-            tokens += n_tok
-            done += sum(reqs[i].n for i in idx)
-            bar.update(done)
-            el = time.monotonic() - t1
-            log(f"[generate:hf] {done}/{total} samples, {done / el:.1f}/s, {tokens / el:.0f} tokens/s")
+    # Per chunk, batches of requests with one decoding setting, by prompt length; a request's n
+    # samples are rows of the same batch, seeded per request.
+    for name, chunk in todo.items():
+        for si in range(len(cfg.grid)):
+            group = sorted((i for i in chunk if reqs[i].setting_index == si),
+                           key=lambda i: (len(reqs[i].prompt_ids), reqs[i].example.id))
+            per_batch = max(1, cfg.batch_size // max(1, reqs[group[0]].n)) if group else 1
+            for b in range(0, len(group), per_batch):
+                idx = group[b : b + per_batch]
+                out, n_tok = _sample(model, tok, [reqs[i] for i in idx], cfg.max_new_tokens, stops, torch)
+                for i, samples in zip(idx, out, strict=True):
+                    texts[i] = samples
+                tokens += n_tok
+                done += sum(reqs[i].n for i in idx)
+                bar.update(done)
+                el = time.monotonic() - t1
+                log(f"[generate:hf] {done}/{total} samples, {done / el:.1f}/s, {tokens / el:.0f} tokens/s")
+        if store is not None:
+            store.write(name, [{"id": f"{model_name}\t{i}", "texts": texts[i], "seed": reqs[i].seed} for i in chunk])
     gen_s = time.monotonic() - t1
     cands = candidates(reqs, [texts[i] for i in range(len(reqs))], cfg, backend="hf", model_name=model_name,
                        order=examples)

@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import GenerateConfig, ModelConfig
+from reset.data.chunks import ChunkStore
 from reset.data.records import Example
 from reset.errors import ModelError
 from reset.models import chat, loading
 from reset.models.generation import vllm_worker
-from reset.models.generation.common import Generation, attach_prompts, candidates, plan
+from reset.models.generation.common import Generation, attach_prompts, candidates, chunk_name, plan, resumed_texts
 from reset.models.generation.vllm_server import (
     gpu_visible,
     in_process,
@@ -82,9 +83,11 @@ def generate(
     model_name: str = "",
     log: Callable[[str], None] = print,
     offset: int = 0,
+    store: ChunkStore | None = None,
 ) -> Generation:
     """Sample candidates for every example over `cfg.grid` with vLLM's offline engine."""
-    return generate_many({model_name: model_dir}, examples, cfg, model_cfg, log=log, offset=offset)[model_name]
+    return generate_many({model_name: model_dir}, examples, cfg, model_cfg, log=log, offset=offset,
+                         store=store)[model_name]
 
 
 def generate_many(
@@ -95,6 +98,7 @@ def generate_many(
     *,
     log: Callable[[str], None] = print,
     offset: int = 0,
+    store: ChunkStore | None = None,
 ) -> dict[str, Generation]:
     """Generate for several models (name -> checkpoint) on the same examples, with as few engines
     as possible: every model of one architecture and tokenizer shares one engine (one worker
@@ -102,7 +106,8 @@ def generate_many(
     into the base's weights on their way into the engine (merge, a CPU's default), other
     checkpoints (full fine-tunes) loaded into it in place, one after another. `offset`: see
     common.plan (per-request seeds, so a shard samples exactly what the unsharded run samples for
-    its prompts)."""
+    its prompts). `store`: each chunk's samples are saved there as the engine finishes it, and
+    the chunks it already holds are not asked for again (reset.data.chunks)."""
     ok, how = available(cfg)
     if not ok:
         raise VLLMUnavailable(how)
@@ -128,7 +133,7 @@ def generate_many(
                         f"({time.monotonic() - t0:.1f}s; generate.vllm_lora={cfg.vllm_lora}; not in the engine: {why})")
             groups.setdefault(engine_key(member.dir), {})[name] = member
         for members in groups.values():
-            out.update(_generate_group(members, examples, cfg, model_cfg, how, gpu, log, offset))
+            out.update(_generate_group(members, examples, cfg, model_cfg, how, gpu, log, offset, store))
     return {name: out[name] for name in models}
 
 
@@ -202,7 +207,7 @@ def engine_key(model_dir: str | os.PathLike[str]) -> str:
 
 def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example], cfg: GenerateConfig,
                     model_cfg: ModelConfig, how: str, gpu: bool, log: Callable[[str], None], offset: int = 0,
-                    ) -> dict[str, Generation]:
+                    store: ChunkStore | None = None) -> dict[str, Generation]:
     """One engine for `members`, all of one engine_key. The engine starts on the directory whose
     adapters it serves (or the first plain one); every other set of weights is swapped in
     afterwards."""
@@ -210,8 +215,8 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
     if len(set(served_on)) > 1:  # LoRA needs its base loaded; one engine holds one base at a time
         first = {n: m for n, m in members.items() if m.dir == served_on[0]}
         rest = {n: m for n, m in members.items() if n not in first}
-        return {**_generate_group(first, examples, cfg, model_cfg, how, gpu, log, offset),
-                **_generate_group(rest, examples, cfg, model_cfg, how, gpu, log, offset)}
+        return {**_generate_group(first, examples, cfg, model_cfg, how, gpu, log, offset, store),
+                **_generate_group(rest, examples, cfg, model_cfg, how, gpu, log, offset, store)}
     plain = [m.dir for m in members.values() if m.merged is None]
     start = served_on[0] if served_on else plain[0] if plain else next(iter(members.values())).dir
     own = (str(start), "")
@@ -227,10 +232,16 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
     # default), which the worker would read as "no adapter" and answer with the base model.
     lora_of = {name: f"adapter{i}" for i, name in enumerate(names) if members[name].served is not None}
     adapters = {lora_of[name]: str(members[name].served) for name in lora_of}
+    chunk_of = {name: [chunk_name(name, r, cfg) for r in reqs] for name in names}
+    by_id: dict[str, list[str]] = {}  # the chunks an earlier attempt finished (reset.data.chunks)
+    for name in names:
+        by_id.update({f"{name}\t{i}": t for i, t in resumed_texts(store, reqs, chunk_of[name], name).items()})
     wire = []
     for name in names:
         for i, r in enumerate(reqs):
-            wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids,
+            if f"{name}\t{i}" in by_id:
+                continue
+            wire.append({"id": f"{name}\t{i}", "prompt_token_ids": r.prompt_ids, "chunk": chunk_of[name][i],
                          "adapter": lora_of.get(name), "weights": weight_key.get(members[name].weights),
                          "params": {"n": r.n, "temperature": r.setting.temperature,
                                     "top_p": r.setting.top_p if r.setting.temperature > 0 else 1.0,
@@ -239,8 +250,12 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
     request = {"model": str(start), "engine_key": engine_key(start), "adapters": adapters,
                "weights": {k: spec_of[w] for w, k in weight_key.items()},
                "lora_rank": max([_lora_rank(Path(a)) for a in adapters.values()] or [0]),
-               "engine": engine_args(cfg, model_cfg, gpu), "requests": wire}
+               "engine": engine_args(cfg, model_cfg, gpu), "requests": wire,
+               "chunk_files": {c: str(store.path(c)) for c in {w["chunk"] for w in wire}} if store else {}}
     total = sum(r.n for r in reqs) * len(names)
+    if by_id:
+        log(f"[generate:vllm] {len(by_id)} of {len(by_id) + len(wire)} requests from chunks an earlier attempt "
+            "finished")
     label = ", ".join(names)
     log(f"[generate:vllm] {len(examples)} prompts x {len(cfg.grid)} settings x {len(names)} model(s) ({label}) -> "
         f"{total} samples; one engine ({how}, {'GPU' if gpu else 'CPU'}) started on {start}"
@@ -248,21 +263,22 @@ def _generate_group(members: Mapping[str, _Member], examples: Sequence[Example],
         + (f", {len(weight_key)} more set(s) of weights loaded into it in place"
            + (f" ({sum(1 for m in members.values() if m.merged)} with their adapter merged as they load)"
               if any(m.merged for m in members.values()) else "") if weight_key else ""))
+    stats: dict[str, Any] = {}
+    t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="reset-vllm-") as tmp:
         req_path, out_path = os.path.join(tmp, "request.json"), os.path.join(tmp, "out.jsonl")
         with open(req_path, "w", encoding="utf-8") as fh:
             json.dump(request, fh)
-        t0 = time.monotonic()
-        if in_process():
+        if not wire:
+            pass  # every chunk was finished by an earlier attempt: no engine
+        elif in_process():
             vllm_worker.run(request, out_path)
         elif adapters or not run_on_server(req_path, out_path, total, label, log):  # (the server runs
             # its engine core in-process, which serves no LoRA adapters: see worker_env)
             run_worker(worker_python(cfg) or "", req_path, out_path, worker_env(cfg, serve_lora=bool(adapters)),
                         total, label, log)
         wall = time.monotonic() - t0
-        by_id: dict[str, list[str]] = {}
-        stats: dict[str, Any] = {}
-        with open(out_path, encoding="utf-8") as fh:
+        with contextlib.suppress(FileNotFoundError), open(out_path, encoding="utf-8") as fh:
             for line in fh:
                 row = json.loads(line)
                 if "_stats" in row:

@@ -12,15 +12,18 @@ Request:
      "weights": {"<key>": "<HF model dir of the same architecture>"
                          | {"base": "<HF model dir>", "adapter": "<peft LoRA dir>"}, ...},
      "engine": {"dtype": "bfloat16", "max_model_len": 2048, "seed": 0, ...},  # LLM(...) kwargs
+     "chunk_files": {"<chunk>": "<path>", ...},                          # optional
      "requests": [{"id": "...", "prompt_token_ids": [...], "adapter": "<name>" | null,
-                   "weights": "<key>" | null,
+                   "weights": "<key>" | null, "chunk": "<chunk>" | null,
                    "params": {"n": 2, "temperature": 0.7, "top_p": 0.9, "max_tokens": 64,
                               "seed": 123, "stop_token_ids": [2]}}, ...]}
 One engine serves everything: the requests without `weights` on the model it starts with (and its
 adapters, LoRA) in one generate call, then for each `weights` key the engine's weights are
 replaced in place by that directory's, or by the base's with the adapter merged on the way in
 (vLLM's reload_weights, well under a second for a small model, where starting another engine
-costs seconds to tens of seconds), and its requests run.
+costs seconds to tens of seconds), and its requests run. Requests that name a `chunk` run one
+generate call per chunk (in the order they come), and each chunk's output lines are written to its
+`chunk_files` path as soon as it is done (a stopped step resumes from them: reset/data/chunks.py).
 Output line per request: {"id": "...", "texts": [...], "token_counts": [...]}; the last line is
 {"_stats": {"engine_start_s": ..., "generate_s": ..., "reload_s": ..., "output_tokens": ...,
             "groups": {"<key or empty>": {"generate_s": ..., "output_tokens": ..., "reload_s": ...}}}}.
@@ -74,6 +77,7 @@ def run(request: dict, out_path: str) -> dict:
     outputs: list = [None] * len(reqs)
     bar = _progress_bar(len(reqs))
     stats_groups: dict[str, dict] = {}
+    chunk_files = dict(request.get("chunk_files") or {})
     for key in order:
         idx = groups[key]
         reload_s = 0.0
@@ -83,31 +87,48 @@ def run(request: dict, out_path: str) -> dict:
             if _CACHE:
                 _CACHE["loaded"] = weights[key]
             reload_s = time.monotonic() - t
-        prompts = [TokensPrompt(prompt_token_ids=reqs[i]["prompt_token_ids"]) for i in idx]
-        params = [SamplingParams(**dict(reqs[i]["params"])) for i in idx]
-        lora_requests = [loras[reqs[i]["adapter"]] if reqs[i].get("adapter") else None for i in idx]
-        t1 = time.monotonic()
-        outs = llm.generate(prompts, params, lora_request=lora_requests if loras else None,
-                            use_tqdm=bar.for_group(len(idx)))
-        gen_s = time.monotonic() - t1
-        for i, o in zip(idx, outs, strict=True):
-            outputs[i] = o
-        stats_groups[key] = {"generate_s": gen_s, "reload_s": reload_s,
-                             "output_tokens": sum(len(c.token_ids) for o in outs for c in o.outputs)}
-    tmp = out_path + ".part"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r, o in zip(reqs, outputs, strict=True):
-            texts = [c.text for c in o.outputs]
-            counts = [len(c.token_ids) for c in o.outputs]
-            fh.write(json.dumps({"id": r["id"], "texts": texts, "token_counts": counts}) + "\n")
-        stats = {"engine_start_s": start_s, "engine_reused": reused,
-                 "generate_s": sum(g["generate_s"] for g in stats_groups.values()),
-                 "reload_s": sum(g["reload_s"] for g in stats_groups.values()),
-                 "output_tokens": sum(g["output_tokens"] for g in stats_groups.values()),
-                 "groups": stats_groups}
-        fh.write(json.dumps({"_stats": stats}) + "\n")
-    os.replace(tmp, out_path)
+        parts: dict[str, list[int]] = {}  # chunk -> its requests: one generate call each, saved when done
+        for i in idx:
+            parts.setdefault(reqs[i].get("chunk") or "", []).append(i)
+        gen_s, tokens = 0.0, 0
+        for chunk, part in parts.items():
+            prompts = [TokensPrompt(prompt_token_ids=reqs[i]["prompt_token_ids"]) for i in part]
+            params = [SamplingParams(**dict(reqs[i]["params"])) for i in part]
+            lora_requests = [loras[reqs[i]["adapter"]] if reqs[i].get("adapter") else None for i in part]
+            t1 = time.monotonic()
+            outs = llm.generate(prompts, params, lora_request=lora_requests if loras else None,
+                                use_tqdm=bar.for_group(len(part)))
+            gen_s += time.monotonic() - t1
+            for i, o in zip(part, outs, strict=True):
+                outputs[i] = o
+            tokens += sum(len(c.token_ids) for o in outs for c in o.outputs)
+            if chunk in chunk_files:
+                _write_lines(chunk_files[chunk], [_row(reqs[i], outputs[i]) for i in part])
+        stats_groups[key] = {"generate_s": gen_s, "reload_s": reload_s, "output_tokens": tokens}
+    stats = {"engine_start_s": start_s, "engine_reused": reused,
+             "generate_s": sum(g["generate_s"] for g in stats_groups.values()),
+             "reload_s": sum(g["reload_s"] for g in stats_groups.values()),
+             "output_tokens": sum(g["output_tokens"] for g in stats_groups.values()),
+             "groups": stats_groups}
+    _write_lines(out_path, [_row(r, o) for r, o in zip(reqs, outputs, strict=True)] + [{"_stats": stats}])
     return stats
+
+
+def _row(req: dict, out) -> dict:
+    return {"id": req["id"], "texts": [c.text for c in out.outputs],
+            "token_counts": [len(c.token_ids) for c in out.outputs]}
+
+
+def _write_lines(path: str, rows: list) -> None:
+    """JSON lines under a temporary name, flushed and renamed: a file that exists is whole (the
+    chunk files of reset/data/chunks.py are read on the next attempt of a stopped step)."""
+    tmp = f"{path}.part"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
 
 
 # Server mode keeps its engine between requests: {"llm", "engine" (its kwargs), "key", "loaded" (the
@@ -319,7 +340,8 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
     {"request": "<request.json>", "out": "<out.jsonl>"}, receives `vllm-worker: d/t` progress
     lines and ends on `vllm-worker-done: {stats}` or `vllm-worker-error: <reason>`. One request
     at a time. An engine idle for `keep_s` seconds is freed (its weights and KV cache); the
-    process exits when its parent is gone or after `idle_s` without a request."""
+    process exits after `idle_s` without a request, and within a fraction of a second when its
+    parent is gone (exit_with_parent, even mid-request)."""
     import socket
     import traceback
 
@@ -386,9 +408,32 @@ def serve(sock_path: str, idle_s: float = 1800.0, keep_s: float = 20.0) -> int:
             os.unlink(sock_path)
 
 
+def exit_with_parent(interval_s: float = 0.2) -> None:
+    """End this worker (and the engine processes it started) as soon as the process that started it
+    is gone: a step killed outright, a local run's driver killed with `kill -9`. A daemon thread
+    polls the parent pid, whatever the main thread is doing (importing vLLM, a long generate call);
+    a worker that leads its own process group (as its starters make it) takes the group with it."""
+    import signal
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)  # polling the parent's pid (Linux has no portable parent-death event)
+        with contextlib.suppress(OSError, ValueError):
+            print(f"vllm-worker: parent {parent} is gone: exiting", file=sys.stderr, flush=True)
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vllm-worker-parent", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]  # our modules are not vllm
+    exit_with_parent()
     if len(argv) == 2 and argv[0] == "--serve":
         return serve(argv[1], float(os.environ.get("RESET_VLLM_SERVER_IDLE_S", "1800")),
                      float(os.environ.get("RESET_VLLM_ENGINE_KEEP_S", "20")))
