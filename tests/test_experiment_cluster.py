@@ -109,8 +109,9 @@ def test_submit_sends_the_experiment_with_the_run_forms_seeds(api, capsys):
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "reset-experiment"
     assert "kubernetes" in run["pipeline_spec"]["platform_spec"]["platforms"]
     # the parameters, written out from the config file (not from the code that builds them)
+    tracking = yaml.safe_load((REPO / "configs" / "experiment.yaml").read_text())["tracking"]
     assert run["runtime_config"]["parameters"] == {
-        "seeds": [7, 8], "tracking": {"tracking_uri": SERVER, "experiment": "reset-experiment", "run_name": ""}}
+        "seeds": [7, 8], "tracking": {"run_name": "", **tracking, "tracking_uri": SERVER}}
     assert "report: SUCCEEDED" in capsys.readouterr().out
     for r in api.requests:
         assert r.headers.get("authorization") == f"Bearer {TOKEN}" and TOKEN.encode() not in r.raw
