@@ -86,7 +86,7 @@ system-deps:
 	@sh .ci/system-deps
 
 test: python system-deps lint static $(VLLM_STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q
+	PATH="$(abspath $(BIN)):$$PATH" RESET_VLLM_PYTHON=$(abspath $(VLLM_VENV))/bin/python $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 compile: $(STAMP)
 	$(BIN)/python -m pipelines compile --config configs/demo.yaml --output build/reset_pipeline.yaml

@@ -20,7 +20,7 @@ from pipelines import local_runs
 from reset import procs
 
 from .conftest import REPO, wait_for
-from .test_generation import _vllm_python, vllm_tiny_dir  # noqa: F401  (fixtures)
+from .test_generation import _vllm_python
 
 HANG_GUARD_S = 60.0
 
@@ -98,7 +98,7 @@ for line in vllm_server.ask(server.socket, {"request": a["request"], "out": a["o
 
 
 @pytest.mark.integration
-def test_the_vllm_worker_exits_mid_request_when_the_driver_is_killed(vllm_tiny_dir, tmp_path):  # noqa: F811
+def test_the_vllm_worker_exits_mid_request_when_the_driver_is_killed(vllm_tiny_dir, tmp_path):
     """The run's engine server (the local driver's child) busy with a request that would take
     minutes: killed outright, the driver takes the worker with it."""
     from reset.config import GenerateConfig, ModelConfig

@@ -25,7 +25,7 @@ from reset.data.records import Candidate, Example, read_jsonl, write_jsonl
 from reset.judging.run import judge_all
 
 from .conftest import REPO, wait_for
-from .test_generation import _vllm_python, examples, vllm_tiny_dir  # noqa: F401  (fixtures)
+from .test_generation import _vllm_python, examples  # noqa: F401  (a fixture)
 
 DEADLINE_S = 600  # a hang guard for one attempt on a loaded 2-core machine
 GEN = {"grid": [{"temperature": 0.0}, {"temperature": 0.7, "top_p": 0.9}], "samples_per_setting": 2,

@@ -13,7 +13,7 @@ from reset import steps
 from reset.data.records import Candidate, Judgment, read_jsonl, write_jsonl
 from reset.data.shards import bounds, ordered
 
-from .test_generation import _vllm_python, examples, vllm_tiny_dir  # noqa: F401  (fixtures)
+from .test_generation import _vllm_python, examples  # noqa: F401  (a fixture)
 
 
 @pytest.mark.parametrize("n", [0, 1, 5, 7, 12])
