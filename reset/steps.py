@@ -513,9 +513,6 @@ def evaluate(
     `keep_rates_paths`: arm -> its select step's report. Writes the payload (`out_metrics`), the
     Markdown and HTML reports and the rows; logs one MLflow run per model and the headline on the
     parent run."""
-    from reset.evaluation import evaluate_models, point_metrics
-    from reset.evaluation.runner import gather_rows
-
     path = split_path(cfg, test_path, dev_path)
     examples = _read(path, Example)
     digest = sha256_file(path)
@@ -528,38 +525,13 @@ def evaluate(
 
         tracking.log_input(tracking.dataset(path, cfg.evaluate.split, digest), context="evaluation")
         mlflow.set_tags({"reset.split": cfg.evaluate.split, f"reset.{cfg.evaluate.split}_digest": digest})
-        if rows_paths:
-            rows_by_model, champion = gather_rows([_read_rows(p) for p in rows_paths], examples)
-            results, gen_stats = {m: point_metrics(rs) for m, rs in rows_by_model.items()}, {}
-            _log(f"[evaluate] gathered {len(rows_paths)} shards: {len(rows_by_model)} models x {len(examples)} prompts")
-        else:
-            evaluated, champion = _models_to_evaluate(models, cfg, with_register, include_base, tmp)
-            _log(
-                f"[evaluate] {len(evaluated)} models ({', '.join(evaluated)}) x {len(examples)} "
-                f"{cfg.evaluate.split} prompts"
-            )
-            rows_by_model, results, gen_stats = evaluate_models(
-                evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume
-            )
-            models = evaluated
-        for name, extra in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split
-            rows = _read_rows(extra)
-            if {r["example_id"] for r in rows} != {e.id for e in examples}:
-                raise ValueError(f"{extra}: the {name} rows are not this {cfg.evaluate.split} split's")
-            rows_by_model, results = {name: rows, **rows_by_model}, {name: point_metrics(rows), **results}
+        rows_by_model, results, gen_stats, models, champion = _answers(
+            models, examples, cfg, rows_paths=rows_paths, extra_rows_paths=extra_rows_paths,
+            with_register=with_register, include_base=include_base, tmp=tmp, resume=resume)
         use = _count_test_use(cfg, digest, with_register and candidate in rows_by_model)
         payload = _decide_and_report(
-            cfg,
-            models,
-            rows_by_model,
-            examples,
-            reference=reference,
-            candidate=candidate,
-            use=use,
-            champion=champion,
-            keep_rates=_keep_rates(keep_rates_paths),
-            out_report=out_report,
-            out_html=out_html,
+            cfg, models, rows_by_model, examples, reference=reference, candidate=candidate, use=use,
+            champion=champion, keep_rates=_keep_rates(keep_rates_paths), out_report=out_report, out_html=out_html,
             parent=run.data.tags.get("mlflow.parentRunId", ""),
         )
         payload.update({"seed": seed, "metrics": results, "split_digest": digest, "generation": gen_stats})
@@ -569,6 +541,34 @@ def evaluate(
         # one evaluation run per model (same keys: the compare views line them up), a trace per example
         genai.log_evaluation(cfg, rows_by_model, results, examples, digest=digest, payload=payload, step_run=run)
     return payload
+
+
+def _answers(models, examples, cfg: PipelineConfig, *, rows_paths, extra_rows_paths, with_register: bool,
+             include_base: bool, tmp: str, resume) -> tuple[dict, dict, dict, Mapping[str, str], str | None]:
+    """The evaluation rows of every model: gathered from answer shards (`rows_paths`), or answered
+    here (the base model, `models`, the champion), plus rows scored once elsewhere on this split
+    (`extra_rows_paths`). Returns (rows by model, point metrics, generation stats, models, champion)."""
+    from reset.evaluation import evaluate_models, point_metrics
+    from reset.evaluation.runner import gather_rows
+
+    if rows_paths:
+        rows_by_model, champion = gather_rows([_read_rows(p) for p in rows_paths], examples)
+        results, gen_stats = {m: point_metrics(rs) for m, rs in rows_by_model.items()}, {}
+        _log(f"[evaluate] gathered {len(rows_paths)} shards: {len(rows_by_model)} models x {len(examples)} prompts")
+    else:
+        evaluated, champion = _models_to_evaluate(models, cfg, with_register, include_base, tmp)
+        _log(f"[evaluate] {len(evaluated)} models ({', '.join(evaluated)}) x {len(examples)} "
+             f"{cfg.evaluate.split} prompts")
+        rows_by_model, results, gen_stats = evaluate_models(
+            evaluated, examples, cfg.evaluate, cfg.model, cfg.judge, log=_log, resume=resume
+        )
+        models = evaluated
+    for name, extra in (extra_rows_paths or {}).items():  # scored once elsewhere, on this same split
+        rows = _read_rows(extra)
+        if {r["example_id"] for r in rows} != {e.id for e in examples}:
+            raise ValueError(f"{extra}: the {name} rows are not this {cfg.evaluate.split} split's")
+        rows_by_model, results = {name: rows, **rows_by_model}, {name: point_metrics(rows), **results}
+    return rows_by_model, results, gen_stats, models, champion
 
 
 def _decide_and_report(
@@ -587,25 +587,18 @@ def _decide_and_report(
     parent: str,
 ) -> dict[str, Any]:
     """The decision and every report of it: the step's files and MLflow artifacts, the parent's headline."""
-    import mlflow
-
     from reset.evaluation import markdown_report
     from reset.evaluation.decision import rules_from_config, run_decision
     from reset.evaluation.html import html_report
     from reset.evaluation.plot import tradeoff_plot
-    from reset.evaluation.report import HEADLINE, headline_text
+    from reset.evaluation.report import HEADLINE
     from reset.evaluation.summary import flat_metrics, unit_values
 
     same = {ref: _same_weights(models.get(candidate), models.get(ref)) for ref in (reference, "champion")}
     decision = run_decision(
-        rows_by_model,
-        reference=reference,
-        candidate=candidate,
-        rules=rules_from_config(cfg.register, use),
-        selection_judges=cfg.judge.judges,
-        same_weights=same,
-        labels={"champion": f"champion v{champion}"} if champion else None,
-        split=cfg.evaluate.split,
+        rows_by_model, reference=reference, candidate=candidate, rules=rules_from_config(cfg.register, use),
+        selection_judges=cfg.judge.judges, same_weights=same,
+        labels={"champion": f"champion v{champion}"} if champion else None, split=cfg.evaluate.split,
     )
     summary, lines = decision.summary, decision.lines
     gate_lines = [f"Gate: {decision.words()}"] if decision.gates else []
@@ -629,6 +622,19 @@ def _decide_and_report(
         "units": unit_values(summary, rows_by_model),
         "intervals": flat_metrics(summary, keys=HEADLINE),  # the axes' intervals, paired differences and p
     }
+    _publish(summary, decision, lines, payload, rows_by_model, report=report, html=html, png=png, parent=parent)
+    return payload
+
+
+def _publish(summary, decision, lines: list[str], payload: Mapping[str, Any], rows_by_model, *, report: str,
+             html: str, png: bytes, parent: str) -> None:
+    """The evaluate step's MLflow artifacts, and the headline on the parent run: each arm on both
+    axes, each against MTL, the verdict and the decision."""
+    import mlflow
+
+    from reset.evaluation.report import HEADLINE, headline_text
+    from reset.evaluation.summary import flat_metrics
+
     all_rows = [r for rows in rows_by_model.values() for r in rows]
     mlflow.log_text(report, "comparison.md")
     mlflow.log_dict(payload["summary"], "summary.json")
@@ -636,7 +642,7 @@ def _decide_and_report(
     mlflow.log_image(tracking.png_image(png), "tradeoff.png")
     mlflow.log_text(html, "report.html")
     mlflow.log_table({k: [r.get(k) for r in all_rows] for k in all_rows[0]}, artifact_file="eval_samples.json")
-    if parent:  # the headline: each arm on both axes, each against MTL, the verdict and the decision
+    if parent:
         headline = headline_text(summary, lines + [f"Decision: {decision.words()}"] if decision.gates else lines)
         tracking.log_on_parent(
             parent,
@@ -645,7 +651,6 @@ def _decide_and_report(
             texts={"headline.md": headline, "comparison.md": report, "report.html": html},
             images={"tradeoff.png": png},
         )
-    return payload
 
 
 def _keep_rates(paths: Mapping[str, str] | None) -> dict[str, Any] | None:
@@ -723,7 +728,6 @@ def pick_round(rounds: Mapping[int, str], dev_path: str, cfg: PipelineConfig, *,
 def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidate: str = "reset") -> dict[str, Any]:
     """Register the candidate as challenger; champion only when the evaluate step's gates passed on
     the test split (a run evaluated on dev never promotes)."""
-    from reset.evaluation import GateDecision
     from reset.registry import UNKNOWN, log_and_register
 
     rcfg = cfg.register
@@ -731,29 +735,7 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
     results = payload.get("metrics", payload)
     if candidate not in results:
         raise ValueError(f"{metrics_path}: no metrics for model {candidate!r} (have {sorted(results)})")
-    split = payload.get("split", "test")
-    gates = (
-        {ref: GateDecision.from_dict(g) for ref, g in payload["gates"].items()}
-        if payload.get("gates") and split == "test"
-        else None
-    )
-    why_not = (
-        ""
-        if gates is not None
-        else (
-            "evaluated on the dev split (evaluate.split: dev): a tuning run never promotes"
-            if split == "dev"
-            else "no paired evaluation to gate on"
-        )
-    )
-    description = "\n".join(
-        payload.get("verdicts", []) + ([f"Decision: {payload['decision']}"] if payload.get("decision") else [])
-    )
-    tags = {
-        TEST_DIGEST_TAG if split == "test" else "reset.dev_digest": payload.get("split_digest", ""),
-        "reset.test_use": str(payload.get("test_use", "")),
-        "reset.decision": payload.get("decision", "")[:5000],
-    }
+    gates, why_not, description, tags = _registration_facts(payload)
     # the champion the gates compared against: the alias moves only if it still points there
     evaluated = payload.get("champion_version") if gates is not None and rcfg.compare_champion else UNKNOWN
     with tracking.step_run(cfg.tracking, "register", rcfg.model_dump()) as run:
@@ -774,13 +756,8 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
         )
         mlflow.log_metrics(tracking.numeric({f"{candidate}.{k}": v for k, v in results[candidate].items()}))
         mlflow.log_metric("promoted", int(decision["promote"]))
-        mlflow.set_tags(
-            {
-                "registered_model": rcfg.model_name,
-                "registered_version": decision["version"],
-                "promotion": decision["reason"],
-            }
-        )
+        mlflow.set_tags({"registered_model": rcfg.model_name, "registered_version": decision["version"],
+                         "promotion": decision["reason"]})
         verdict = "promoted to" if decision["promote"] else "NOT promoted to"
         _note(f"{rcfg.model_name} v{decision['version']} @{rcfg.challenger_alias}: {decision['reason']}")
         _log(
@@ -788,6 +765,32 @@ def register(model_dir: str, metrics_path: str, cfg: PipelineConfig, *, candidat
             f"@{rcfg.champion_alias}: {decision['reason']}"
         )
     return decision
+
+
+def _registration_facts(payload: Mapping[str, Any]) -> tuple[dict[str, Any] | None, str, str, dict[str, str]]:
+    """From the evaluate step's payload: the gates (only a test-split evaluation has them to act
+    on), why there is no gate otherwise, the version's description and its tags."""
+    from reset.evaluation import GateDecision
+
+    split = payload.get("split", "test")
+    gates = (
+        {ref: GateDecision.from_dict(g) for ref, g in payload["gates"].items()}
+        if payload.get("gates") and split == "test"
+        else None
+    )
+    why_not = ""
+    if gates is None:
+        why_not = ("evaluated on the dev split (evaluate.split: dev): a tuning run never promotes" if split == "dev"
+                   else "no paired evaluation to gate on")
+    description = "\n".join(
+        payload.get("verdicts", []) + ([f"Decision: {payload['decision']}"] if payload.get("decision") else [])
+    )
+    tags = {
+        TEST_DIGEST_TAG if split == "test" else "reset.dev_digest": payload.get("split_digest", ""),
+        "reset.test_use": str(payload.get("test_use", "")),
+        "reset.decision": payload.get("decision", "")[:5000],
+    }
+    return gates, why_not, description, tags
 
 
 # ---------------------------------------------------------------------------------- experiment
