@@ -33,8 +33,8 @@ TASK = """
 import sys, time
 from reset import procs
 assert procs.watch_driver()
-print("watching", flush=True)
 try:
+    print("watching", flush=True)   # inside the try: the interrupt may come as soon as the test reads this
     while True:
         time.sleep(0.05)   # a step at work
 except KeyboardInterrupt:

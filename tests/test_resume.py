@@ -98,6 +98,21 @@ def _skipped_samples(text: str) -> int:
                if x.startswith("[generate:hf] ") and "from chunks an earlier attempt finished" in x)
 
 
+def _count_generated(monkeypatch) -> list[int]:
+    """The samples the HF backend really generates from here on (its _sample calls), not what its log says."""
+    from reset.models.generation import hf
+
+    made: list[int] = []
+    real = hf._sample
+
+    def counting(model, tok, reqs, *a, **kw):
+        made.append(sum(r.n for r in reqs))
+        return real(model, tok, reqs, *a, **kw)
+
+    monkeypatch.setattr(hf, "_sample", counting)
+    return made
+
+
 def test_generate_killed_halfway_resumes_to_the_uninterrupted_output_and_a_changed_prompt_is_not_resumed_onto(
         world, capsys, monkeypatch):
     tmp, model = world
@@ -117,10 +132,13 @@ def test_generate_killed_halfway_resumes_to_the_uninterrupted_output_and_a_chang
 
     capsys.readouterr()
     monkeypatch.setenv(chunks.RESUME_ENV, str(root))
+    made = _count_generated(monkeypatch)
     steps.generate(model, str(tmp / "seen.jsonl"), cfg, out_candidates=str(again))
     log = capsys.readouterr().out
     assert _resumed(log) == left, log  # the finished chunks were skipped, and counted
     assert _skipped_samples(log) == left * 2 * 3  # 2 prompts x (greedy + 2 samples) a chunk, not generated again
+    total = len(whole.read_text().splitlines())
+    assert sum(made) == total - left * 2 * 3  # only the rest was generated (references are not generated)
     assert again.read_bytes() == whole.read_bytes()  # exactly what the uninterrupted run wrote
 
     # a changed prompt file: the killed attempt's chunks are not resumed onto, and the log says why
@@ -152,9 +170,11 @@ def test_evaluate_answers_killed_halfway_resume_to_the_uninterrupted_rows(world,
     assert 3 <= left < 12
     capsys.readouterr()
     monkeypatch.setenv(chunks.RESUME_ENV, str(root))
+    made = _count_generated(monkeypatch)
     steps.evaluate_answers({"mtl": model}, heldout, cfg, out_rows=str(again))
     log = capsys.readouterr().out
     assert _resumed(log) == left and _skipped_samples(log) == left * 2, log  # 2 answers a chunk
+    assert sum(made) == len(whole.read_text().splitlines()) - left * 2  # only the rest was answered
     assert again.read_bytes() == whole.read_bytes()
 
 
