@@ -178,6 +178,24 @@ def test_a_step_logs_where_its_time_went(cfg):
     assert progress.process_age() > 0.0
 
 
+def test_an_evaluation_of_several_models_counts_each_models_sampling(cfg):
+    """evaluate answers with every model in one engine (vLLM: started once, weights swapped in) or
+    one engine per model (transformers): the step's compute is all of their sampling."""
+    from reset import progress
+    from reset.models.generation import record_phases_of_many
+
+    vllm = [{"engine_start_s": 4.0, "generate_s": g, "reload_s": 0.5, "models_in_engine": 3} for g in (10, 20, 30)]
+    hf = [{"engine_start_s": 2.0, "generate_s": g} for g in (1.0, 2.0)]
+    got = []
+    for stats in (vllm, hf):
+        with tracking.step_run(cfg, "evaluate") as run:
+            record_phases_of_many(stats)
+        m = mlflow.MlflowClient().get_run(run.info.run_id).data.metrics
+        got.append((m["phase.engine_start_s"], m["phase.compute_s"], m.get("phase.model_load_s")))
+    assert got == [(4.0, 60.0, 1.5), (4.0, 3.0, None)]
+    assert progress.process_age() > 0.0
+
+
 EXPERIMENT_STEPS = ["mix", "answer", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate"]
 
 

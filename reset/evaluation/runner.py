@@ -18,7 +18,7 @@ from reset.config import DecodingSetting, EvaluateConfig, GenerateConfig, JudgeC
 from reset.data.chunks import Resume
 from reset.data.records import Example
 from reset.evaluation.metrics import Row, point_metrics, score_candidates
-from reset.models.generation import record_phases, run_many
+from reset.models.generation import record_phases_of_many, run_many
 
 
 def greedy_config(cfg: EvaluateConfig, seed: int = 0) -> GenerateConfig:
@@ -37,7 +37,7 @@ def evaluate_models(models: Mapping[str, str | os.PathLike[str]], examples: Sequ
     gens = run_many(models, examples, greedy_config(cfg), model_cfg, log=log, offset=offset, resume=resume)
     rows: dict[str, list[Row]] = {}
     metrics: dict[str, dict[str, float]] = {}
-    record_phases(next(iter(gens.values())).stats if gens else {})  # one engine for every model
+    record_phases_of_many([g.stats for g in gens.values()])
     for name, g in gens.items():
         with progress.timed("score"):
             rows[name] = score_candidates(examples, g.candidates, judge_cfg, model_name=name)

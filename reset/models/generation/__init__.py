@@ -121,6 +121,23 @@ def record_phases(stats: Mapping[str, Any]) -> None:
         progress.add_phase("model_load", float(stats["load_s"]))
 
 
+def record_phases_of_many(stats: Sequence[Mapping[str, Any]]) -> None:
+    """The phases of several models' generation in one step (evaluate): each model's sampling and
+    weight swaps add up; an engine that served them all (vLLM: models_in_engine > 1) started once,
+    separate engines (transformers: one load per model) each count."""
+    from reset import progress
+
+    if not stats:
+        return
+    shared = all(int(s.get("models_in_engine", 1)) > 1 for s in stats)
+    starts = [float(s.get("engine_start_s", 0.0)) for s in stats]
+    progress.add_phase("engine_start", max(starts) if shared else sum(starts))
+    progress.add_phase("compute", sum(float(s.get("generate_s", 0.0)) for s in stats))
+    load = sum(float(s.get("load_s", 0.0)) + float(s.get("reload_s", 0.0)) for s in stats)
+    if load:
+        progress.add_phase("model_load", load)
+
+
 def run_many(models: Mapping[str, str | os.PathLike[str]], examples: Sequence[Example], cfg: GenerateConfig,
              model_cfg: ModelConfig, *, log: Callable[[str], None] = print, offset: int = 0,
              resume: Resume | None = None) -> dict[str, Generation]:
