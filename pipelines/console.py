@@ -10,6 +10,7 @@ renders the `##reset` progress events (reset.progress) that the steps print.
 
 from __future__ import annotations
 
+import builtins
 import io
 import re
 import sys
@@ -221,16 +222,19 @@ def _last_exception(lines: list[str]) -> str:
 
 
 class captured:  # noqa: N801 - used as a context manager: `with captured(console):`
-    """Route sys.stdout and sys.stderr (and the warnings module) into a Console."""
+    """Route sys.stdout and sys.stderr (and the warnings module) into a Console; on the way out,
+    put back builtins.print too. kfp.local indents a task's output by swapping builtins.print for
+    the task and back, from one thread per ParallelFor iteration: two tasks at once can leave it
+    swapped, and every later line this process prints (the next pipeline's, the results) indented."""
 
     def __init__(self, console: Console):
         self.console = console
 
     def __enter__(self) -> Console:
-        self._saved = sys.stdout, sys.stderr
+        self._saved = sys.stdout, sys.stderr, builtins.print
         sys.stdout = sys.stderr = self.console  # type: ignore[assignment]
         return self.console
 
     def __exit__(self, *exc: object) -> None:
-        sys.stdout, sys.stderr = self._saved
+        sys.stdout, sys.stderr, builtins.print = self._saved
         self.console.close()

@@ -227,6 +227,7 @@ def step_run(cfg: TrackingConfig, step: str, params: Mapping[str, Any] | None = 
                             **{f"phase.{k}_s": v for k, v in progress.take_phases().items()}})
     mlflow.end_run("FINISHED")
     progress.emit("end", step=step, seconds=body)
+    procs.quick_exit_after_task()  # a task process: skip Python's teardown once kfp has its outputs
 
 
 def _describe(exc: BaseException, uri: str = "") -> str:

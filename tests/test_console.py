@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from pipelines.console import Console
+from pipelines.console import Console, captured
 from pipelines.tasks import DISPLAY
 from reset import progress
 
@@ -66,3 +66,40 @@ def test_progress_events_only_when_enabled(capsys, monkeypatch) -> None:
     progress.emit("start", step="x")
     assert progress.parse(capsys.readouterr().out) == {"event": "start", "step": "x"}
     assert progress.parse("plain text") is None and progress.parse(progress.PREFIX + "{not json") is None
+
+
+def test_a_pipeline_that_leaves_print_swapped_does_not_indent_what_the_driver_prints_next(tmp_path, capsys):
+    """kfp.local runs ParallelFor iterations in threads, each task inside logging_utils.indented_print
+    (builtins.print swapped for the task, then back). Two tasks interleaved as below leave print
+    swapped; the console's capture puts the real one back when the pipeline ends."""
+    import builtins
+    import threading
+
+    from kfp.local import logging_utils
+
+    real = builtins.print
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def task_a() -> None:
+        with logging_utils.indented_print():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def task_b() -> None:
+        a_in.wait(10)
+        with logging_utils.indented_print():
+            b_in.set()
+            a_out.wait(10)
+
+    with captured(Console(io.StringIO(), tmp_path / "logs")):
+        threads = [threading.Thread(target=t) for t in (task_a, task_b)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert builtins.print is not real  # the race: A restored first, B put back A's indented print
+    assert builtins.print is real
+    capsys.readouterr()
+    print("[run] results")
+    assert capsys.readouterr().out == "[run] results\n"
