@@ -54,6 +54,7 @@ from reset import tracking
 from reset.config import JUDGE_AXES, JudgeConfig, PipelineConfig
 from reset.data.records import Candidate, Example
 from reset.data.storage import is_local_store
+from reset.errors import duplicate_row
 
 # The pass / fail facts of reset.judging.gates that selection requires, as boolean scorers (MLflow
 # shows them as pass rates). no_copy is left out: it only says whether answer_correct was voided.
@@ -518,7 +519,7 @@ def _log_dataset(client, run_id: str, dataset) -> None:
             client.log_inputs(run_id, datasets=[entry])
             return
         except MlflowException as e:
-            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 2:
+            if not duplicate_row(e) or attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from reset.config import RegisterConfig
+from reset.errors import duplicate_row
 from reset.evaluation import GateDecision
 
 METRIC_TAG = "metric."
@@ -162,11 +163,6 @@ def _signature():
     return example, infer_signature(example, ["Alexander Graham Bell patented it.", "Soft rain on the roof."])
 
 
-# what a tracking store's "row already there" error says: SQLite, PostgreSQL, MySQL (directly, or in
-# the message of a tracking server's HTTP error)
-_DUPLICATE_ROW = ("IntegrityError", "UNIQUE constraint failed", "UniqueViolation", "duplicate key", "Duplicate entry")
-
-
 def set_alias(client, model_name: str, alias: str, version: str, attempts: int = 5) -> None:
     """Point `alias` at `version`. MLflow's SQL store sets an alias by reading whether it exists and
     then inserting or updating it, so two runs that alias the same model at once can both insert and
@@ -179,7 +175,7 @@ def set_alias(client, model_name: str, alias: str, version: str, attempts: int =
             client.set_registered_model_alias(model_name, alias, str(version))
             return
         except MlflowException as exc:
-            if attempt == attempts - 1 or not any(m in str(exc) for m in _DUPLICATE_ROW):
+            if attempt == attempts - 1 or not duplicate_row(exc):
                 raise
             time.sleep(0.05 * (attempt + 1))
 

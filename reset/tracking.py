@@ -21,6 +21,7 @@ from typing import Any
 from reset import procs, progress
 from reset.config import TrackingConfig
 from reset.data.storage import is_local_store
+from reset.errors import duplicate_row
 
 STEP_TAG = "reset.step"
 # MLflow's UI opens an experiment of this kind in its model-training view (not the GenAI traces page).
@@ -107,7 +108,11 @@ def experiment_id(cfg: TrackingConfig) -> str:
     if exp is not None:
         if "mlflow.experimentKind" not in exp.tags:  # made before this tag existed, or by hand
             for k, v in EXPERIMENT_TAGS.items():
-                client.set_experiment_tag(exp.experiment_id, k, v)
+                try:
+                    client.set_experiment_tag(exp.experiment_id, k, v)
+                except Exception as e:  # two steps tagging it at once: the other one's insert won
+                    if not duplicate_row(e):
+                        raise
         return exp.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
@@ -415,7 +420,7 @@ def log_input(data, **kwargs) -> None:
             mlflow.log_input(data, **kwargs)
             return
         except MlflowException as e:
-            if "UNIQUE constraint" not in str(e) and "duplicate key" not in str(e) or attempt == 2:
+            if not duplicate_row(e) or attempt == 2:
                 raise
             time.sleep(0.2 * (attempt + 1))
 

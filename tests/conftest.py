@@ -34,6 +34,35 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# Run with several pytest workers (make test: `-n 2 --dist loadfile`), each worker and everything it
+# starts keeps to its own share of the CPUs: torch's and vLLM's thread pools size themselves from the
+# affinity mask (reset.runtime, vllm_server.worker_env), so two workers on two cores no longer run two
+# two-thread pools on two cores, whose spinning OpenMP threads slowed each other several times over.
+# RESET_TEST_PIN=0 leaves the mask alone.
+def _pin_worker() -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if not worker.startswith("gw") or count < 2 or os.environ.get("RESET_TEST_PIN", "1") == "0":
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[int(worker[2:]) % count::count] if len(cores) >= count else []
+    if mine:
+        os.sched_setaffinity(0, mine)
+
+
+_pin_worker()
+
+# The files whose runs take minutes go first, so that a worker is not left with one of them at the
+# end while the other idles (pytest-xdist's loadfile hands out files in collection order).
+SLOW_FIRST = ("test_fault_pipeline.py", "test_shards.py", "test_e2e.py", "test_generation.py", "test_resume.py",
+              "test_vllm_judge.py", "test_kfp_api.py", "test_promotion.py", "test_training.py")
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def wait_for(what: str, cond, timeout: float, poll: float = 0.1):
     """cond()'s first true value, polled until `timeout` seconds; the test fails after that."""
     deadline = time.monotonic() + timeout

@@ -133,3 +133,27 @@ def test_a_dataset_another_run_logged_meanwhile_is_linked_not_an_error(store, tm
     with store_.ManagedSessionMaker() as session:
         rows = session.query(SqlDataset).filter(SqlDataset.name == "train").all()
         assert [r.dataset_uuid for r in rows] == [other_uuid]
+
+
+def test_an_experiment_tag_another_step_set_meanwhile_is_not_an_error(store, tmp_path):
+    """An experiment made without our tags (by hand, or by an older version): the first steps that
+    find it tag it, and two of them at once (two promotions, say) insert the same tag."""
+    from mlflow.store.tracking.dbmodels.models import SqlExperimentTag
+
+    from reset.config import TrackingConfig
+
+    kind, uri = store
+    client = mlflow.MlflowClient()
+    exp = client.create_experiment("untagged", artifact_location=(tmp_path / "art").as_uri())
+    # (a PostgreSQL URI holds its password: refused as a parameter, so built here without validation)
+    cfg = TrackingConfig.model_construct(**{**TrackingConfig().model_dump(), "tracking_uri": uri,
+                                            "experiment": "untagged"})
+    with another_run_inserts_first(SqlExperimentTag) as other:
+        assert tracking.experiment_id(cfg) == exp
+    assert other  # the race happened
+    assert set(tracking.EXPERIMENT_TAGS.items()) <= set(client.get_experiment(exp).tags.items())
+
+    # the positive control: the same race on a tag set directly is the database's duplicate-row error
+    other_exp = client.create_experiment("untagged-2", artifact_location=(tmp_path / "art2").as_uri())
+    with another_run_inserts_first(SqlExperimentTag), pytest.raises(MlflowException, match=DUPLICATE[kind]):
+        client.set_experiment_tag(other_exp, "mlflow.experimentKind", "custom_model_development")
