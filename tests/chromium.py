@@ -47,7 +47,7 @@ class CDPError(RuntimeError):
 
 
 class Chromium:
-    def __init__(self, binary: str | None = None, timeout_s: float = 60.0):
+    def __init__(self, binary: str | None = None, timeout_s: float = 120.0):
         self.binary = binary or chromium_binary()
         if not self.binary:
             raise FileNotFoundError("chromium is not installed (make test installs Debian's chromium package)")
@@ -69,6 +69,9 @@ class Chromium:
             r, w = fcntl.fcntl(to_browser_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_browser_w, fcntl.F_DUPFD, 10)
             os.dup2(r, 3)
             os.dup2(w, 4)
+            # a browser is a dozen processes: not held to the one core of a test worker (tests/conftest.py)
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(0, range(os.cpu_count() or 1))
 
         self._log = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
