@@ -117,7 +117,10 @@ def benchmarks(steps: list[dict], config: str, kfp: Path) -> dict[str, float]:
             cmd = ["bench/train_bench.py", "--config", config, "--section", "train", "--json",
                    "--data", str(kfp / "mix-data" / "train_set")]
         elif name == "finetune-reset":
-            mtl = next((p for p in (kfp / "finetune-mtl").iterdir() if p.is_dir()), None)
+            # the MTL adapter: kfp.local names the task folder by its component ("finetune", then
+            # "finetune-2" for the continued one); "finetune-mtl" in runs made before the one-step table
+            mtl = next((p for d in ("finetune-mtl", "finetune") if (kfp / d).is_dir()
+                        for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
             cmd = ["bench/train_bench.py", "--config", config, "--section", "continued_train", "--json",
                    "--data", str(kfp / "select-samples" / "selected_set")] + (["--model", str(mtl)] if mtl else [])
         elif name == "generate":
@@ -130,6 +133,7 @@ def benchmarks(steps: list[dict], config: str, kfp: Path) -> dict[str, float]:
         print(f"benchmark of {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         r = _bench(cmd)
         out[name] = r.get("tokens_per_second") or r["tokens_per_s"]
+        print(f"benchmark of {name}: {out[name]:.0f} tokens/s", file=sys.stderr, flush=True)
 
     return out
 
