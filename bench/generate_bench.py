@@ -78,6 +78,9 @@ def main() -> None:
     ap.add_argument("--prompts", default="", help="a JSONL of prompts (a run's seen_prompts; default: the mix's)")
     ap.add_argument("--only-raw", action="store_true", help="only the raw engine (bench/profile_run.py)")
     ap.add_argument("--json", action="store_true", help="with --only-raw: print one JSON line")
+    ap.add_argument("--model-from", default="", help="the raw engine samples from this fine-tuning output "
+                    "(its adapter merged into a copy of the base, as the step's worker loads it) instead of the "
+                    "base: the generate step samples from the MTL model (bench/profile_run.py)")
     args = ap.parse_args()
     cfg = load_config(args.config)
     python = os.environ.get("RESET_VLLM_PYTHON") or str(REPO / ".venv-vllm" / "bin" / "python")
@@ -90,6 +93,15 @@ def main() -> None:
         examples = read_jsonl(args.prompts, Example)[0]
     else:
         examples = seen_prompts(cfg)
+    if args.model_from:
+        import atexit
+        import shutil
+
+        from reset.models.loading import merge_to
+
+        tmp = tempfile.mkdtemp(prefix="reset-bench-merged-")
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        model = merge_to(args.model_from, Path(tmp) / "model", cache_dir=cfg.model.cache_dir)
     rows = {"raw": raw_engine(python, model, examples, cfg)}
     if args.only_raw:
         r = rows["raw"]

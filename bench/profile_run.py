@@ -123,9 +123,11 @@ def benchmarks(steps: list[dict], config: str, kfp: Path) -> dict[str, float]:
                         for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
             cmd = ["bench/train_bench.py", "--config", config, "--section", "continued_train", "--json",
                    "--data", str(kfp / "select-samples" / "selected_set")] + (["--model", str(mtl)] if mtl else [])
-        elif name == "generate":
+        elif name == "generate":  # the raw engine on the model the step samples from: MTL
+            mtl = next((p for d in ("finetune-mtl", "finetune") if (kfp / d).is_dir()
+                        for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
             cmd = ["bench/generate_bench.py", "--config", config, "--only-raw", "--json",
-                   "--prompts", str(kfp / "mix-data" / "seen_prompts")]
+                   "--prompts", str(kfp / "mix-data" / "seen_prompts")] + (["--model-from", str(mtl)] if mtl else [])
         else:
             continue
         if n and "train_bench" in cmd[0]:
