@@ -106,6 +106,14 @@ def _bench(cmd: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _mtl_output(kfp: Path) -> Path | None:
+    """The MTL fine-tuning's output folder: kfp.local names a task's folder by its component
+    ("finetune", then "finetune-2" for the continued one); "finetune-mtl" in runs made before the
+    one-step table."""
+    return next((p for d in ("finetune-mtl", "finetune") if (kfp / d).is_dir()
+                 for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
+
+
 def benchmarks(steps: list[dict], config: str, kfp: Path) -> dict[str, float]:
     """Each fine-tuning and generation step's benchmark on its own inputs, one after the other:
     our trainer alone on the step's data and section (bench/train_bench.py --config), vLLM's raw
@@ -117,15 +125,11 @@ def benchmarks(steps: list[dict], config: str, kfp: Path) -> dict[str, float]:
             cmd = ["bench/train_bench.py", "--config", config, "--section", "train", "--json",
                    "--data", str(kfp / "mix-data" / "train_set")]
         elif name == "finetune-reset":
-            # the MTL adapter: kfp.local names the task folder by its component ("finetune", then
-            # "finetune-2" for the continued one); "finetune-mtl" in runs made before the one-step table
-            mtl = next((p for d in ("finetune-mtl", "finetune") if (kfp / d).is_dir()
-                        for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
+            mtl = _mtl_output(kfp)
             cmd = ["bench/train_bench.py", "--config", config, "--section", "continued_train", "--json",
                    "--data", str(kfp / "select-samples" / "selected_set")] + (["--model", str(mtl)] if mtl else [])
         elif name == "generate":  # the raw engine on the model the step samples from: MTL
-            mtl = next((p for d in ("finetune-mtl", "finetune") if (kfp / d).is_dir()
-                        for p in sorted((kfp / d).iterdir()) if p.is_dir()), None)
+            mtl = _mtl_output(kfp)
             cmd = ["bench/generate_bench.py", "--config", config, "--only-raw", "--json",
                    "--prompts", str(kfp / "mix-data" / "seen_prompts")] + (["--model-from", str(mtl)] if mtl else [])
         else:
