@@ -266,14 +266,10 @@ def _quick_exit() -> None:
 
     if _uncaught:
         return  # Python's own exit, with its status
-    code = 0
-    try:
-        atexit.unregister(_quick_exit)
-        atexit._run_exitfuncs()  # the other handlers, in their own order (last registered first)
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-    except BaseException:  # noqa: BLE001 - a handler failed: leave the status to Python's exit
-        code = 1
-    os._exit(code)
+    atexit.unregister(_quick_exit)
+    atexit._run_exitfuncs()  # the other handlers, in their own order (last registered first); it reports
+    logging.shutdown()  # a failing handler itself and goes on, as Python's exit does
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(0)
