@@ -91,12 +91,19 @@ def table(steps: list[dict], parent: dict, bench: dict[str, float] | None = None
     return "\n".join(lines)
 
 
-def kfp_dir(run_dir: Path) -> Path | None:
-    """The kfp.local outputs of a run (runs/kfp/<pipeline>-<timestamp>-..., same timestamp)."""
-    stamp = run_dir.name.removeprefix("run-")  # 20261205-010203
-    want = f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}-{stamp[9:11]}-{stamp[11:13]}-{stamp[13:15]}"
-    hits = sorted(p for p in (run_dir.parent / "kfp").glob(f"*-{want}-*") if p.is_dir())
-    return hits[-1] if hits else None
+def kfp_dir(run_dir: Path, within_s: int = 10) -> Path | None:
+    """The kfp.local outputs of a run (runs/kfp/<pipeline>-<timestamp>-...): the first folder stamped
+    at the run's second or up to `within_s` seconds after it (kfp.local names it when the pipeline
+    starts, a moment after the run folder)."""
+    import datetime as dt
+
+    start = dt.datetime.strptime(run_dir.name.removeprefix("run-"), "%Y%m%d-%H%M%S")  # run-20261205-010203
+    for k in range(within_s + 1):
+        want = (start + dt.timedelta(seconds=k)).strftime("%Y-%m-%d-%H-%M-%S")
+        hits = sorted(p for p in (run_dir.parent / "kfp").glob(f"*-{want}-*") if p.is_dir())
+        if hits:
+            return hits[-1]
+    return None
 
 
 def _bench(cmd: list[str]) -> dict:

@@ -807,15 +807,12 @@ def control_set(selected_path: str, seen_path: str, *, out_path: str) -> int:
 def experiment_report(
     payload_paths: Sequence[str], cfg: PipelineConfig, *, out_report: str, out_json: str = ""
 ) -> dict[str, Any]:
-    """Across seeds: the pooled comparisons (reset.experiments.report), logged on the parent run
-    (found by the KFP run id) as experiment.md / experiment.json."""
-    from reset.experiments.report import seed_report
+    """Across seeds: the pooled comparisons (reset.experiments.report) of every evaluate payload (one
+    per seed, or two where the trade-off arms had their own), logged on the parent run (found by the
+    KFP run id) as experiment.md / experiment.json."""
+    from reset.experiments.report import by_seed, seed_report
 
-    payloads = {}
-    for p in payload_paths:  # each evaluate payload names its seed
-        payload = json.loads(Path(p).read_text())
-        payloads[int(payload.get("seed", len(payloads)))] = payload
-    report, data = seed_report(payloads)
+    report, data = seed_report(by_seed([json.loads(Path(p).read_text()) for p in payload_paths]))
     _write_text(out_report, report)
     _write_text(out_json, json.dumps(data, indent=2))
     parent = tracking.find_parent(cfg.tracking, tracking.job_id()) if tracking.job_id() else None

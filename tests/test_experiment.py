@@ -8,8 +8,8 @@ import yaml
 
 from reset.config import ConfigError, load_config
 from reset.data.demo import build_demo
-from reset.experiments.arms import ARMS, arm_config, control_examples, needed
-from reset.experiments.report import seed_report
+from reset.experiments.arms import ARMS, TRADEOFF_ARMS, arm_config, control_examples, needed
+from reset.experiments.report import by_seed, seed_report
 
 from .conftest import REPO
 
@@ -26,10 +26,16 @@ def compiled(tmp_path_factory):
     return yaml.safe_load(out.read_text())
 
 
+def _loops(doc) -> list[dict]:
+    comps = doc["components"]
+    return [c["dag"]["tasks"] for name, c in comps.items() if name.startswith("comp-for-loop") and "dag" in c]
+
+
 def _loop(doc):
-    loops = [c for name, c in doc["components"].items() if name.startswith("comp-for-loop") and "dag" in c]
-    assert len(loops) == 1
-    return loops[0]["dag"]["tasks"]
+    """Both loops' tasks (the seeds' and the trade-off arms'; task keys are unique in a pipeline)."""
+    loops = _loops(doc)
+    assert len(loops) == 2
+    return {k: v for tasks in loops for k, v in tasks.items()}
 
 
 def _by_display(tasks):
@@ -64,16 +70,26 @@ def test_every_arm_and_the_control_in_dependency_order(compiled):
     assert {"finetune-mtl", "select-reset-s"} <= up["finetune-reset-s"] and "select-reset" not in up["finetune-reset-s"]
     # the control: MTL plus the references of the prompts ReSet kept
     assert {"finetune-mtl", "control-data", "select-reset"} <= up["finetune-control"]
-    assert {f"finetune-{a}" for a in ARMS} <= up["evaluate"]
+    assert {f"finetune-{a}" for a in ARMS if a not in TRADEOFF_ARMS} <= up["evaluate"]
+    assert {f"finetune-{a}" for a in TRADEOFF_ARMS} == up["evaluate-tradeoff"]
     # the MTL checkpoint is trained once per seed and feeds reset, reset-s and control
     assert sum(1 for n in names if n == "finetune-mtl") == 1
-    # seeds run as a ParallelFor and the report collects every seed's scores
+    # seeds run as a ParallelFor and the report collects every seed's scores: MTL and what continues it
+    # over the run form's `seeds`, the trade-off arms in a loop of their own over `tradeoff_seeds`
     root = compiled["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-    loop = next(spec for spec in root.values() if "parameterIterator" in spec)
-    # over the run form's `seeds` parameter, whose default is the config's
-    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("seeds")
-    assert compiled["root"]["inputDefinitions"]["parameters"]["seeds"]["defaultValue"] == [0, 1]
-    assert "experiment-report" in root
+    loops = {spec["parameterIterator"]["items"]["inputParameter"].split("-")[-1]:
+             compiled["components"][spec["componentRef"]["name"]]["dag"]["tasks"]
+             for spec in root.values() if "parameterIterator" in spec}
+    assert set(loops) == {"seeds", "tradeoff_seeds"}
+    params = compiled["root"]["inputDefinitions"]["parameters"]
+    assert params["seeds"]["defaultValue"] == [0, 1] and params["tradeoff_seeds"]["defaultValue"] == [0]
+    main, side = _by_display(loops["seeds"]), _by_display(loops["tradeoff_seeds"])
+    assert set(side) == {f"finetune-{a}" for a in TRADEOFF_ARMS} | {"evaluate-tradeoff"}
+    assert not {f"finetune-{a}" for a in TRADEOFF_ARMS} & set(main)
+    # the report collects both loops' evaluations
+    report = root["experiment-report"]["inputs"]["artifacts"]
+    assert {report[k]["taskOutputArtifact"]["outputArtifactKey"] for k in ("scores", "tradeoff_scores")} == {
+        f"pipelinechannel--{main['evaluate'][0]}-scores", f"pipelinechannel--{side['evaluate-tradeoff'][0]}-scores"}
     # the base model has no seed: its answers are scored once, outside the loop, for every seed's evaluation
     assert "answer-base" in {spec["taskInfo"]["name"] for spec in root.values()}
     ev = _by_display(tasks)["evaluate"][1]
@@ -194,3 +210,60 @@ def test_seeds_run_one_after_the_other_locally_and_as_configured_on_a_cluster(tm
     definitions.compile_to(cfg, definitions.EXPERIMENT, str(tmp_path / "cluster.yaml"))
     assert loop_policy(tmp_path / "local.yaml") == {"parallelismLimit": 1}
     assert loop_policy(tmp_path / "cluster.yaml") == {"parallelismLimit": 3}
+
+
+def test_trade_off_arms_on_fewer_seeds_are_paired_with_mtl_of_their_own_seed():
+    """experiment.tradeoff_seed_count: the trade-off arms' evaluation is a second payload of seed 0 (its
+    own loop, no MTL in it); the report merges it with that seed's and pairs IF-only with MTL of
+    seed 0 only, while ReSet vs MTL pools both seeds."""
+    def est(v):
+        return {"if_prompt_acc": {"value": v, "low": v - 0.1, "high": v + 0.1, "n": 100},
+                "faithfulness": {"value": 0.5, "low": 0.4, "high": 0.6, "n": 50}}
+
+    def units(up, faith):
+        return {"if_prompt_acc": {f"i{u}": u < 40 + up for u in range(100)},
+                "faithfulness": {f"f{u}": faith + 0.01 * (u % 3) for u in range(50)}}
+
+    metrics = [{"key": "if_prompt_acc", "kind": "rate"}, {"key": "faithfulness", "kind": "mean"}]
+
+    def seeds_loop(seed, reset_up):
+        return {"seed": seed, "units": {"mtl": units(0, 0.5), "reset": units(reset_up, 0.55)},
+                "summary": {"arms": ["mtl", "reset"], "reference": "mtl", "metrics": metrics,
+                            "estimates": {"mtl": est(0.4), "reset": est(0.4 + reset_up / 100)}}}
+
+    tradeoff = {"seed": 0, "units": {"if-only": units(12, 0.3)},  # reference "mtl" absent: no pairs in it
+                "summary": {"arms": ["if-only"], "reference": None, "metrics": metrics,
+                            "estimates": {"if-only": est(0.52)}}}
+    payloads = by_seed([seeds_loop(0, 8), seeds_loop(1, 4), tradeoff])
+    assert sorted(payloads) == [0, 1] and payloads[0]["summary"]["arms"] == ["mtl", "reset", "if-only"]
+    assert payloads[0]["summary"]["reference"] == "mtl" and "if-only" not in payloads[1]["summary"]["arms"]
+    text, data = seed_report(payloads)
+    assert data["seeds_of"]["reset"] == [0, 1] and data["seeds_of"]["if-only"] == [0]
+    assert data["pooled"]["if-only"]["if_prompt_acc"]["per_seed"] == pytest.approx([0.12])
+    assert data["pooled"]["if-only"]["faithfulness"]["diff"] == pytest.approx(-0.2)
+    assert data["pooled"]["reset"]["if_prompt_acc"]["per_seed"] == pytest.approx([0.08, 0.04])
+    assert "+0.120 (seed 0 only)" in text and "0.52 [0.42, 0.62] (seed 0 only)" in text
+    assert "describes that model, not the method" in text
+    # the family counts it once per axis, beside ReSet vs MTL (the primary one, not in the family)
+    assert {(f["comparison"], f["axis"]) for f in data["family"]} == {("if-only", "if_prompt_acc"),
+                                                                       ("if-only", "faithfulness")}
+    assert data["unpaired"] == [] and "is not compared" not in text
+    # a run form whose tradeoff_seeds are no seed of MTL's: the arm is named as not compared, not dropped quietly
+    text, data = seed_report(by_seed([seeds_loop(0, 8), {**tradeoff, "seed": 5}]))
+    assert data["unpaired"] == ["if-only"] and "IF-only is not compared with MTL" in text
+
+
+def test_the_trade_off_arms_run_on_the_first_seeds_and_the_reference_is_not_one_of_them():
+    cfg = load_config(REPO / "configs" / "experiment.yaml", ["experiment.seeds=[7, 8, 9]"])
+    assert cfg.experiment.tradeoff_seed_count == 1 and cfg.experiment.tradeoff_seeds() == [7]
+    from pipelines.experiment_pipeline import build_experiment, experiment_arguments
+
+    assert experiment_arguments(cfg)["tradeoff_seeds"] == [7]
+    every = load_config(REPO / "configs" / "demo.yaml", ["experiment.seeds=[3, 4]"])
+    assert every.experiment.tradeoff_seeds() == [3, 4]  # not set: every seed
+    with pytest.raises(ConfigError, match=r"experiment.*tradeoff_seed_count: 3, but seeds has 2"):
+        load_config(REPO / "configs" / "experiment.yaml", ["experiment.seeds=[0, 1]",
+                                                           "experiment.tradeoff_seed_count=3"])
+    cfg = load_config(REPO / "configs" / "experiment.yaml", ["experiment.reference=if-only"])
+    with pytest.raises(ValueError, match="reference arm 'if-only' is itself a trade-off arm"):
+        build_experiment(cfg)

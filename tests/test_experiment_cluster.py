@@ -26,8 +26,14 @@ def _docs(path) -> list[dict]:
 
 
 def _loop_tasks(spec: dict) -> dict[str, dict]:
-    loop = next(c for name, c in spec["components"].items() if name.startswith("comp-for-loop") and "dag" in c)
-    return {t["taskInfo"]["name"]: t for t in loop["dag"]["tasks"].values()}
+    """The tasks of both loops (the seeds' and the trade-off arms') by display name."""
+    loops = [c for name, c in spec["components"].items() if name.startswith("comp-for-loop") and "dag" in c]
+    return {t["taskInfo"]["name"]: t for loop in loops for t in loop["dag"]["tasks"].values()}
+
+
+def _loop_keys(spec: dict) -> dict[str, str]:
+    loops = [c for name, c in spec["components"].items() if name.startswith("comp-for-loop") and "dag" in c]
+    return {t["taskInfo"]["name"]: k for loop in loops for k, t in loop["dag"]["tasks"].items()}
 
 
 def _exec(spec: dict, task: dict) -> str:
@@ -41,8 +47,7 @@ def test_compile_writes_the_experiment_with_the_cluster_settings(tmp_path, capsy
     spec, platform = _docs(out)
     assert spec["pipelineInfo"]["name"] == "reset-experiment"
     tasks = _loop_tasks(spec)
-    key = {t["taskInfo"]["name"]: k for k, t in
-           next(c for n, c in spec["components"].items() if n.startswith("comp-for-loop"))["dag"]["tasks"].items()}
+    key = _loop_keys(spec)
     assert {f"finetune-{a}" for a in ARMS} <= set(tasks)
     # dependency order: the sequential arms after their first half, the continued ones after MTL
     assert key["finetune-cd-only"] in tasks["finetune-cd-if"]["dependentTasks"]
@@ -61,7 +66,8 @@ def test_compile_writes_the_experiment_with_the_cluster_settings(tmp_path, capsy
     assert "createpvc" in spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     # the run form: tracking and the seeds (the arms shape the DAG: compile-time)
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == {"tracking", "seeds"} and params["seeds"]["defaultValue"] == [0, 1, 2, 3, 4]
+    assert set(params) == {"tracking", "seeds", "tradeoff_seeds"} and params["seeds"]["defaultValue"] == [0, 1, 2, 3, 4]
+    assert params["tradeoff_seeds"]["defaultValue"] == [0]  # experiment.tradeoff_seed_count: 1
 
 
 def test_the_paper_scale_experiment_keeps_weights_on_the_volume_and_gpus_where_configured(tmp_path):
@@ -111,7 +117,7 @@ def test_submit_sends_the_experiment_with_the_run_forms_seeds(api, capsys):
     # the parameters, written out from the config file (not from the code that builds them)
     tracking = yaml.safe_load((REPO / "configs" / "experiment.yaml").read_text())["tracking"]
     assert run["runtime_config"]["parameters"] == {
-        "seeds": [7, 8], "tracking": {"run_name": "", **tracking, "tracking_uri": SERVER}}
+        "seeds": [7, 8], "tradeoff_seeds": [7], "tracking": {"run_name": "", **tracking, "tracking_uri": SERVER}}
     assert "report: SUCCEEDED" in capsys.readouterr().out
     for r in api.requests:
         assert r.headers.get("authorization") == f"Bearer {TOKEN}" and TOKEN.encode() not in r.raw

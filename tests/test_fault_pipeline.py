@@ -1,9 +1,10 @@
 """Faults during whole local runs (kfp.local, the tiny model, data and base model on a moto S3
 server), three runs at once on one output folder (one MLflow store, one KFP root, one model cache):
 
-- R (the ReSet pipeline) and E (the experiment pipeline at tiny sizes: the arms MTL and ReSet and
-  the control, one seed) run undisturbed: both finish with their own parent and step runs intact;
-  E's report compares its arms, and its MTL and ReSet arms train as R's MTL and ReSet steps do
+- R (the ReSet pipeline) and E (the experiment pipeline at tiny sizes: the arms MTL and ReSet, the
+  control, and IF-only in the trade-off arms' own loop, one seed) run undisturbed: both finish with
+  their own parent and step runs intact; E's report compares its arms (IF-only against MTL of the
+  same seed, across the two loops), and its MTL and ReSet arms train as R's MTL and ReSet steps do
   (same config, same seed: the same losses);
 - F is killed with SIGKILL during fine-tuning (after a checkpoint): its running task stops by
   itself and its step run is KILLED; `runs cleanup` marks F's parent KILLED and nothing of R or
@@ -50,10 +51,10 @@ MINI = [
 ]
 MODELS = ("base", "mtl", "reset")
 STEPS = {"mix", "finetune-mtl", "generate", "judge", "select", "finetune-reset", "evaluate", "register"}
-# the experiment at tiny sizes: two arms and the control, one seed
-EXPERIMENT = ["--set", "experiment.arms=[mtl, reset, control]", "--set", "experiment.seeds=[0]"]
+# the experiment at tiny sizes: two arms, the control and a trade-off arm (its own loop), one seed
+EXPERIMENT = ["--set", "experiment.arms=[mtl, reset, control, if-only]", "--set", "experiment.seeds=[0]"]
 EXPERIMENT_STEPS = {"mix", "answer", "finetune-mtl", "generate", "judge", "select", "finetune-reset",
-                    "finetune-control", "evaluate"}
+                    "finetune-control", "finetune-if-only", "evaluate"}
 
 
 class Run:
@@ -197,7 +198,8 @@ def test_two_runs_at_once_finish_with_their_own_runs_intact(scenario):
         p = parents[name]
         assert p.info.status == "FINISHED", name
         steps = steps_of(client, exp, p.info.run_id)
-        assert set(steps) == want and all(len(steps[s]) == 1 for s in want), (name, sorted(steps))
+        runs_of = {"evaluate": 2} if name == "E" else {}  # E: the seeds' loop and the trade-off arms' loop
+        assert set(steps) == want and all(len(steps[s]) == runs_of.get(s, 1) for s in want), (name, sorted(steps))
         assert all(runs[-1].info.status == "FINISHED" for runs in steps.values()), name
 
 
@@ -216,10 +218,12 @@ def test_the_experiment_at_tiny_sizes_reports_its_arms_trained_as_the_reset_pipe
         assert close({k: ft[step][k] for k in ("first_loss", "final_loss")},
                      {k: r[k] for k in ("first_loss", "final_loss")}) == [], step
     # every arm scored on the held-out split, the report across seeds on the parent run
-    scored = {k.split(".")[0] for k in e_steps["evaluate"][-1].data.metrics}
-    assert {"base", "mtl", "reset", "control"} <= scored
+    scored = [{k.split(".")[0] for k in r.data.metrics} for r in e_steps["evaluate"]]
+    assert {"base", "mtl", "reset", "control"} <= scored[0] and "if-only" not in scored[0]
+    assert {"base", "if-only"} <= scored[1] and "mtl" not in scored[1]  # the trade-off arms' loop
     report = Path(client.download_artifacts(e_parent.info.run_id, "experiment.md", str(tmp_path))).read_text()
     assert "ReSet vs MTL" in report and "MTL+steps (control) vs MTL" in report
+    assert "IF-only vs MTL" in report  # paired with MTL of the same seed, from the other loop's evaluation
     assert "The paper's arms (1 seed: 0)" in report
     assert "The paper's arms" in state["r_text"][1]  # and the CLI printed it
 

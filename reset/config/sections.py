@@ -697,6 +697,12 @@ class ExperimentConfig(Section):
     """Training and sampling seeds; every arm runs once per seed on the same split and test set. The
     method, not one trained model, is the unit of inference: the report pools the seeds (crossed
     seed and prompt effects), so five seeds by default; one seed says something about one model."""
+    tradeoff_seed_count: PositiveInt | None = None
+    """The trade-off arms (if-only, cd-only, cd-if, if-cd: they start from the base model, not from
+    MTL) run on the first this many of `seeds`, each paired with MTL of the same seed; None: every
+    seed. The arms that decide (MTL and what continues it: ReSet, ReSet-S, the control, ReSet 2
+    rounds) always run on every seed; the report marks a comparison made on fewer seeds. On the run
+    form it becomes `tradeoff_seeds` (the list)."""
     overlays: dict[Arm, dict[str, dict[str, Any]]] = Field(default_factory=dict)
     """arm -> section -> values applied on top of the config for that arm (reset-s has a default:
     more aggressive sampling and select.mode reset-s)."""
@@ -712,6 +718,17 @@ class ExperimentConfig(Section):
         if len(set(v)) != len(v):
             raise ValueError("a seed is listed twice")
         return v
+
+    @model_validator(mode="after")
+    def _tradeoff_seeds_are_seeds(self) -> ExperimentConfig:
+        if self.tradeoff_seed_count is not None and self.tradeoff_seed_count > len(self.seeds):
+            raise ValueError(f"tradeoff_seed_count: {self.tradeoff_seed_count}, but seeds has {len(self.seeds)} "
+                             "(the trade-off arms run on the first tradeoff_seed_count seeds)")
+        return self
+
+    def tradeoff_seeds(self) -> list[int]:
+        """The seeds the trade-off arms run on: the first tradeoff_seed_count of `seeds`."""
+        return list(self.seeds[: self.tradeoff_seed_count or len(self.seeds)])
 
 
 # The section named "register" shadows ABCMeta.register on the class, harmlessly (instances read the field).

@@ -47,6 +47,19 @@ ARMS: dict[str, tuple[str, str]] = {
     "control": ("mtl", "control"),
 }
 ALL_ARMS = tuple(ARMS)
+
+
+def _chain(arm: str) -> list[str]:
+    out = [arm]
+    while ARMS[out[-1]][0] != "base":
+        out.append(ARMS[out[-1]][0])
+    return out
+
+
+# The trade-off arms (the paper's motivation: one kind of data, or one after the other) start from
+# the base model, not from MTL; they may run on fewer seeds (experiment.tradeoff_seed_count) than the arms
+# that decide, MTL and what continues it.
+TRADEOFF_ARMS = tuple(a for a in ARMS if "mtl" not in _chain(a))
 # Arms that are a later ReSet round of the arm they start from: their round number (the select
 # threshold rises by select.threshold_step a round) and, as select.rounds does in the ReSet
 # pipeline, the arm's model is the better of its start and its own round on the dev split.

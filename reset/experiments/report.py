@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,24 +44,46 @@ def _fmt(e: Mapping[str, Any]) -> str:
     return f"{v:.2f} [{lo:.2f}, {hi:.2f}]" if isinstance(lo, float) and not math.isnan(lo) else f"{v:.2f}"
 
 
+def by_seed(payloads: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Evaluate payloads by their seed. Two of one seed (the seeds' loop and the trade-off arms' own,
+    experiment.tradeoff_seed_count) are merged: their arms, estimates, metrics and units; the reference
+    from the one that had it."""
+    out: dict[int, dict[str, Any]] = {}
+    for i, p in enumerate(payloads):
+        seed = int(p["seed"]) if p.get("seed") is not None else i
+        if seed not in out:
+            out[seed] = {**p, "summary": dict(p["summary"]), "units": dict(p.get("units", {}))}
+            continue
+        have, theirs = out[seed]["summary"], p["summary"]
+        have["arms"] = have["arms"] + [a for a in theirs["arms"] if a not in have["arms"]]
+        have["estimates"] = {**theirs["estimates"], **have["estimates"]}
+        keys = {m["key"] for m in have.get("metrics", [])}
+        have["metrics"] = have.get("metrics", []) + [m for m in theirs.get("metrics", []) if m["key"] not in keys]
+        have["reference"] = have.get("reference") or theirs.get("reference")
+        out[seed]["units"] = {**p.get("units", {}), **out[seed]["units"]}
+    return out
+
+
 def _paired(units: Mapping[int, Mapping[str, Any]], arm: str, ref: str, key: str, is_rate: bool
-            ) -> tuple[np.ndarray, list[tuple[int, int, int]]] | None:
-    """d[seed, unit] = arm - ref on the units both have in every seed, and per seed (b, c, n) for
-    pass / fail metrics; None when some seed lacks either arm."""
-    seeds = sorted(units)
-    per = []
-    for s in seeds:
+            ) -> tuple[np.ndarray, list[tuple[int, int, int]], list[int]] | None:
+    """d[seed, unit] = arm - ref on the units both have, over the seeds that have both arms (the
+    trade-off arms may have fewer), per seed (b, c, n) for pass / fail metrics, and those seeds;
+    None when no seed has both."""
+    per, used = [], []
+    for s in sorted(units):
         mine, theirs = units[s].get(arm, {}).get(key), units[s].get(ref, {}).get(key)
-        if not mine or not theirs:
-            return None
-        per.append((mine, theirs))
+        if mine and theirs:
+            per.append((mine, theirs))
+            used.append(s)
+    if not per:
+        return None
     common = sorted(set.intersection(*(set(m) & set(t) for m, t in per)))
     if len(common) < 2:
         return None
     d = np.array([[float(m[u]) - float(t[u]) for u in common] for m, t in per])
     tables = [(sum(1 for u in common if m[u] and not t[u]), sum(1 for u in common if t[u] and not m[u]), len(common))
               for m, t in per] if is_rate else []
-    return d, tables
+    return d, tables, used
 
 
 def detectable(p: PooledTest, power: float = 0.8, alpha: float = 0.05) -> float:
@@ -83,14 +105,16 @@ def seed_report(payloads: Mapping[int, Mapping[str, Any]]) -> tuple[str, dict[st
     keys = [k for k in KEYS if any(k in sums[s]["estimates"].get(a, {}) for s in seeds for a in arms)]
     ref = next((sums[s]["reference"] for s in seeds if sums[s].get("reference")), None)
     data: dict[str, Any] = {"seeds": seeds, "reference": ref, "arms": {}, "pooled": {}, "family": [],
-                            "primary": None, "detectable": {}}
+                            "primary": None, "detectable": {}, "seeds_of": {}}
     for a in arms:
         data["arms"][a] = {}
         for k in keys:
-            vals = [sums[s]["estimates"][a][k]["value"] for s in seeds
-                    if a in sums[s]["estimates"] and k in sums[s]["estimates"][a]]
-            vals = [v for v in vals if isinstance(v, int | float) and not math.isnan(v)]
-            data["arms"][a][k] = {"per_seed": vals, "mean": statistics.fmean(vals) if vals else None,
+            got = [(s, sums[s]["estimates"][a][k]["value"]) for s in seeds
+                   if a in sums[s]["estimates"] and k in sums[s]["estimates"][a]]
+            got = [(s, v) for s, v in got if isinstance(v, int | float) and not math.isnan(v)]
+            vals = [v for _, v in got]
+            data["arms"][a][k] = {"per_seed": vals, "seeds": [s for s, _ in got],
+                                  "mean": statistics.fmean(vals) if vals else None,
                                   "sd": statistics.stdev(vals) if len(vals) > 1 else None}
     # pooled paired comparisons: every arm against the reference, and ReSet against the control
     pooled: dict[str, dict[str, PooledTest]] = {}
@@ -105,10 +129,13 @@ def seed_report(payloads: Mapping[int, Mapping[str, Any]]) -> tuple[str, dict[st
             got = _paired(units, a, b, k, kinds.get(k) == "rate")
             if got is None:
                 continue
-            d, tables = got
+            d, tables, used = got
             pooled.setdefault(name, {})[k] = pooled_paired(d)
+            data["seeds_of"][name] = used
             if tables:
                 mh.setdefault(name, {})[k] = stratified_mcnemar(tables)
+    # an arm that never ran on a seed the reference ran on (a run form whose tradeoff_seeds are not some of its seeds)
+    data["unpaired"] = [a for a, b in pairs if b == ref and a not in pooled]
     data["pooled"] = {n: {k: p.to_dict() for k, p in ps.items()} for n, ps in pooled.items()}
     data["stratified_mcnemar"] = {n: {k: t.to_dict() for k, t in ts.items()} for n, ts in mh.items()}
     primary = None
@@ -132,6 +159,13 @@ def _who(name: str, ref: str | None) -> str:
     return f"{arm_label(name)} vs {arm_label(ref or '')}"
 
 
+def _only(used: Sequence[int], seeds: Sequence[int]) -> str:
+    """" (seeds 0, 1 only)" for a comparison made on some of the report's seeds."""
+    if list(used) == list(seeds):
+        return ""
+    return f" (seed{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} only)"
+
+
 def _ci(p: PooledTest) -> str:
     return f"{p.diff:+.3f} [{p.low:+.3f}, {p.high:+.3f}]"
 
@@ -149,16 +183,19 @@ def _markdown(seeds, arms, keys, ref, sums, data, pooled, mh, primary, family, a
                          + (f" (SD over seeds {p.seed_sd:.3f})" if n > 1 else " (one seed: one trained model)")
                          + f"; detectable with 80% power: {data['detectable'][k]:.3f}")
         lines.append("")
+    for a in data["unpaired"]:
+        lines += [f"**{arm_label(a)} is not compared with {arm_label(ref or '')}**: no seed has both (the run form's "
+                  "tradeoff_seeds must be some of its seeds).", ""]
     head = [AXIS_NAMES.get(k, k.replace("_", " ")) for k in keys]
     lines += ["| Arm | " + " | ".join(head) + " |", "|---|" + "---:|" * len(keys)]
     for a in arms:
         cells = []
         for k in keys:
-            if n == 1:
-                e = sums[seeds[0]]["estimates"].get(a, {}).get(k)
-                cells.append(_fmt(e) if e else "n/a")
+            d = data["arms"][a][k]
+            if n == 1 or len(d["seeds"]) == 1:  # one seed (a trade-off arm, tradeoff_seed_count): its interval
+                e = sums[d["seeds"][0] if d["seeds"] else seeds[0]]["estimates"].get(a, {}).get(k)
+                cells.append((_fmt(e) if e else "n/a") + (f" (seed {d['seeds'][0]} only)" if n > 1 else ""))
             else:
-                d = data["arms"][a][k]
                 cells.append("n/a" if d["mean"] is None else
                              f"{d['mean']:.2f} (seeds {min(d['per_seed']):.2f}-{max(d['per_seed']):.2f}"
                              + (f", sd {d['sd']:.2f})" if d["sd"] is not None else ")"))
@@ -177,9 +214,14 @@ def _markdown(seeds, arms, keys, ref, sums, data, pooled, mh, primary, family, a
                 lines.append(f"| {_who(name, ref)} | {AXIS_NAMES.get(k, k)} | {_ci(p)} | {format_p(p.p_value)} | "
                              + (format_p(holm_of[(name, k)]) if (name, k) in holm_of else "primary")
                              + " | " + ", ".join(f"{x:+.3f}" for x in p.per_seed)
+                             + _only(data["seeds_of"].get(name, seeds), seeds)
                              + f" | {'' if math.isnan(p.seed_sd) else f'{p.seed_sd:.3f}'} | "
                              + (format_p(t.p_value) if t is not None else "") + " |")
         lines += ["", "Pooled: a linear mixed model with crossed seed and prompt effects (reset.evaluation.pooled); "
                       "its interval counts the variation between trained models, which a single run's p-value "
                       "does not. The stratified McNemar test treats every seed x prompt pair as independent.", ""]
+        if any(list(u) != list(seeds) for u in data["seeds_of"].values()):
+            lines += ["A comparison marked \"only\" had fewer seeds (experiment.tradeoff_seed_count); on one seed it "
+                      "is a paired t over the prompts, whose interval does not count the variation between trained "
+                      "models: it describes that model, not the method.", ""]
     return "\n".join(lines)
