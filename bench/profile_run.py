@@ -91,6 +91,47 @@ def table(steps: list[dict], parent: dict, bench: dict[str, float] | None = None
     return "\n".join(lines)
 
 
+TRADEOFF_TASKS = {f"finetune-{a}" for a in ("if-only", "cd-only", "cd-if", "if-cd")}
+
+
+def loop_of(s: dict) -> str:
+    """Which part of the experiment pipeline a step run belongs to: "once" (mix, the base model's
+    answers), "tradeoff" (the trade-off arms and their evaluation: no MTL among its models) or
+    "seeds" (MTL and what continues it, their evaluation)."""
+    if s["step"] in ("mix", "answer", "report"):
+        return "once"
+    if s["step"] in TRADEOFF_TASKS or (s["step"] == "evaluate" and not any(k.startswith("mtl.") for k in s["metrics"])):
+        return "tradeoff"
+    return "seeds"
+
+
+def projection(steps: list[dict], parent: dict, seeds: int, baseline: float | None = None) -> str:
+    """An experiment run of one seed, extended to `seeds`: the once-only tasks once, the seeds' loop
+    `seeds` times, the trade-off arms' loop on experiment.tradeoff_seed_count of them (and on every
+    seed, for comparison), each task with the run's own measured time between tasks."""
+    span = steps[-1]["end"] - parent["start"]
+    per_task = (span - sum(s["end"] - s["start"] for s in steps)) / max(len(steps), 1)
+    cost = {"once": 0.0, "seeds": 0.0, "tradeoff": 0.0}
+    count = {"once": 0, "seeds": 0, "tradeoff": 0}
+    for s in steps:
+        cost[loop_of(s)] += s["end"] - s["start"] + per_task
+        count[loop_of(s)] += 1
+    exp = parent["config"].get("experiment", {})
+    ran = len(exp.get("seeds") or [0])
+    if ran != 1:
+        raise SystemExit(f"--seeds projects from a one-seed run; this one ran {ran} seeds")
+    n_trade = min(exp.get("tradeoff_seed_count") or seeds, seeds)
+    lines = [f"One seed, measured: {span:.1f} s (the once-only tasks {cost['once']:.1f} s in {count['once']} tasks; "
+             f"the seeds' loop {cost['seeds']:.1f} s in {count['seeds']}; the trade-off arms' loop "
+             f"{cost['tradeoff']:.1f} s in {count['tradeoff']}; {per_task:.1f} s between tasks counted with each)."]
+    for label, trade in ((f"trade-off arms on {n_trade} seed(s) (experiment.tradeoff_seed_count)", n_trade),
+                         ("every arm on every seed", seeds)):
+        total = span + (seeds - 1) * cost["seeds"] + (trade - 1) * cost["tradeoff"]
+        vs = f"; {total / baseline:.2f}x the baseline's {baseline:.1f} s" if baseline else ""
+        lines.append(f"{seeds} seeds, {label}: {total:.1f} s ({total / 60:.1f} min), {total / span:.2f}x one seed{vs}.")
+    return "\n".join(lines)
+
+
 def kfp_dir(run_dir: Path, within_s: int = 10) -> Path | None:
     """The kfp.local outputs of a run (runs/kfp/<pipeline>-<timestamp>-...): the first folder stamped
     at the run's second or up to `within_s` seconds after it (kfp.local names it when the pipeline
@@ -158,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="run this config first (python -m pipelines run), then profile it")
     ap.add_argument("--output-dir", default="runs/profile", help="with --config: where the run goes")
     ap.add_argument("--bench", action="store_true", help="also run the benchmarks of the same settings, after")
+    ap.add_argument("--seeds", type=int, default=0,
+                    help="an experiment run of one seed: project N seeds from its measured tasks")
+    ap.add_argument("--baseline", help="with --seeds: a run folder whose wall time the projection is a ratio to")
     args = ap.parse_args(argv)
     if not args.run and not args.config:
         ap.error("give --run or --config")
@@ -181,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg_path.write_text(json.dumps(parent["config"]))  # JSON is YAML: the run's own config
         bench = benchmarks(steps, str(cfg_path), kfp)
     print(table(steps, parent, bench))
+    if args.seeds:
+        base = None
+        if args.baseline:
+            b_steps, b_parent = run_steps(Path(args.baseline))
+            base = b_steps[-1]["end"] - b_parent["start"]
+        print("\n" + projection(steps, parent, args.seeds, base))
     return 0
 
 
