@@ -16,7 +16,9 @@ compiled in as constants. Shared work runs once: the mixture; the base model's a
 the MTL checkpoint that feeds ReSet, ReSet-S and the control, and one generation and one judging
 that ReSet and ReSet-S share (ReSet's candidates are the part of ReSet-S's larger sample its own
 plan draws). Seeds run as a ParallelFor over the `seeds` parameter (the run form; default
-experiment.seeds) with `experiment.parallelism` seeds at once, and the report collects them. The
+experiment.seeds) with `experiment.parallelism` seeds at once; the trade-off arms (IF-only, CD-only,
+CD->IF, IF->CD: from the base model) in a second ParallelFor over `tradeoff_seeds` (the first
+experiment.tradeoff_seed_count seeds), with their own evaluation; the report collects both. The
 same cluster settings as the ReSet pipeline (pipelines/cluster.py): locally through kfp.local
 (`python -m pipelines experiment`), on a cluster through compile / upload / submit / schedule.
 """
@@ -64,8 +66,7 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
     arm_sections = {arm: _sections(c) for arm, c in arm_cfgs.items()}
     sharing = shared_generation(arm_cfgs)  # ReSet and ReSet-S: one generation and one judging per seed
     # the trade-off arms (from the base model) in a loop of their own, over the first experiment.tradeoff_seed_count
-    # seeds; MTL
-    # and what continues it over every seed; the report pairs each arm with MTL of the same seed
+    # seeds; MTL and what continues it over every seed; the report pairs each arm with MTL of the same seed
     split = exp.reference not in TRADEOFF_ARMS
     if not split and exp.tradeoff_seed_count is not None:
         raise ValueError(f"experiment.tradeoff_seed_count: the reference arm {exp.reference!r} is itself a trade-off "
@@ -90,8 +91,8 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
                             with_register=False, include_base=True)
             evaluations = []
             # on a cluster experiment.parallelism seeds at once; locally one after the other (kfp.local would
-            # run two at once, each step then sharing the machine's cores with another's); the trade-off arms'
-            # loop runs after the seeds' locally (kfp.local runs a DAG's tasks one at a time)
+            # run two at once, each step then sharing the machine's cores with another's); locally the two
+            # loops run one after the other too (kfp.local runs a DAG's tasks in turn)
             for name, items, arms in (("seeds", seeds, deciding), ("tradeoff-seeds", tradeoff_seeds, tradeoff)):
                 if not arms:
                     continue
@@ -125,7 +126,8 @@ def build_experiment(cfg: PipelineConfig, cluster: ClusterConfig | None = None, 
 
     Args:
         tracking: The tracking config section (JSON): the MLflow server and experiment.
-        seeds: Training and sampling seeds (a JSON list); every arm runs once per seed, and the report pools them.
+        seeds: Training and sampling seeds (a JSON list); MTL and the arms that continue it run once per seed, and
+            the report pools them.
         tradeoff_seeds: The trade-off arms' seeds (if-only, cd-only, cd-if, if-cd), some of `seeds` (a JSON list;
             an arm on a seed MTL did not run on is not compared).
     """

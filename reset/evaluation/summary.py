@@ -45,6 +45,7 @@ from reset.evaluation.statistics import (
 ARM_LABELS = {
     "base": "base", "if-only": "IF-only", "cd-only": "CD-only", "cd-if": "CD->IF", "if-cd": "IF->CD",
     "mtl": "MTL", "reset": "ReSet", "reset-s": "ReSet-S", "control": "MTL+steps (control)",
+    "reset-2r": "ReSet, 2 rounds",
 }
 # The short names of the two axes in a verdict line.
 AXIS_NAMES = {"if_prompt_acc": "IF", "faithfulness": "faithfulness"}
