@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from reset.experiments.arms import TRADEOFF_ARMS  # noqa: E402 - after the repository is on sys.path
+
 PHASES = ("model_load", "engine_start", "compute", "score", "save")
 
 
@@ -91,7 +93,7 @@ def table(steps: list[dict], parent: dict, bench: dict[str, float] | None = None
     return "\n".join(lines)
 
 
-TRADEOFF_TASKS = {f"finetune-{a}" for a in ("if-only", "cd-only", "cd-if", "if-cd")}
+TRADEOFF_TASKS = {f"finetune-{a}" for a in TRADEOFF_ARMS}
 
 
 def loop_of(s: dict) -> str:
@@ -114,8 +116,9 @@ def projection(steps: list[dict], parent: dict, seeds: int, baseline: float | No
     cost = {"once": 0.0, "seeds": 0.0, "tradeoff": 0.0}
     count = {"once": 0, "seeds": 0, "tradeoff": 0}
     for s in steps:
-        cost[loop_of(s)] += s["end"] - s["start"] + per_task
-        count[loop_of(s)] += 1
+        part = loop_of(s)
+        cost[part] += s["end"] - s["start"] + per_task
+        count[part] += 1
     exp = parent["config"].get("experiment", {})
     ran = len(exp.get("seeds") or [0])
     if ran != 1:

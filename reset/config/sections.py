@@ -720,7 +720,7 @@ class ExperimentConfig(Section):
         return v
 
     @model_validator(mode="after")
-    def _tradeoff_seeds_are_seeds(self) -> ExperimentConfig:
+    def _tradeoff_seed_count_fits(self) -> ExperimentConfig:
         if self.tradeoff_seed_count is not None and self.tradeoff_seed_count > len(self.seeds):
             raise ValueError(f"tradeoff_seed_count: {self.tradeoff_seed_count}, but seeds has {len(self.seeds)} "
                              "(the trade-off arms run on the first tradeoff_seed_count seeds)")
